@@ -1,0 +1,571 @@
+//! The one YAML file: Pingora's own server keys at the top level, the gateway's keys under
+//! `gateway:`. Loading parses, type-checks and cross-checks everything; every problem is
+//! reported with the key's path and the file, and nothing here panics.
+
+use pingora::server::configuration::ServerConf;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole file, parsed and validated.
+#[derive(Debug)]
+pub struct Config {
+    /// Pingora's server settings (threads, pid_file, upgrade_sock, grace periods, ...).
+    pub server: ServerConf,
+    pub gateway: GatewayConf,
+}
+
+/// Everything under `gateway:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConf {
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub downstream: DownstreamConf,
+    pub upstreams: BTreeMap<String, UpstreamConf>,
+    pub routes: Vec<RouteConf>,
+}
+
+/// How the gateway treats its clients.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamConf {
+    /// How long an idle keep-alive client connection is kept open. Pingora's default keeps it
+    /// open forever; a public gateway must not.
+    pub keepalive_timeout: Dur,
+}
+
+impl Default for DownstreamConf {
+    fn default() -> Self {
+        DownstreamConf {
+            keepalive_timeout: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConf {
+    pub peers: Vec<PeerConf>,
+    /// `Host` header sent upstream; default: the peer's address.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Time to the first response byte, and between body reads.
+    #[serde(default = "default_io_timeout")]
+    pub read_timeout: Dur,
+    #[serde(default = "default_io_timeout")]
+    pub write_timeout: Dur,
+    /// How long a pooled (idle) upstream connection is kept for reuse.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Extra peers tried, one after another, after a connect failure.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+}
+
+fn default_retries() -> usize {
+    2
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_io_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// A peer: `"10.0.3.7:8080"` or `{addr: "10.0.3.7:8080", weight: 2}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConf {
+    pub addr: String,
+    pub weight: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    /// Template such as `/content/v1/assets/{id}`; `{id}` must be a UUID.
+    pub path: String,
+    pub upstream: String,
+    /// Upstream path template such as `/v1/assets/{id}`.
+    pub rewrite: String,
+    /// `forward` (default) sends the client's query string upstream unchanged; `drop` removes it.
+    #[serde(default)]
+    pub query: QueryPolicy,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryPolicy {
+    #[default]
+    Forward,
+    Drop,
+}
+
+/// A duration written with its unit: `"500ms"`, `"2s"`, `"1m"`, `"1h"`. Always above zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration with a unit, such as \"500ms\" or \"2s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                parse_duration(s).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let bad = || {
+        format!("invalid duration {s:?}: expected an integer and a unit (ms, s, m, h), such as \"500ms\" or \"2s\"")
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+impl<'de> Deserialize<'de> for PeerConf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            addr: String,
+            #[serde(default = "one")]
+            weight: usize,
+        }
+        fn one() -> usize {
+            1
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PeerConf;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or {addr: \"host:port\", weight: N}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PeerConf, E> {
+                Ok(PeerConf {
+                    addr: s.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PeerConf, A::Error> {
+                let full = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(PeerConf {
+                    addr: full.addr,
+                    weight: full.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Every problem found in a config file. Displayed one per line, each naming its key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.file)?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {p}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates `path`. `-t` runs exactly this.
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_string(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::from_yaml(&text).map_err(|problems| ConfigError {
+            file: path.to_string(),
+            problems,
+        })
+    }
+
+    /// Parses and validates a whole file's text; the errors name each key's path.
+    pub fn from_yaml(text: &str) -> Result<Config, Vec<String>> {
+        let root: Value = serde_yaml::from_str(text).map_err(|e| vec![format!("not valid YAML: {e}")])?;
+        let mut top = match root {
+            Value::Mapping(m) => m,
+            Value::Null => Mapping::new(),
+            _ => return Err(vec!["the file must be a YAML mapping of keys".to_string()]),
+        };
+        let gateway = top.remove("gateway");
+
+        let mut problems = check_server_keys(&top);
+        let server = match serde_path_to_error::deserialize::<_, ServerConf>(Value::Mapping(top)) {
+            Ok(conf) => match conf.validate() {
+                Ok(conf) => Some(conf),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            },
+            Err(e) => {
+                problems.push(format!("{}: {}", e.path(), e.inner()));
+                None
+            }
+        };
+        if let Some(server) = &server {
+            if server.threads == 0 {
+                problems.push("threads: must be at least 1".to_string());
+            }
+        }
+
+        let gateway = match gateway {
+            None => {
+                problems.push(
+                    "gateway: missing section (listen, upstreams and routes live under `gateway:`)"
+                        .to_string(),
+                );
+                None
+            }
+            Some(value) => match serde_path_to_error::deserialize::<_, GatewayConf>(value) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    problems.push(format!("gateway.{}: {}", e.path(), e.inner()));
+                    None
+                }
+            },
+        };
+        if let Some(g) = &gateway {
+            problems.extend(g.validate());
+        }
+        match (server, gateway) {
+            (Some(server), Some(gateway)) if problems.is_empty() => Ok(Config { server, gateway }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// Pingora ignores unknown top-level keys (`thread: 4` would silently do nothing); we refuse
+/// them. The known keys are read off `ServerConf` itself so they follow Pingora's version.
+fn check_server_keys(top: &Mapping) -> Vec<String> {
+    let known: BTreeSet<String> = match serde_yaml::to_value(ServerConf::default()) {
+        Ok(Value::Mapping(m)) => m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+        _ => BTreeSet::new(),
+    };
+    top.keys()
+        .filter_map(|k| {
+            let name = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+            (!known.contains(&name)).then(|| {
+                format!("{name}: unknown key (top-level keys are Pingora's server settings; the gateway's own keys go under `gateway:`)")
+            })
+        })
+        .collect()
+}
+
+impl GatewayConf {
+    /// Cross-checks what serde cannot: addresses, references, templates, duplicates.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.listen.is_empty() {
+            problems.push("gateway.listen: at least one address is required".to_string());
+        }
+        let mut seen = BTreeSet::new();
+        for (i, addr) in self.listen.iter().enumerate() {
+            if addr.parse::<SocketAddr>().is_err() {
+                problems.push(format!("gateway.listen[{i}]: {addr:?} is not an IP:port address"));
+            } else if !seen.insert(addr) {
+                problems.push(format!("gateway.listen[{i}]: {addr:?} is listed twice"));
+            }
+        }
+        if self.upstreams.is_empty() {
+            problems.push("gateway.upstreams: at least one upstream is required".to_string());
+        }
+        for (name, up) in &self.upstreams {
+            problems.extend(up.validate(&format!("gateway.upstreams.{name}")));
+        }
+        if self.routes.is_empty() {
+            problems.push("gateway.routes: at least one route is required".to_string());
+        }
+        let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = format!("gateway.routes[{i}]");
+            if let Err(e) = check_template(&route.path, true) {
+                problems.push(format!("{key}.path: {e}"));
+            }
+            if let Err(e) = check_template(&route.rewrite, false) {
+                problems.push(format!("{key}.rewrite: {e}"));
+            }
+            if !self.upstreams.contains_key(&route.upstream) {
+                let defined: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "{key}.upstream: unknown upstream {:?} (defined: {})",
+                    route.upstream,
+                    defined.join(", ")
+                ));
+            }
+            if let Some(first) = paths.insert(&route.path, i) {
+                problems.push(format!(
+                    "{key}.path: {:?} is already the path of gateway.routes[{first}]",
+                    route.path
+                ));
+            }
+        }
+        problems
+    }
+}
+
+impl UpstreamConf {
+    fn validate(&self, key: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.peers.is_empty() {
+            problems.push(format!("{key}.peers: at least one peer is required"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            if let Err(e) = check_host_port(&peer.addr) {
+                problems.push(format!("{key}.peers[{i}]: {e}"));
+            } else if !seen.insert(&peer.addr) {
+                problems.push(format!("{key}.peers[{i}]: {:?} is listed twice", peer.addr));
+            }
+            if peer.weight == 0 {
+                problems.push(format!("{key}.peers[{i}].weight: must be at least 1"));
+            }
+        }
+        if let Some(host) = &self.host {
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+                problems.push(format!("{key}.host: {host:?} is not a valid Host header value"));
+            }
+        }
+        problems
+    }
+}
+
+/// `host:port` with a non-empty host and a port from 1 to 65535 (IPv6 in brackets).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let bad = || format!("{addr:?} is not host:port");
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// A path template: starts with `/`, holds only plain path characters, uses `{id}` (exactly
+/// once in a route path, at least once in a rewrite), and has no empty or dot segments, so
+/// nothing but a clean rewritten path can ever be produced from it.
+fn check_template(t: &str, exactly_once: bool) -> Result<(), String> {
+    let uses = t.matches("{id}").count();
+    if uses == 0 {
+        return Err(format!("{t:?} does not use {{id}}"));
+    }
+    if exactly_once && uses > 1 {
+        return Err(format!("{t:?} uses {{id}} more than once"));
+    }
+    if !t.starts_with('/') {
+        return Err(format!("{t:?} must start with '/'"));
+    }
+    let literal = t.replace("{id}", "x");
+    if let Some(c) = literal
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/-._~".contains(*c)))
+    {
+        return Err(format!("{t:?} has the character {c:?}; only letters, digits, '/', '-', '.', '_', '~' and {{id}} are allowed"));
+    }
+    if literal.contains("//") || literal.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{t:?} has an empty, '.' or '..' segment"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+threads: 2
+gateway:
+  listen: ["127.0.0.1:8080"]
+  upstreams:
+    assets:
+      peers: ["127.0.0.1:9001", {addr: "127.0.0.1:9002", weight: 2}]
+      host: assets.internal
+  routes:
+    - path: /content/v1/assets/{id}
+      upstream: assets
+      rewrite: /v1/assets/{id}
+"#;
+
+    fn problems(yaml: &str) -> String {
+        match Config::from_yaml(yaml) {
+            Ok(_) => panic!("expected the config to be refused"),
+            Err(p) => p.join("\n"),
+        }
+    }
+
+    #[test]
+    fn valid_config_loads() {
+        let c = Config::from_yaml(VALID).unwrap();
+        assert_eq!(c.server.threads, 2);
+        let up = &c.gateway.upstreams["assets"];
+        assert_eq!(
+            up.peers[1],
+            PeerConf {
+                addr: "127.0.0.1:9002".into(),
+                weight: 2
+            }
+        );
+        assert_eq!(up.connect_timeout, Dur(Duration::from_secs(1)));
+        assert_eq!(
+            c.gateway.downstream.keepalive_timeout,
+            Dur(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let p = problems(&VALID.replace("threads: 2", "thread: 4"));
+        assert!(p.contains("thread: unknown key"), "{p}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named_with_its_path() {
+        let p = problems(&VALID.replace("host: assets.internal", "hots: assets.internal"));
+        assert!(p.contains("gateway.upstreams.assets"), "{p}");
+        assert!(p.contains("unknown field `hots`"), "{p}");
+    }
+
+    #[test]
+    fn pingora_key_type_errors_name_the_key() {
+        let p = problems(&VALID.replace("threads: 2", "threads: two"));
+        assert!(p.starts_with("threads: invalid type"), "{p}");
+    }
+
+    #[test]
+    fn unknown_upstream_reference() {
+        let p = problems(&VALID.replace("upstream: assets", "upstream: asets"));
+        assert!(
+            p.contains("gateway.routes[0].upstream: unknown upstream \"asets\" (defined: assets)"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn empty_peer_list() {
+        let p = problems(&VALID.replace(r#"["127.0.0.1:9001", {addr: "127.0.0.1:9002", weight: 2}]"#, "[]"));
+        assert!(
+            p.contains("gateway.upstreams.assets.peers: at least one peer is required"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn peer_not_host_port() {
+        let p = problems(&VALID.replace("127.0.0.1:9001", "127.0.0.1"));
+        assert!(
+            p.contains("gateway.upstreams.assets.peers[0]: \"127.0.0.1\" is not host:port"),
+            "{p}"
+        );
+        let p = problems(&VALID.replace("127.0.0.1:9001", "assets:http"));
+        assert!(p.contains("peers[0]: \"assets:http\" is not host:port"), "{p}");
+    }
+
+    #[test]
+    fn rewrite_without_id() {
+        let p = problems(&VALID.replace("rewrite: /v1/assets/{id}", "rewrite: /v1/assets/"));
+        assert!(
+            p.contains("gateway.routes[0].rewrite: \"/v1/assets/\" does not use {id}"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn duplicate_route_paths() {
+        let yaml = format!(
+            "{VALID}    - path: /content/v1/assets/{{id}}\n      upstream: assets\n      rewrite: /x/{{id}}\n"
+        );
+        let p = problems(&yaml);
+        assert!(p.contains("gateway.routes[1].path: \"/content/v1/assets/{id}\" is already the path of gateway.routes[0]"), "{p}");
+    }
+
+    #[test]
+    fn durations_are_typed() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0s").unwrap_err().contains("greater than zero"));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("10").is_err());
+        let p = problems(&VALID.replace("host: assets.internal", "connect_timeout: 10"));
+        assert!(p.contains("gateway.upstreams.assets.connect_timeout"), "{p}");
+    }
+
+    #[test]
+    fn missing_gateway_section() {
+        let p = problems("threads: 1\n");
+        assert!(p.contains("gateway: missing section"), "{p}");
+    }
+
+    #[test]
+    fn several_problems_are_all_reported() {
+        let p = problems(
+            &VALID
+                .replace("upstream: assets", "upstream: nope")
+                .replace("127.0.0.1:8080", "localhost"),
+        );
+        assert!(p.contains("gateway.listen[0]"), "{p}");
+        assert!(p.contains("gateway.routes[0].upstream"), "{p}");
+    }
+
+    #[test]
+    fn bad_templates() {
+        assert!(check_template("/a/{id}/{id}", true).is_err());
+        assert!(check_template("a/{id}", true).is_err());
+        assert!(check_template("/a/%2F/{id}", true).is_err());
+        assert!(check_template("/a/../{id}", true).is_err());
+        assert!(check_template("/a//{id}", true).is_err());
+        assert!(check_template("/a/{id}?x=1", false).is_err());
+        assert!(check_template("/content/v1/assets/{id}", true).is_ok());
+        assert!(check_template("/v1/{id}/raw/{id}", false).is_ok());
+    }
+}

@@ -1,0 +1,136 @@
+//! The one place that turns a failure into a status code and a small JSON body.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::{ErrorSource, ErrorType};
+
+/// An answer the gateway gives itself: a status and a fixed, human-readable reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub message: &'static str,
+}
+
+pub const NO_ROUTE: Reject = Reject {
+    status: 404,
+    message: "no route for this path",
+};
+pub const BAD_ASSET_ID: Reject = Reject {
+    status: 400,
+    message: "the asset id is not a UUID",
+};
+pub const BAD_PATH: Reject = Reject {
+    status: 400,
+    message: "the request path is not valid UTF-8",
+};
+pub const METHOD_NOT_ALLOWED: Reject = Reject {
+    status: 405,
+    message: "method not allowed; use GET or HEAD",
+};
+pub const BODY_NOT_ALLOWED: Reject = Reject {
+    status: 400,
+    message: "GET and HEAD requests must not carry a body",
+};
+pub const NO_HEALTHY_PEER: Reject = Reject {
+    status: 502,
+    message: "no healthy upstream peer",
+};
+
+/// The error type `upstream_peer` returns when selection finds no usable peer.
+pub const NO_PEER_ERROR: ErrorType = ErrorType::Custom("NoHealthyPeer");
+
+/// Maps a proxying failure to what the client is told. `None` means the client is gone (or
+/// already has part of a response) and nothing can be written.
+pub fn for_error(e: &Error) -> Option<Reject> {
+    use ErrorType::*;
+    let r = |status, message| Some(Reject { status, message });
+    match e.etype() {
+        HTTPStatus(code) => r(*code, "request failed"),
+        t if *t == NO_PEER_ERROR => Some(NO_HEALTHY_PEER),
+        ConnectTimedout | TLSHandshakeTimedout => r(504, "upstream connect timed out"),
+        _ => match e.esource() {
+            ErrorSource::Upstream => match e.etype() {
+                ReadTimedout | WriteTimedout => r(504, "upstream timed out"),
+                ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
+                | TLSHandshakeFailure | InvalidCert | HandshakeError | ConnectProxyFailure => {
+                    r(502, "upstream unreachable")
+                }
+                _ => r(502, "upstream failed"),
+            },
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => None,
+                ReadTimedout => r(408, "request timed out"),
+                _ => r(400, "bad request"),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => r(500, "internal error"),
+        },
+    }
+}
+
+/// `{"error": "...", "request_id": "..."}`. The message is one of the fixed texts above and
+/// the request id is charset-limited, so neither needs escaping.
+pub fn json_body(reject: Reject, request_id: &str) -> Bytes {
+    Bytes::from(format!(
+        "{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
+        reject.message, request_id
+    ))
+}
+
+/// The response header for a rejection (status, JSON content type and length, request id).
+pub fn header(reject: Reject, request_id: &str, body_len: usize) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(reject.status, Some(6))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body_len)?;
+    h.insert_header("x-request-id", request_id)?;
+    h.insert_header("x-content-type-options", "nosniff")?;
+    h.insert_header("cache-control", "no-store")?;
+    if reject.status == 405 {
+        h.insert_header("allow", "GET, HEAD")?;
+    }
+    Ok(h)
+}
+
+/// Answers the request from the gateway, keeping the client connection open for the next
+/// request (Pingora's `respond_error` would close it).
+pub async fn respond(session: &mut Session, reject: Reject, request_id: &str) -> Result<()> {
+    let body = json_body(reject, request_id);
+    let head = session.req_header().method == http::Method::HEAD;
+    let h = header(reject, request_id, body.len())?;
+    session.write_response_header(Box::new(h), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let up = |t| {
+            let mut e = Error::new(t);
+            e.as_up();
+            for_error(&e).map(|r| r.status)
+        };
+        assert_eq!(up(ErrorType::ConnectRefused), Some(502));
+        assert_eq!(up(ErrorType::ConnectTimedout), Some(504));
+        assert_eq!(up(ErrorType::ReadTimedout), Some(504));
+        assert_eq!(up(ErrorType::InvalidHTTPHeader), Some(502));
+        assert_eq!(up(NO_PEER_ERROR), Some(502));
+        let mut e = Error::new(ErrorType::WriteError);
+        e.as_down();
+        assert_eq!(for_error(&e), None);
+    }
+
+    #[test]
+    fn body_is_json() {
+        let b = json_body(NO_ROUTE, "abc-1");
+        assert_eq!(
+            &b[..],
+            b"{\"error\":\"no route for this path\",\"request_id\":\"abc-1\"}\n"
+        );
+    }
+}

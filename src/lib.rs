@@ -1,0 +1,11 @@
+//! asset-gateway: a streaming gateway for images and videos, built on Pingora.
+//!
+//! See ARCHITECTURE.md for the path of one request through the hooks.
+
+pub mod app;
+pub mod config;
+pub mod errors;
+pub mod logging;
+pub mod proxy;
+pub mod routing;
+pub mod upstreams;

@@ -1,0 +1,35 @@
+//! `asset-gateway -c <file> [-t] [-d] [-u]`: Pingora's usual flags.
+
+use asset_gateway::{app, config::Config, logging, proxy::Gateway};
+use pingora::server::configuration::Opt;
+use std::process::exit;
+
+fn main() {
+    logging::init();
+    let mut opt = Opt::parse_args();
+    // We read the file ourselves (Pingora would ignore unknown keys); Pingora must not
+    // read it again.
+    let Some(path) = opt.conf.take() else {
+        eprintln!("asset-gateway: no configuration file; pass -c <file> (see conf/asset-gateway.yaml)");
+        exit(2);
+    };
+    let config = Config::load(&path).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        exit(1);
+    });
+    let gateway = Gateway::build(&config.gateway).unwrap_or_else(|problems| {
+        eprintln!(
+            "{}",
+            asset_gateway::config::ConfigError {
+                file: path.clone(),
+                problems
+            }
+        );
+        exit(1);
+    });
+    if opt.test {
+        println!("{path}: configuration OK");
+        exit(0);
+    }
+    app::run(opt, config, gateway)
+}

@@ -1,0 +1,347 @@
+//! The `ProxyHttp` implementation. Each hook is thin and hands its work to the module that
+//! owns the concern: routing, upstreams, errors, logging.
+//!
+//! No body filter is implemented on purpose: the body goes from the upstream socket to the
+//! client socket through Pingora's bounded task channel, so it is never collected and a slow
+//! client holds back upstream reads.
+
+use crate::config::GatewayConf;
+use crate::errors::{self, Reject};
+use crate::logging::{self, AccessRecord};
+use crate::routing::{Resolution, Route, Router};
+use crate::upstreams::Upstreams;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// The gateway: routes and upstreams, built once at start-up.
+pub struct Gateway {
+    pub router: Router,
+    pub upstreams: Upstreams,
+    /// Idle keep-alive timeout for client connections, in whole seconds (Pingora's unit).
+    keepalive_secs: u64,
+    /// Extra attempts on other peers after a connect failure, per upstream.
+    retries: Vec<usize>,
+}
+
+impl Gateway {
+    /// Compiles the validated config into runtime structures. Also resolves peer names, so it
+    /// can still fail; `-t` runs it too.
+    pub fn build(conf: &GatewayConf) -> std::result::Result<Gateway, Vec<String>> {
+        let upstreams = Upstreams::build(conf)?;
+        let routes = conf
+            .routes
+            .iter()
+            .map(|r| {
+                let upstream = upstreams.index_of(&r.upstream).unwrap_or_default();
+                Route::new(&r.path, &r.rewrite, upstream, r.query)
+            })
+            .collect();
+        let retries = conf.upstreams.values().map(|u| u.retries).collect();
+        Ok(Gateway {
+            router: Router::new(routes),
+            upstreams,
+            keepalive_secs: conf.downstream.keepalive_timeout.0.as_secs_f64().ceil() as u64,
+            retries,
+        })
+    }
+}
+
+/// Per-request state shared by the hooks.
+pub struct Ctx {
+    start: Instant,
+    request_id: String,
+    /// Set when a route matched: the route index and the rewritten upstream target.
+    route: Option<usize>,
+    upstream_uri: Option<http::Uri>,
+    asset_key: [u8; 36],
+    /// Peers already attempted for this request, in order.
+    tried: Vec<SocketAddr>,
+    reused: bool,
+    connected_at: Option<Instant>,
+    upstream_header_at: Option<Instant>,
+    /// Set when the gateway answered the request itself.
+    rejected: Option<Reject>,
+    /// Status written by `fail_to_proxy` (0: nothing could be written).
+    error_status: u16,
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            upstream_uri: None,
+            asset_key: [0; 36],
+            tried: Vec::new(),
+            reused: false,
+            connected_at: None,
+            upstream_header_at: None,
+            rejected: None,
+            error_status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = logging::request_id(session.get_header("x-request-id"));
+        // Pingora keeps an idle HTTP/1.1 client forever by default; this sets our idle limit
+        // (and still honours a client's `Connection: close`).
+        session.set_keepalive(Some(self.keepalive_secs));
+
+        match self.admit(session, ctx) {
+            Ok(()) => Ok(false),
+            Err(reject) => {
+                ctx.rejected = Some(reject);
+                if !session.is_body_empty() {
+                    // Never leave unread request bytes on a connection we keep using.
+                    session.set_keepalive(None);
+                }
+                errors::respond(session, reject, &ctx.request_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let upstream = self.upstreams.get(self.router.route(route).upstream);
+        match upstream.select(&ctx.asset_key, &ctx.tried) {
+            Some(selected) => {
+                ctx.tried.push(selected.addr);
+                Ok(selected.peer)
+            }
+            None => Err(Error::explain(
+                errors::NO_PEER_ERROR,
+                format!("upstream {}", upstream.name),
+            )),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Pingora retries only errors marked retryable. A connect failure sent nothing
+        // upstream, so another peer may take the request, up to the upstream's `retries`.
+        if let Some(route) = ctx.route {
+            let upstream = self.router.route(route).upstream;
+            let attempts = ctx.tried.len();
+            let retry =
+                attempts <= self.retries[upstream] && attempts < self.upstreams.get(upstream).peer_count();
+            e.set_retry(retry);
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.reused = reused;
+        ctx.connected_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(uri) = &ctx.upstream_uri {
+            req.set_uri(uri.clone());
+        }
+        if let (Some(route), Some(peer)) = (ctx.route, ctx.tried.last()) {
+            let upstream = self.upstreams.get(self.router.route(route).upstream);
+            req.insert_header(http::header::HOST, upstream.host_for(peer))?;
+        }
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Some(ip) = client_ip {
+            let xff = match forwarded_for(req) {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.to_string(),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
+        req.insert_header("x-forwarded-proto", "http")?;
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // Hop-by-hop request headers (and any the client nominated in `Connection`) are
+        // removed by Pingora's default upstream request policy before this hook runs.
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_header_at.get_or_insert_with(Instant::now);
+        strip_hop_by_hop(resp);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Never return Err here: it would cost the pooled upstream connection. These values
+        // are valid header values, so inserting them cannot fail.
+        let _ = resp.insert_header("x-content-type-options", "nosniff");
+        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let status = match errors::for_error(e) {
+            // Headers already went out: the only honest signal left is closing the connection
+            // before the body is complete, which Pingora does when we do not reuse it.
+            Some(reject) if session.response_written().is_some() => reject.status,
+            Some(reject) => {
+                // Pingora does not reuse the client connection after a proxy failure, so say so.
+                session.set_keepalive(None);
+                match errors::respond(session, reject, &ctx.request_id).await {
+                    Ok(()) => reject.status,
+                    Err(_) => 0,
+                }
+            }
+            None => 0,
+        };
+        ctx.error_status = status;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Failures are reported once, in the access log line at info, not as per-request errors.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map_or(ctx.error_status, |r| r.status.as_u16());
+        let peer = ctx.tried.last().copied();
+        let upstream = ctx
+            .route
+            .map(|r| self.upstreams.get(self.router.route(r).upstream));
+        let record = AccessRecord {
+            session,
+            status,
+            upstream_peer: peer.and_then(|p| upstream.map(|u| u.label_for(&p))),
+            reused: ctx.reused,
+            attempts: ctx.tried.len(),
+            upstream_ttfb: ctx.connected_at.zip(ctx.upstream_header_at).map(|(c, h)| h - c),
+            total: ctx.start.elapsed(),
+            request_id: &ctx.request_id,
+            error: e,
+        };
+        logging::access(&record);
+    }
+}
+
+impl Gateway {
+    /// Decides whether a request may go upstream, and prepares its upstream target.
+    fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<(), Reject> {
+        let req = session.req_header();
+        if !req.raw_path_is_utf8() {
+            return Err(errors::BAD_PATH);
+        }
+        let resolution = self.router.resolve(req.uri.path());
+        if resolution == Resolution::NoRoute {
+            return Err(errors::NO_ROUTE);
+        }
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            return Err(errors::METHOD_NOT_ALLOWED);
+        }
+        let query = req.uri.query();
+        let (route, id) = match resolution {
+            Resolution::Asset { route, id } => (route, id),
+            _ => return Err(errors::BAD_ASSET_ID),
+        };
+        let target = self.router.route(route).upstream_path(&id, query);
+        let uri = http::Uri::try_from(target).map_err(|_| errors::BAD_PATH)?;
+        if !session.is_body_empty() {
+            return Err(errors::BODY_NOT_ALLOWED);
+        }
+        ctx.route = Some(route);
+        ctx.upstream_uri = Some(uri);
+        ctx.asset_key.copy_from_slice(id.as_str().as_bytes());
+        Ok(())
+    }
+}
+
+/// All `X-Forwarded-For` values the client sent, joined.
+fn forwarded_for(req: &RequestHeader) -> Option<String> {
+    let values: Vec<&str> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// Removes the response's hop-by-hop headers and any it nominates in `Connection`.
+/// `Transfer-Encoding` stays: Pingora reads it to frame the body towards the client.
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let nominated: Vec<http::HeaderName> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| *n != http::header::TRANSFER_ENCODING && *n != http::header::CONTENT_LENGTH)
+        .collect();
+    for name in &nominated {
+        resp.remove_header(name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+}

@@ -1,0 +1,248 @@
+//! Pure routing: request path -> asset id -> upstream path. No I/O, no Pingora types.
+//!
+//! Matching is done on the path exactly as the client sent it, with no decoding: a route's
+//! literal parts must match byte for byte and the `{id}` segment must be a canonical UUID
+//! (hex digits and four hyphens). Percent-encodings, dot segments, doubled or trailing slashes
+//! therefore can never match, and the only path that goes upstream is the route's rewrite
+//! template with a validated, lower-cased UUID in it.
+
+use crate::config::QueryPolicy;
+
+/// One compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The template as configured, e.g. `/content/v1/assets/{id}` (used in logs and metrics).
+    pub template: String,
+    prefix: String,
+    suffix: String,
+    /// The rewrite template split around each `{id}`.
+    rewrite: Vec<String>,
+    /// Index of the upstream this route sends to.
+    pub upstream: usize,
+    pub query: QueryPolicy,
+}
+
+impl Route {
+    /// `path` must hold `{id}` exactly once and `rewrite` at least once (config validation
+    /// guarantees both).
+    pub fn new(path: &str, rewrite: &str, upstream: usize, query: QueryPolicy) -> Route {
+        let (prefix, suffix) = path.split_once("{id}").unwrap_or((path, ""));
+        Route {
+            template: path.to_string(),
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+            rewrite: rewrite.split("{id}").map(str::to_string).collect(),
+            upstream,
+            query,
+        }
+    }
+
+    /// The upstream path and query for an asset id (already validated and lower-cased).
+    pub fn upstream_path(&self, id: &AssetId, query: Option<&str>) -> String {
+        let id = id.as_str();
+        let mut out = String::with_capacity(
+            self.rewrite.iter().map(String::len).sum::<usize>()
+                + id.len() * 2
+                + query.map_or(0, |q| q.len() + 1),
+        );
+        for (i, part) in self.rewrite.iter().enumerate() {
+            if i > 0 {
+                out.push_str(id);
+            }
+            out.push_str(part);
+        }
+        if let (QueryPolicy::Forward, Some(q)) = (self.query, query) {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+
+    /// The text where `{id}` sits, when the literal parts match and it is one non-empty
+    /// segment.
+    fn id_segment<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let middle = path
+            .strip_prefix(self.prefix.as_str())?
+            .strip_suffix(self.suffix.as_str())?;
+        (!middle.is_empty() && !middle.contains('/')).then_some(middle)
+    }
+}
+
+/// A canonical hyphenated UUID in lower case (36 ASCII bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AssetId([u8; 36]);
+
+impl AssetId {
+    /// Accepts exactly `8-4-4-4-12` hex digits, any version, either case.
+    pub fn parse(s: &str) -> Option<AssetId> {
+        let b = s.as_bytes();
+        if b.len() != 36 {
+            return None;
+        }
+        let mut out = [0u8; 36];
+        for (i, &c) in b.iter().enumerate() {
+            out[i] = match i {
+                8 | 13 | 18 | 23 if c == b'-' => b'-',
+                8 | 13 | 18 | 23 => return None,
+                _ if c.is_ascii_hexdigit() => c.to_ascii_lowercase(),
+                _ => return None,
+            };
+        }
+        Some(AssetId(out))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and hyphens are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for AssetId {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a request path resolves to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// A route matched and the id is a valid UUID.
+    Asset { route: usize, id: AssetId },
+    /// A route's shape matched but the id segment is not a UUID: 400.
+    BadId { route: usize },
+    /// No route has this shape: 404.
+    NoRoute,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    pub fn new(routes: Vec<Route>) -> Router {
+        Router { routes }
+    }
+
+    pub fn route(&self, index: usize) -> &Route {
+        &self.routes[index]
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Resolves a raw request path (without its query). The first route whose shape and id
+    /// both match wins; failing that, the first route whose shape matches gives `BadId`.
+    pub fn resolve(&self, path: &str) -> Resolution {
+        let mut bad_id = None;
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(segment) = route.id_segment(path) {
+                match AssetId::parse(segment) {
+                    Some(id) => return Resolution::Asset { route: i, id },
+                    None => {
+                        bad_id.get_or_insert(i);
+                    }
+                }
+            }
+        }
+        match bad_id {
+            Some(route) => Resolution::BadId { route },
+            None => Resolution::NoRoute,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c0d";
+
+    fn router() -> Router {
+        Router::new(vec![
+            Route::new(
+                "/content/v1/assets/{id}",
+                "/v1/assets/{id}",
+                0,
+                QueryPolicy::Forward,
+            ),
+            Route::new(
+                "/content/v1/thumbs/{id}/small",
+                "/v1/thumbs/{id}?size=s",
+                1,
+                QueryPolicy::Drop,
+            ),
+        ])
+    }
+
+    #[test]
+    fn canonical_uuid_of_any_case_matches_and_is_lowercased() {
+        let r = router();
+        let upper = ID.to_uppercase();
+        let Resolution::Asset { route, id } = r.resolve(&format!("/content/v1/assets/{upper}")) else {
+            panic!("no match")
+        };
+        assert_eq!(route, 0);
+        assert_eq!(id.as_str(), ID);
+        assert_eq!(
+            r.route(0).upstream_path(&id, Some("w=200")),
+            format!("/v1/assets/{ID}?w=200")
+        );
+        assert_eq!(r.route(0).upstream_path(&id, None), format!("/v1/assets/{ID}"));
+    }
+
+    #[test]
+    fn suffix_routes_and_query_drop() {
+        let r = router();
+        let Resolution::Asset { route, id } = r.resolve(&format!("/content/v1/thumbs/{ID}/small")) else {
+            panic!("no match")
+        };
+        assert_eq!(route, 1);
+        assert_eq!(
+            r.route(1).upstream_path(&id, Some("evil=1")),
+            format!("/v1/thumbs/{ID}?size=s")
+        );
+    }
+
+    #[test]
+    fn non_uuid_ids_are_bad_ids() {
+        let r = router();
+        for bad in [
+            "not-a-uuid",
+            "3f1c2a7e9b4d4e8a8c215d6f7a8b9c0d",       // simple form
+            "{3f1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c0d}", // braced
+            "3f1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c0g",
+            "3f1c2a7e-9b4d-4e8a-8c21_5d6f7a8b9c0d",
+            "3f1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c0d0",
+            "%2e%2e",
+            "..",
+            "3f1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c0%64",
+        ] {
+            assert_eq!(
+                r.resolve(&format!("/content/v1/assets/{bad}")),
+                Resolution::BadId { route: 0 },
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_shapes_match_no_route() {
+        let r = router();
+        for path in [
+            "/",
+            "/content/v1/assets/",
+            &format!("/content/v1/assets/{ID}/"),
+            &format!("/content/v1/assets//{ID}"),
+            &format!("/content/v1/assets/../assets/{ID}"),
+            &format!("/content/v1/assets/x/../{ID}"),
+            &format!("/content/v1/assets%2F{ID}"),
+            &format!("/content/v1/Assets/{ID}"),
+            &format!("/content/v1/assets/{ID}/small"),
+            &format!("//content/v1/assets/{ID}"),
+        ] {
+            assert_eq!(r.resolve(path), Resolution::NoRoute, "{path}");
+        }
+    }
+}

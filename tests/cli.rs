@@ -1,0 +1,99 @@
+//! The command line: `-t` validation, bad configs refused with the key's path, a listener
+//! that cannot bind.
+
+mod common;
+
+use common::{free_addr, simple_config, temp_dir, BIN};
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn write_conf(yaml: &str) -> String {
+    let path = temp_dir().join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_bundled_example_config_is_valid() {
+    let (code, out) = run(&[
+        "-t",
+        "-c",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/conf/asset-gateway.yaml"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("configuration OK"), "{out}");
+}
+
+#[test]
+fn dash_t_reports_every_problem_with_file_and_key_and_exits_non_zero() {
+    let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "      pears: []")
+        .replace("{listen}", "127.0.0.1:1")
+        .replace("threads: 2", "thread: 4");
+    let path = write_conf(&yaml);
+    let (code, out) = run(&["-t", "-c", &path]);
+    assert_ne!(code, 0);
+    assert!(out.contains(&format!("{path}: thread: unknown key")), "{out}");
+    assert!(
+        out.contains("gateway.upstreams.assets.pears: unknown field `pears`"),
+        "{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+#[test]
+fn cross_references_are_checked_by_dash_t() {
+    let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "")
+        .replace("{listen}", "127.0.0.1:1")
+        .replace(
+            "upstream: assets\n      rewrite: /v1/assets/{id}",
+            "upstream: asets\n      rewrite: /v1/assets/",
+        );
+    let path = write_conf(&yaml);
+    let (code, out) = run(&["-t", "-c", &path]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("gateway.routes[0].upstream: unknown upstream \"asets\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("gateway.routes[0].rewrite: \"/v1/assets/\" does not use {id}"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_file_or_flag_is_a_clear_error() {
+    let (code, out) = run(&["-t", "-c", "/nonexistent/gw.yaml"]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("/nonexistent/gw.yaml: cannot read the file"),
+        "{out}"
+    );
+    let (code, out) = run(&["-t"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("pass -c <file>"), "{out}");
+}
+
+#[test]
+fn a_listener_that_cannot_bind_ends_the_process() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let yaml = simple_config(&[free_addr()], "").replace("{listen}", &addr.to_string());
+    let path = write_conf(&yaml);
+    let (code, out) = run(&["-c", &path]);
+    assert_ne!(code, 0);
+    assert!(out.contains(&format!("cannot listen on {addr}")), "{out}");
+}

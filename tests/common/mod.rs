@@ -1,0 +1,225 @@
+//! Test harness: the real `asset-gateway` binary as a child process on 127.0.0.1, its
+//! config written to a temporary file, its log lines captured.
+#![allow(dead_code)]
+
+pub mod origin;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_asset-gateway");
+
+/// Generous limit for things that must happen eventually (a process starting, a log line
+/// appearing). It only stops a broken test from hanging; no test asserts on time.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+pub const ID: &str = "3f1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c0d";
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A fresh directory for one test's files.
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "asset-gateway-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// YAML for one upstream named `assets` over `peers`, and the standard route.
+pub fn simple_config(peers: &[SocketAddr], upstream_extra: &str) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        r#"threads: 2
+gateway:
+  listen: ["{{listen}}"]
+  upstreams:
+    assets:
+      peers: [{}]
+      host: assets.internal
+{upstream_extra}
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+    - path: /content/v1/thumbs/{{id}}
+      upstream: assets
+      rewrite: /v1/thumbs/{{id}}
+      query: drop
+"#,
+        peers.join(", ")
+    )
+}
+
+pub struct Gateway {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub conf_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts the gateway with `yaml`, where `{listen}` is replaced by a free address, and
+    /// waits until it accepts connections.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::start_with_args(yaml, &[])
+    }
+
+    pub fn start_with_args(yaml: &str, args: &[&str]) -> Gateway {
+        let addr = free_addr();
+        let dir = temp_dir();
+        let conf_path = dir.join("gateway.yaml");
+        let yaml = yaml.replace("{listen}", &addr.to_string());
+        let yaml = format!(
+            "pid_file: {}\nupgrade_sock: {}\n{yaml}",
+            dir.join("gateway.pid").display(),
+            dir.join("upgrade.sock").display()
+        );
+        std::fs::write(&conf_path, yaml).unwrap();
+        let mut g = Gateway {
+            child: None,
+            addr,
+            dir,
+            conf_path,
+            logs: Default::default(),
+        };
+        g.spawn(args);
+        g.wait_ready();
+        g
+    }
+
+    /// Starts another process on the same config file (e.g. with `-u`).
+    pub fn spawn(&mut self, args: &[&str]) -> &mut Child {
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(&self.conf_path)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn asset-gateway");
+        let stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("TEST_GATEWAY_ECHO").is_some() {
+                    eprintln!("[gateway] {line}");
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        self.child.as_mut().unwrap()
+    }
+
+    pub fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "gateway exited early ({status}); log:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            assert!(
+                start.elapsed() < EVENTUALLY,
+                "gateway did not start; log:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn asset_url(&self, id: &str) -> String {
+        self.url(&format!("/content/v1/assets/{id}"))
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn access_lines(&self) -> Vec<String> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l.contains(" access] "))
+            .collect()
+    }
+
+    /// Waits until a log line satisfies `pred`; returns it.
+    pub async fn wait_for_log(&self, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.logs().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(
+                start.elapsed() < EVENTUALLY,
+                "log line never appeared; log:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A client that never pools across tests and never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes or `idle` passes
+/// without data. Returns everything read.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], idle: Duration) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match tokio::time::timeout(idle, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
