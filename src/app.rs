@@ -32,6 +32,9 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
 
     let mut options = HttpServerOptions::default();
     options.h2c = false;
+    for service in gateway.upstreams.services() {
+        server.add_boxed_service(service);
+    }
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
         .name("asset-gateway")
         .server_options(options)

@@ -67,10 +67,96 @@ pub struct UpstreamConf {
     /// Extra peers tried, one after another, after a connect failure.
     #[serde(default = "default_retries")]
     pub retries: usize,
+    #[serde(default)]
+    pub selection: Selection,
+    /// Active health checks; absent = none.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConf>,
+    #[serde(default)]
+    pub passive_ejection: EjectionConf,
+    /// Upstream TLS; absent = plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConf>,
+    /// Added to every upstream request; `${VAR}` is expanded from the environment at start.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 fn default_retries() -> usize {
     2
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Spread requests by weight.
+    #[default]
+    RoundRobin,
+    /// Ketama hashing of the asset id: one asset keeps hitting the same peer.
+    Consistent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConf {
+    /// Path requested with GET on each peer.
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    /// Connect and response timeout of one check.
+    #[serde(default = "default_connect_timeout")]
+    pub timeout: Dur,
+    /// Consecutive successes for an unhealthy peer to come back.
+    #[serde(default = "two")]
+    pub healthy_after: usize,
+    /// Consecutive failures for a healthy peer to go out.
+    #[serde(default = "two")]
+    pub unhealthy_after: usize,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Vec<u16>,
+}
+
+fn default_hc_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn two() -> usize {
+    2
+}
+fn default_expect_status() -> Vec<u16> {
+    vec![200]
+}
+
+/// Circuit breaker: a peer whose connections fail `failures` times in a row is left out of
+/// selection for `cooldown`, then tried again. `failures: 0` turns it off.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+pub struct EjectionConf {
+    pub failures: u32,
+    pub cooldown: Dur,
+}
+
+impl Default for EjectionConf {
+    fn default() -> Self {
+        EjectionConf {
+            failures: 3,
+            cooldown: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConf {
+    /// Server name sent and verified. Required: an empty SNI turns verification off in Pingora.
+    pub sni: String,
+    /// PEM file of the CA(s) that sign the peers' certificates; default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM certificate chain and key for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -368,8 +454,88 @@ impl UpstreamConf {
                 problems.push(format!("{key}.host: {host:?} is not a valid Host header value"));
             }
         }
+        if let Some(hc) = &self.health_check {
+            let key = format!("{key}.health_check");
+            if !hc.path.starts_with('/') || !hc.path.bytes().all(|b| b.is_ascii_graphic()) {
+                problems.push(format!(
+                    "{key}.path: {:?} must be a path starting with '/'",
+                    hc.path
+                ));
+            }
+            for (name, n) in [
+                ("healthy_after", hc.healthy_after),
+                ("unhealthy_after", hc.unhealthy_after),
+            ] {
+                if n == 0 {
+                    problems.push(format!("{key}.{name}: must be at least 1"));
+                }
+            }
+            if hc.expect_status.is_empty() {
+                problems.push(format!("{key}.expect_status: at least one status is required"));
+            }
+            for (i, s) in hc.expect_status.iter().enumerate() {
+                if !(100..=599).contains(s) {
+                    problems.push(format!("{key}.expect_status[{i}]: {s} is not an HTTP status"));
+                }
+            }
+        }
+        if let Some(tls) = &self.tls {
+            let key = format!("{key}.tls");
+            if tls.sni.is_empty() {
+                problems.push(format!(
+                    "{key}.sni: must not be empty (an empty SNI turns certificate verification off)"
+                ));
+            }
+            for (name, file) in [
+                ("ca_file", &tls.ca_file),
+                ("client_cert", &tls.client_cert),
+                ("client_key", &tls.client_key),
+            ] {
+                if let Some(f) = file {
+                    if let Err(e) = std::fs::metadata(f) {
+                        problems.push(format!("{key}.{name}: cannot read {f:?}: {e}"));
+                    }
+                }
+            }
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                problems.push(format!("{key}: client_cert and client_key go together"));
+            }
+        }
+        for (name, value) in &self.headers {
+            let key = format!("{key}.headers.{name}");
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push(format!("{key}: not a valid header name"));
+            }
+            if let Err(e) = expand_env(value) {
+                problems.push(format!("{key}: {e}"));
+            }
+        }
         problems
     }
+}
+
+/// Expands `${VAR}` from the environment. An unset variable is an error; the expanded value
+/// is a secret and never appears in an error message.
+pub fn expand_env(template: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or("unterminated ${...}")?;
+        let var = &after[..end];
+        if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("${{{var}}} is not a valid variable name"));
+        }
+        let value = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if http::HeaderValue::from_str(&out).is_err() {
+        return Err("the value (after expansion) is not a valid header value".to_string());
+    }
+    Ok(out)
 }
 
 /// `host:port` with a non-empty host and a port from 1 to 65535 (IPv6 in brackets).
@@ -555,6 +721,71 @@ gateway:
         );
         assert!(p.contains("gateway.listen[0]"), "{p}");
         assert!(p.contains("gateway.routes[0].upstream"), "{p}");
+    }
+
+    fn with_upstream_keys(extra: &str) -> String {
+        VALID.replace(
+            "      host: assets.internal\n",
+            &format!("      host: assets.internal\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn resilience_keys_load() {
+        std::env::set_var("AG_TEST_TOKEN", "s3cret");
+        let yaml = with_upstream_keys(
+            "      selection: consistent\n      retries: 1\n      health_check: {path: /healthz, interval: 2s, timeout: 1s, healthy_after: 2, unhealthy_after: 3, expect_status: [200, 204]}\n      passive_ejection: {failures: 5, cooldown: 30s}\n      headers:\n        Authorization: \"Bearer ${AG_TEST_TOKEN}\"\n",
+        );
+        let c = Config::from_yaml(&yaml).unwrap();
+        let up = &c.gateway.upstreams["assets"];
+        assert_eq!(up.selection, Selection::Consistent);
+        let hc = up.health_check.as_ref().unwrap();
+        assert_eq!((hc.healthy_after, hc.unhealthy_after), (2, 3));
+        assert_eq!(hc.expect_status, vec![200, 204]);
+        assert_eq!(up.passive_ejection.failures, 5);
+        assert_eq!(expand_env(&up.headers["Authorization"]).unwrap(), "Bearer s3cret");
+    }
+
+    #[test]
+    fn resilience_keys_are_validated() {
+        let cases = [
+            ("      selection: random\n", "gateway.upstreams.assets.selection: unknown variant `random`"),
+            ("      connect_timeout: 0s\n", "gateway.upstreams.assets.connect_timeout: invalid duration \"0s\": must be greater than zero"),
+            ("      read_timeout: -5s\n", "gateway.upstreams.assets.read_timeout: invalid duration"),
+            ("      health_check: {path: /healthz, intervl: 2s}\n", "gateway.upstreams.assets.health_check.intervl: unknown field"),
+            ("      health_check: {path: healthz, healthy_after: 0}\n", "gateway.upstreams.assets.health_check.healthy_after: must be at least 1"),
+            ("      health_check: {path: healthz}\n", "gateway.upstreams.assets.health_check.path: \"healthz\" must be a path"),
+            ("      tls: {ca_file: /etc/ssl/x.pem}\n", "gateway.upstreams.assets.tls: missing field `sni`"),
+            ("      tls: {sni: \"\"}\n", "gateway.upstreams.assets.tls.sni: must not be empty"),
+            ("      tls: {sni: a.test, ca_file: /nonexistent/ca.pem}\n", "gateway.upstreams.assets.tls.ca_file: cannot read \"/nonexistent/ca.pem\""),
+            ("      tls: {sni: a.test, client_cert: /etc/hostname}\n", "gateway.upstreams.assets.tls: client_cert and client_key go together"),
+            ("      headers: {Authorization: \"Bearer ${AG_UNSET_VARIABLE}\"}\n", "gateway.upstreams.assets.headers.Authorization: environment variable AG_UNSET_VARIABLE is not set"),
+            ("      headers: {\"bad header\": x}\n", "gateway.upstreams.assets.headers.bad header: not a valid header name"),
+        ];
+        for (extra, expected) in cases {
+            let p = problems(&with_upstream_keys(extra));
+            assert!(
+                p.contains(expected),
+                "for {extra:?} expected {expected:?} in:\n{p}"
+            );
+        }
+        let p = problems(&VALID.replace("weight: 2", "weight: 0"));
+        assert!(
+            p.contains("gateway.upstreams.assets.peers[1].weight: must be at least 1"),
+            "{p}"
+        );
+        let p = problems(&VALID.replace("weight: 2", "weight: -1"));
+        assert!(p.contains("gateway.upstreams.assets.peers[1].weight"), "{p}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        std::env::set_var("AG_TEST_BAD_SECRET", "line\nbreak-secret");
+        let p = problems(&with_upstream_keys(
+            "      headers: {X-Token: \"${AG_TEST_BAD_SECRET}\"}\n",
+        ));
+        assert!(p.contains("gateway.upstreams.assets.headers.X-Token: the value (after expansion) is not a valid header value"), "{p}");
+        assert!(!p.contains("break-secret"), "{p}");
     }
 
     #[test]

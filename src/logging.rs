@@ -46,6 +46,8 @@ pub struct AccessRecord<'a> {
     pub total: Duration,
     pub request_id: &'a str,
     pub error: Option<&'a Error>,
+    /// Why attempts failed, or why no peer was usable.
+    pub failures: &'a [String],
 }
 
 /// Writes one access line at info.
@@ -73,6 +75,9 @@ pub fn access(r: &AccessRecord) {
     );
     if let Some(e) = r.error {
         let _ = write!(line, " error={:?}", e.to_string());
+    }
+    if !r.failures.is_empty() {
+        let _ = write!(line, " upstream_failures={:?}", r.failures.join("; "));
     }
     log::info!(target: ACCESS_TARGET, "{line}");
 }

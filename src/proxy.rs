@@ -9,7 +9,7 @@ use crate::config::GatewayConf;
 use crate::errors::{self, Reject};
 use crate::logging::{self, AccessRecord};
 use crate::routing::{Resolution, Route, Router};
-use crate::upstreams::Upstreams;
+use crate::upstreams::{Selected, Upstream, Upstreams};
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
@@ -25,8 +25,6 @@ pub struct Gateway {
     pub upstreams: Upstreams,
     /// Idle keep-alive timeout for client connections, in whole seconds (Pingora's unit).
     keepalive_secs: u64,
-    /// Extra attempts on other peers after a connect failure, per upstream.
-    retries: Vec<usize>,
 }
 
 impl Gateway {
@@ -42,12 +40,10 @@ impl Gateway {
                 Route::new(&r.path, &r.rewrite, upstream, r.query)
             })
             .collect();
-        let retries = conf.upstreams.values().map(|u| u.retries).collect();
         Ok(Gateway {
             router: Router::new(routes),
             upstreams,
             keepalive_secs: conf.downstream.keepalive_timeout.0.as_secs_f64().ceil() as u64,
-            retries,
         })
     }
 }
@@ -62,6 +58,10 @@ pub struct Ctx {
     asset_key: [u8; 36],
     /// Peers already attempted for this request, in order.
     tried: Vec<SocketAddr>,
+    /// The peer chosen when the request was admitted, used by the first attempt.
+    first_pick: Option<Selected>,
+    /// Why each failed attempt failed (for the access line).
+    failures: Vec<String>,
     reused: bool,
     connected_at: Option<Instant>,
     upstream_header_at: Option<Instant>,
@@ -93,6 +93,8 @@ impl ProxyHttp for Gateway {
             upstream_uri: None,
             asset_key: [0; 36],
             tried: Vec::new(),
+            first_pick: None,
+            failures: Vec::new(),
             reused: false,
             connected_at: None,
             upstream_header_at: None,
@@ -121,20 +123,42 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Picks the first peer before proxying starts, so that when every peer is known to be
+    /// down the answer is an immediate 502 on a connection that stays open.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(upstream) = self.upstream_of(ctx) else {
+            return Ok(true);
+        };
+        ctx.first_pick = upstream.select(&ctx.asset_key, &[]);
+        if ctx.first_pick.is_some() {
+            return Ok(true);
+        }
+        ctx.failures.push(upstream.down_reasons());
+        ctx.rejected = Some(errors::NO_HEALTHY_PEER);
+        errors::respond(session, errors::NO_HEALTHY_PEER, &ctx.request_id).await?;
+        Ok(false)
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
+        let upstream = self
+            .upstream_of(ctx)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let upstream = self.upstreams.get(self.router.route(route).upstream);
-        match upstream.select(&ctx.asset_key, &ctx.tried) {
+        let pick = match ctx.first_pick.take() {
+            Some(p) => Some(p),
+            None => upstream.select(&ctx.asset_key, &ctx.tried),
+        };
+        match pick {
             Some(selected) => {
                 ctx.tried.push(selected.addr);
                 Ok(selected.peer)
             }
-            None => Err(Error::explain(
-                errors::NO_PEER_ERROR,
-                format!("upstream {}", upstream.name),
-            )),
+            None => {
+                ctx.failures.push(upstream.down_reasons());
+                Err(Error::explain(
+                    errors::NO_PEER_ERROR,
+                    format!("upstream {}", upstream.name),
+                ))
+            }
         }
     }
 
@@ -145,14 +169,37 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let Some(upstream) = self.upstream_of(ctx) else {
+            return e;
+        };
+        if let Some(addr) = ctx.tried.last() {
+            upstream.record_connect_failure(addr, &e);
+            ctx.failures.push(format!("{}: {}", upstream.label_for(addr), e));
+        }
         // Pingora retries only errors marked retryable. A connect failure sent nothing
-        // upstream, so another peer may take the request, up to the upstream's `retries`.
-        if let Some(route) = ctx.route {
-            let upstream = self.router.route(route).upstream;
-            let attempts = ctx.tried.len();
-            let retry =
-                attempts <= self.retries[upstream] && attempts < self.upstreams.get(upstream).peer_count();
-            e.set_retry(retry);
+        // upstream, so another peer (never the same one) may take the request, up to
+        // `retries` more attempts.
+        let attempts = ctx.tried.len();
+        e.set_retry(attempts <= upstream.retries && attempts < upstream.peer_count());
+        e
+    }
+
+    /// After a connection was made, only a failure on a reused (stale pooled) connection
+    /// before any response byte reached the client may be retried, and only for GET/HEAD
+    /// (which are all we forward). Once the client has part of a response, never.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if session.response_written().is_some() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -169,6 +216,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.reused = reused;
         ctx.connected_at = Some(Instant::now());
+        if let (Some(upstream), Some(addr)) = (self.upstream_of(ctx), ctx.tried.last()) {
+            upstream.record_connect_success(addr);
+        }
         Ok(())
     }
 
@@ -181,9 +231,11 @@ impl ProxyHttp for Gateway {
         if let Some(uri) = &ctx.upstream_uri {
             req.set_uri(uri.clone());
         }
-        if let (Some(route), Some(peer)) = (ctx.route, ctx.tried.last()) {
-            let upstream = self.upstreams.get(self.router.route(route).upstream);
+        if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), ctx.tried.last()) {
             req.insert_header(http::header::HOST, upstream.host_for(peer))?;
+            for (name, value) in &upstream.headers {
+                req.insert_header(name, value.clone())?;
+            }
         }
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         if let Some(ip) = client_ip {
@@ -266,9 +318,7 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(ctx.error_status, |r| r.status.as_u16());
         let peer = ctx.tried.last().copied();
-        let upstream = ctx
-            .route
-            .map(|r| self.upstreams.get(self.router.route(r).upstream));
+        let upstream = self.upstream_of(ctx);
         let record = AccessRecord {
             session,
             status,
@@ -279,12 +329,18 @@ impl ProxyHttp for Gateway {
             total: ctx.start.elapsed(),
             request_id: &ctx.request_id,
             error: e,
+            failures: &ctx.failures,
         };
         logging::access(&record);
     }
 }
 
 impl Gateway {
+    fn upstream_of(&self, ctx: &Ctx) -> Option<&Upstream> {
+        ctx.route
+            .map(|r| self.upstreams.get(self.router.route(r).upstream))
+    }
+
     /// Decides whether a request may go upstream, and prepares its upstream target.
     fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<(), Reject> {
         let req = session.req_header();

@@ -223,3 +223,80 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], idle: Duration) -> V
         }
     }
 }
+
+/// One HTTP/1.1 client connection driven by hand, to see exactly what the server does with it.
+pub struct RawConn {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        RawConn { s: tokio::net::TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+    }
+
+    pub async fn send(&mut self, data: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(data).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 65536];
+        match tokio::time::timeout(EVENTUALLY, self.s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads one response framed by Content-Length (no body for HEAD, 204 and 304).
+    pub async fn response(&mut self, head_request: bool) -> Option<RawResponse> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill().await {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        self.buf.drain(..end);
+        let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+        let mut r = RawResponse { status, head, body: Vec::new() };
+        let len: usize = if head_request || status == 204 || status == 304 {
+            0
+        } else {
+            r.header("content-length")?.parse().ok()?
+        };
+        while self.buf.len() < len {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        r.body = self.buf.drain(..len).collect();
+        Some(r)
+    }
+
+    /// True when the server closes the connection (read returns 0 or fails).
+    pub async fn closed_by_server(&mut self) -> bool {
+        !self.fill().await
+    }
+}
