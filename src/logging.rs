@@ -76,7 +76,8 @@ pub fn access(r: &AccessRecord) {
     if let Some(e) = r.error {
         let _ = write!(line, " error={:?}", e.to_string());
     }
-    if !r.failures.is_empty() {
+    // One failed attempt is already the error itself; list attempts when they add to it.
+    if r.failures.len() > 1 || (r.error.is_none() && !r.failures.is_empty()) {
         let _ = write!(line, " upstream_failures={:?}", r.failures.join("; "));
     }
     log::info!(target: ACCESS_TARGET, "{line}");

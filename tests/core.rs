@@ -369,13 +369,28 @@ async fn rejections_keep_the_client_connection_usable() {
     let mut conn = RawConn::connect(gw.addr).await;
     for (request, status) in [
         ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), 404),
-        ("GET /content/v1/assets/bad HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), 400),
-        (format!("DELETE /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n"), 405),
-        (format!("HEAD /content/v1/assets/bad HTTP/1.1\r\nHost: x\r\n\r\n"), 400),
-        (format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n"), 200),
+        (
+            "GET /content/v1/assets/bad HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            format!("DELETE /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            405,
+        ),
+        (
+            "HEAD /content/v1/assets/bad HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            200,
+        ),
     ] {
         conn.send(request.as_bytes()).await;
-        let r = conn.response(request.starts_with("HEAD")).await.expect("connection closed");
+        let r = conn
+            .response(request.starts_with("HEAD"))
+            .await
+            .expect("connection closed");
         assert_eq!(r.status, status, "{request}");
         assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
     }
@@ -443,4 +458,30 @@ async fn idle_client_connections_are_closed_after_the_keepalive_timeout() {
         .expect("idle connection never closed")
         .unwrap_or(0);
     assert_eq!(n, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_headers_are_added_from_the_environment_and_never_logged() {
+    std::env::set_var("AG_CORE_TEST_TOKEN", "tok-5ecret-value");
+    let origin = Origin::start().await;
+    origin.set_body(ID, "x");
+    let gw = Gateway::start(&simple_config(
+        &[origin.addr],
+        "      headers:\n        Authorization: \"Bearer ${AG_CORE_TEST_TOKEN}\"\n",
+    ));
+    let r = client()
+        .get(gw.asset_url(ID))
+        .header("authorization", "client-supplied")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let seen = &origin.asset_requests()[0];
+    assert_eq!(seen.header("authorization"), Some("Bearer tok-5ecret-value"));
+    gw.wait_for_log(|l| l.contains(" access] ")).await;
+    assert!(
+        gw.logs().iter().all(|l| !l.contains("5ecret")),
+        "a secret reached the log"
+    );
 }

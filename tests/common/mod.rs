@@ -247,7 +247,10 @@ impl RawResponse {
 
 impl RawConn {
     pub async fn connect(addr: SocketAddr) -> RawConn {
-        RawConn { s: tokio::net::TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+        RawConn {
+            s: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, data: &[u8]) {
@@ -280,7 +283,11 @@ impl RawConn {
         let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
         self.buf.drain(..end);
         let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-        let mut r = RawResponse { status, head, body: Vec::new() };
+        let mut r = RawResponse {
+            status,
+            head,
+            body: Vec::new(),
+        };
         let len: usize = if head_request || status == 204 || status == 304 {
             0
         } else {
@@ -298,5 +305,14 @@ impl RawConn {
     /// True when the server closes the connection (read returns 0 or fails).
     pub async fn closed_by_server(&mut self) -> bool {
         !self.fill().await
+    }
+}
+
+impl Gateway {
+    /// The access line of the request with this `X-Request-Id` (waits for it).
+    pub async fn access_line(&self, request_id: &str) -> String {
+        let field = format!("request_id={request_id}");
+        self.wait_for_log(|l| l.contains(" access] ") && l.split(' ').any(|word| word == field))
+            .await
     }
 }

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 /// How the origin answers for one asset id.
@@ -75,14 +75,22 @@ pub struct OriginState {
     assets: Mutex<HashMap<String, Behavior>>,
     /// Answer for `GET /healthz`.
     pub healthy: AtomicBool,
+    /// Sent as `x-served-by` on every response.
+    pub served_by: Mutex<String>,
     pub health_checks: AtomicUsize,
 }
 
 pub struct Origin {
     pub addr: SocketAddr,
     pub state: Arc<OriginState>,
+    /// `true` stops accepting; idle connections close, in-flight responses finish.
     stop: watch::Sender<bool>,
+    /// `true` also drops in-flight responses at once.
+    kill: watch::Sender<bool>,
 }
+
+/// Serves TLS when given (tests of upstream TLS).
+pub type TlsAcceptor = tokio_rustls::TlsAcceptor;
 
 /// The byte at `offset` of every generated body (so any slice can be checked; 251 is prime,
 /// so a shifted or repeated 64 KiB write does not line up).
@@ -101,32 +109,72 @@ impl Origin {
     }
 
     pub async fn start_on(addr: &str) -> Origin {
+        Self::start_inner(addr, None).await
+    }
+
+    /// Starts a TLS origin.
+    pub async fn start_tls(addr: &str, acceptor: TlsAcceptor) -> Origin {
+        Self::start_inner(addr, Some(acceptor)).await
+    }
+
+    async fn start_inner(addr: &str, tls: Option<TlsAcceptor>) -> Origin {
         let listener = TcpListener::bind(addr).await.expect("origin bind");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState::default());
         state.healthy.store(true, Ordering::SeqCst);
-        let (stop, mut stopped) = watch::channel(false);
+        *state.served_by.lock().unwrap() = addr.to_string();
+        let (stop, stopped) = watch::channel(false);
+        let (kill, killed) = watch::channel(false);
         let st = state.clone();
+        let mut stop_accepting = stopped.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((sock, _)) = accepted else { continue };
                         st.connections.fetch_add(1, Ordering::SeqCst);
-                        let st = st.clone();
-                        let stopped = stopped.clone();
-                        tokio::spawn(serve_connection(sock, st, stopped));
+                        let _ = sock.set_nodelay(true);
+                        let (st, stopped, mut killed) = (st.clone(), stopped.clone(), killed.clone());
+                        let tls = tls.clone();
+                        tokio::spawn(async move {
+                            let serve = async move {
+                                match tls {
+                                    None => serve_connection(sock, st, stopped).await,
+                                    Some(acceptor) => {
+                                        if let Ok(s) = acceptor.accept(sock).await {
+                                            serve_connection(s, st, stopped).await;
+                                        }
+                                    }
+                                }
+                            };
+                            tokio::select! {
+                                _ = serve => {}
+                                _ = killed.wait_for(|k| *k) => {}
+                            }
+                        });
                     }
-                    _ = stopped.changed() => break,
+                    _ = stop_accepting.wait_for(|s| *s) => break,
                 }
             }
         });
-        Origin { addr, state, stop }
+        Origin {
+            addr,
+            state,
+            stop,
+            kill,
+        }
     }
 
-    /// Stops accepting and closes every open connection.
+    /// Stops like a server being shut down: no new connections (they are refused), idle
+    /// keep-alive connections close, responses in flight finish.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Stops abruptly: every connection is dropped, mid-response or not.
+    pub fn kill(&self) {
+        let _ = self.stop.send(true);
+        let _ = self.kill.send(true);
     }
 
     pub fn set(&self, id: &str, behavior: Behavior) {
@@ -166,31 +214,29 @@ impl Origin {
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }
 
-async fn serve_connection(mut sock: TcpStream, st: Arc<OriginState>, mut stopped: watch::Receiver<bool>) {
-    let _ = sock.set_nodelay(true);
+async fn serve_connection<S>(mut sock: S, st: Arc<OriginState>, mut stopped: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::with_capacity(8192);
     loop {
         let head = tokio::select! {
             h = read_head(&mut sock, &mut buf) => h,
-            _ = stopped.changed() => return,
+            _ = stopped.wait_for(|s| *s) => return,
         };
         let Some(seen) = head else { return };
-        let keep_going = tokio::select! {
-            k = answer(&mut sock, &st, &seen) => k,
-            _ = stopped.changed() => return,
-        };
-        if !keep_going {
+        if !answer(&mut sock, &st, &seen).await || *stopped.borrow() {
             return;
         }
     }
 }
 
 /// Reads one request head (up to the blank line). Leftover bytes stay in `buf`.
-async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
+async fn read_head<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut Vec<u8>) -> Option<Seen> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let raw: Vec<u8> = buf.drain(..end + 4).collect();
@@ -223,7 +269,7 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
 }
 
 /// Writes the answer; returns whether the connection may serve another request.
-async fn answer(sock: &mut TcpStream, st: &Arc<OriginState>, req: &Seen) -> bool {
+async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req: &Seen) -> bool {
     st.requests.lock().unwrap().push(req.clone());
     let head_only = req.method == "HEAD";
     if req.target == "/healthz" {
@@ -247,7 +293,7 @@ async fn answer(sock: &mut TcpStream, st: &Arc<OriginState>, req: &Seen) -> bool
             "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
-        return write_all(sock, st, h.as_bytes(), false).await
+        return write_head(sock, st, h.as_bytes()).await
             && (head_only || write_all(sock, st, body.as_bytes(), true).await);
     };
     match behavior {
@@ -256,7 +302,7 @@ async fn answer(sock: &mut TcpStream, st: &Arc<OriginState>, req: &Seen) -> bool
         }
         Behavior::Generated { size } => {
             let h = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {size}\r\n\r\n");
-            if !write_all(sock, st, h.as_bytes(), false).await {
+            if !write_head(sock, st, h.as_bytes()).await {
                 return false;
             }
             head_only || write_pattern(sock, st, 0..size).await
@@ -268,9 +314,7 @@ async fn answer(sock: &mut TcpStream, st: &Arc<OriginState>, req: &Seen) -> bool
             held,
         } => {
             let h = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {total}\r\n\r\n");
-            if !write_all(sock, st, h.as_bytes(), false).await
-                || !write_pattern(sock, st, 0..first as u64).await
-            {
+            if !write_head(sock, st, h.as_bytes()).await || !write_pattern(sock, st, 0..first as u64).await {
                 return false;
             }
             held.store(true, Ordering::SeqCst);
@@ -284,7 +328,7 @@ async fn answer(sock: &mut TcpStream, st: &Arc<OriginState>, req: &Seen) -> bool
         }
         Behavior::StallAfter { first, total } => {
             let h = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {total}\r\n\r\n");
-            if write_all(sock, st, h.as_bytes(), false).await {
+            if write_head(sock, st, h.as_bytes()).await {
                 write_pattern(sock, st, 0..first as u64).await;
             }
             std::future::pending::<()>().await;
@@ -301,11 +345,11 @@ async fn answer(sock: &mut TcpStream, st: &Arc<OriginState>, req: &Seen) -> bool
                 out.extend_from_slice(format!("{first:x}\r\n").as_bytes());
                 out.extend_from_slice(&pattern(0..first as u64));
                 out.extend_from_slice(b"\r\n");
-                write_all(sock, st, &out, false).await;
+                write_head(sock, st, &out).await;
             } else {
                 let h =
                     format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {total}\r\n\r\n");
-                if write_all(sock, st, h.as_bytes(), false).await {
+                if write_head(sock, st, h.as_bytes()).await {
                     write_pattern(sock, st, 0..first as u64).await;
                 }
             }
@@ -321,14 +365,14 @@ async fn answer(sock: &mut TcpStream, st: &Arc<OriginState>, req: &Seen) -> bool
                 "HTTP/1.1 {status} Status\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
                 body.len()
             );
-            write_all(sock, st, h.as_bytes(), false).await
+            write_head(sock, st, h.as_bytes()).await
                 && (head_only || write_all(sock, st, body.as_bytes(), true).await)
         }
     }
 }
 
-async fn serve_body(
-    sock: &mut TcpStream,
+async fn serve_body<S: AsyncWrite + Unpin>(
+    sock: &mut S,
     st: &Arc<OriginState>,
     req: &Seen,
     body: &Bytes,
@@ -345,7 +389,7 @@ async fn serve_body(
     );
     if req.header("if-none-match") == Some(etag.as_str()) {
         let h = format!("HTTP/1.1 304 Not Modified\r\n{common}\r\n");
-        return write_all(sock, st, h.as_bytes(), false).await;
+        return write_head(sock, st, h.as_bytes()).await;
     }
     let len = body.len() as u64;
     if let Some((start, end)) = req.header("range").and_then(|r| parse_range(r, len)) {
@@ -353,11 +397,11 @@ async fn serve_body(
             "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes {start}-{end}/{len}\r\ncontent-length: {}\r\n\r\n",
             end - start + 1
         );
-        return write_all(sock, st, h.as_bytes(), false).await
+        return write_head(sock, st, h.as_bytes()).await
             && (head_only || write_all(sock, st, &body[start as usize..=end as usize], true).await);
     }
     let h = format!("HTTP/1.1 200 OK\r\n{common}content-length: {len}\r\n\r\n");
-    if !write_all(sock, st, h.as_bytes(), false).await {
+    if !write_head(sock, st, h.as_bytes()).await {
         return false;
     }
     head_only || body.is_empty() || write_all(sock, st, body, true).await
@@ -376,7 +420,23 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && end < len).then_some((start, end))
 }
 
-async fn write_all(sock: &mut TcpStream, st: &Arc<OriginState>, data: &[u8], is_body: bool) -> bool {
+/// Writes a response head, adding `x-served-by` (which origin answered).
+async fn write_head<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, head: &[u8]) -> bool {
+    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return write_all(sock, st, head, false).await;
+    };
+    let mut out = head[..end + 2].to_vec();
+    out.extend_from_slice(format!("x-served-by: {}\r\n", st.served_by.lock().unwrap()).as_bytes());
+    out.extend_from_slice(&head[end + 2..]);
+    write_all(sock, st, &out, false).await
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(
+    sock: &mut S,
+    st: &Arc<OriginState>,
+    data: &[u8],
+    is_body: bool,
+) -> bool {
     if sock.write_all(data).await.is_err() {
         return false;
     }
@@ -387,7 +447,11 @@ async fn write_all(sock: &mut TcpStream, st: &Arc<OriginState>, data: &[u8], is_
     true
 }
 
-async fn write_pattern(sock: &mut TcpStream, st: &Arc<OriginState>, range: std::ops::Range<u64>) -> bool {
+async fn write_pattern<S: AsyncWrite + Unpin>(
+    sock: &mut S,
+    st: &Arc<OriginState>,
+    range: std::ops::Range<u64>,
+) -> bool {
     const CHUNK: u64 = 64 * 1024;
     static BLOCK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let block = BLOCK.get_or_init(|| pattern(0..CHUNK + 251));
