@@ -1,12 +1,19 @@
 //! Wiring: the Pingora server, its services and start-up checks.
 
+use crate::admin::Admin;
 use crate::config::Config;
+use crate::metrics;
 use crate::proxy::Gateway;
+use async_trait::async_trait;
+use log::info;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::Opt;
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use std::process::exit;
+use std::time::Duration;
 
 /// Starts the server and serves until a signal ends it.
 pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
@@ -18,7 +25,7 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
     // address in use for 30 s, and the process keeps running without it. Fail fast instead;
     // with -u the sockets come from the running instance, so there is nothing to check.
     if !opt.upgrade {
-        for addr in &gateway_conf.listen {
+        for addr in gateway_conf.listen.iter().chain(&gateway_conf.admin) {
             if let Err(e) = std::net::TcpListener::bind(addr) {
                 eprintln!("asset-gateway: cannot listen on {addr}: {e}");
                 exit(1);
@@ -30,11 +37,23 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let mut options = HttpServerOptions::default();
-    options.h2c = false;
     for service in gateway.upstreams.services() {
         server.add_boxed_service(service);
     }
+    if let Some(addr) = &gateway_conf.admin {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            Admin {
+                upstreams: gateway.upstreams.clone(),
+            },
+        );
+        admin.add_tcp(addr);
+        server.add_service(admin);
+    }
+    server.add_service(background_service("exit when drained", ExitWhenDrained));
+
+    let mut options = HttpServerOptions::default();
+    options.h2c = false;
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
         .name("asset-gateway")
         .server_options(options)
@@ -44,6 +63,35 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
     }
     server.add_service(proxy);
     server.run_forever()
+}
+
+/// Graceful shutdown that ends when the work does. After SIGTERM (or SIGQUIT, once the
+/// listening sockets are handed to the new process) Pingora stops accepting, then sleeps the
+/// whole `grace_period_seconds` even when nothing is left to do. This service waits for the
+/// same signal, then for the in-flight requests to finish, and exits the process at once.
+/// The grace period stays the upper bound.
+struct ExitWhenDrained;
+
+#[async_trait]
+impl BackgroundService for ExitWhenDrained {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+            return;
+        }
+        info!(
+            "graceful shutdown: listeners closed, {} request(s) in flight",
+            metrics::in_flight()
+        );
+        // Quiet for a moment in a row, so a connection accepted just before the listeners
+        // closed has had its chance to start a request.
+        let mut quiet = 0;
+        while quiet < 5 {
+            pingora::time::sleep(Duration::from_millis(20)).await;
+            quiet = if metrics::in_flight() == 0 { quiet + 1 } else { 0 };
+        }
+        info!("graceful shutdown: no request in flight, exiting");
+        exit(0);
+    }
 }
 
 /// Backstop for the pre-bind check above (e.g. a race, or `-u` without the old process):

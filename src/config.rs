@@ -24,10 +24,48 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct GatewayConf {
     pub listen: Vec<String>,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`); absent = none.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Adds `Server-Timing` (upstream time to first byte, the gateway's own share).
+    #[serde(default = "yes")]
+    pub server_timing: bool,
+    #[serde(default)]
+    pub access_log: AccessLogConf,
     #[serde(default)]
     pub downstream: DownstreamConf,
     pub upstreams: BTreeMap<String, UpstreamConf>,
     pub routes: Vec<RouteConf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConf {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+}
+
+impl Default for AccessLogConf {
+    fn default() -> Self {
+        AccessLogConf {
+            enabled: true,
+            format: AccessLogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// `key=value` fields after env_logger's usual prefix.
+    #[default]
+    Text,
+    /// One JSON object per line, nothing else on it.
+    Json,
 }
 
 /// How the gateway treats its clients.
@@ -395,10 +433,26 @@ impl GatewayConf {
                 problems.push(format!("gateway.listen[{i}]: {addr:?} is listed twice"));
             }
         }
+        if let Some(admin) = &self.admin {
+            if admin.parse::<SocketAddr>().is_err() {
+                problems.push(format!("gateway.admin: {admin:?} is not an IP:port address"));
+            } else if seen.contains(admin) {
+                problems.push(format!("gateway.admin: {admin:?} is also in gateway.listen"));
+            }
+        }
         if self.upstreams.is_empty() {
             problems.push("gateway.upstreams: at least one upstream is required".to_string());
         }
         for (name, up) in &self.upstreams {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                problems.push(format!(
+                    "gateway.upstreams.{name}: upstream names use only letters, digits, '-', '_' and '.'"
+                ));
+            }
             problems.extend(up.validate(&format!("gateway.upstreams.{name}")));
         }
         if self.routes.is_empty() {
@@ -704,6 +758,38 @@ gateway:
         assert!(parse_duration("10").is_err());
         let p = problems(&VALID.replace("host: assets.internal", "connect_timeout: 10"));
         assert!(p.contains("gateway.upstreams.assets.connect_timeout"), "{p}");
+    }
+
+    #[test]
+    fn operations_keys() {
+        let yaml = VALID.replace(
+            "  listen: [\"127.0.0.1:8080\"]\n",
+            "  listen: [\"127.0.0.1:8080\"]\n  admin: 127.0.0.1:9090\n  server_timing: false\n  access_log: {format: json}\n",
+        );
+        let c = Config::from_yaml(&yaml).unwrap();
+        assert_eq!(c.gateway.admin.as_deref(), Some("127.0.0.1:9090"));
+        assert!(!c.gateway.server_timing);
+        assert!(c.gateway.access_log.enabled);
+        assert_eq!(c.gateway.access_log.format, AccessLogFormat::Json);
+        let p = problems(&VALID.replace("  listen:", "  admin: localhost\n  listen:"));
+        assert!(
+            p.contains("gateway.admin: \"localhost\" is not an IP:port address"),
+            "{p}"
+        );
+        let p = problems(&VALID.replace("  listen:", "  access_log: {format: xml}\n  listen:"));
+        assert!(
+            p.contains("gateway.access_log.format: unknown variant `xml`"),
+            "{p}"
+        );
+        let p = problems(
+            &VALID
+                .replace("    assets:", "    \"as sets\":")
+                .replace("upstream: assets", "upstream: as sets"),
+        );
+        assert!(
+            p.contains("gateway.upstreams.as sets: upstream names use only"),
+            "{p}"
+        );
     }
 
     #[test]

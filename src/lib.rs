@@ -2,10 +2,12 @@
 //!
 //! See ARCHITECTURE.md for the path of one request through the hooks.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod errors;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod upstreams;

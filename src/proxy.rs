@@ -1,13 +1,14 @@
 //! The `ProxyHttp` implementation. Each hook is thin and hands its work to the module that
-//! owns the concern: routing, upstreams, errors, logging.
+//! owns the concern: routing, upstreams, errors, metrics, logging.
 //!
 //! No body filter is implemented on purpose: the body goes from the upstream socket to the
 //! client socket through Pingora's bounded task channel, so it is never collected and a slow
 //! client holds back upstream reads.
 
-use crate::config::GatewayConf;
+use crate::config::{AccessLogConf, GatewayConf};
 use crate::errors::{self, Reject};
 use crate::logging::{self, AccessRecord};
+use crate::metrics::{InFlight, RouteMetrics};
 use crate::routing::{Resolution, Route, Router};
 use crate::upstreams::{Selected, Upstream, Upstreams};
 use async_trait::async_trait;
@@ -17,22 +18,27 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// The gateway: routes and upstreams, built once at start-up.
+/// The gateway: routes, upstreams and per-route metrics, built once at start-up.
 pub struct Gateway {
     pub router: Router,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
+    /// Indexed like the routes; the last one is for requests no route took.
+    route_metrics: Vec<RouteMetrics>,
     /// Idle keep-alive timeout for client connections, in whole seconds (Pingora's unit).
     keepalive_secs: u64,
+    server_timing: bool,
+    access_log: AccessLogConf,
 }
 
 impl Gateway {
-    /// Compiles the validated config into runtime structures. Also resolves peer names, so it
-    /// can still fail; `-t` runs it too.
+    /// Compiles the validated config into runtime structures. Also resolves peer names and
+    /// loads TLS files, so it can still fail; `-t` runs it too.
     pub fn build(conf: &GatewayConf) -> std::result::Result<Gateway, Vec<String>> {
         let upstreams = Upstreams::build(conf)?;
-        let routes = conf
+        let routes: Vec<Route> = conf
             .routes
             .iter()
             .map(|r| {
@@ -40,10 +46,16 @@ impl Gateway {
                 Route::new(&r.path, &r.rewrite, upstream, r.query)
             })
             .collect();
+        let mut route_metrics: Vec<RouteMetrics> =
+            routes.iter().map(|r| RouteMetrics::new(&r.template)).collect();
+        route_metrics.push(RouteMetrics::new("unmatched"));
         Ok(Gateway {
             router: Router::new(routes),
-            upstreams,
+            upstreams: Arc::new(upstreams),
+            route_metrics,
             keepalive_secs: conf.downstream.keepalive_timeout.0.as_secs_f64().ceil() as u64,
+            server_timing: conf.server_timing,
+            access_log: conf.access_log,
         })
     }
 }
@@ -63,12 +75,19 @@ pub struct Ctx {
     /// Why each failed attempt failed (for the access line).
     failures: Vec<String>,
     reused: bool,
-    connected_at: Option<Instant>,
-    upstream_header_at: Option<Instant>,
-    /// Set when the gateway answered the request itself.
-    rejected: Option<Reject>,
+    /// When the first upstream attempt started (connect or pool checkout).
+    upstream_start: Option<Instant>,
+    /// Upstream time to first byte: from `upstream_start` to the response header.
+    upstream_ttfb: Option<Duration>,
     /// Status written by `fail_to_proxy` (0: nothing could be written).
     error_status: u16,
+    _in_flight: InFlight,
+}
+
+impl Ctx {
+    fn upstream_peer(&self) -> Option<&SocketAddr> {
+        self.tried.last()
+    }
 }
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -96,10 +115,10 @@ impl ProxyHttp for Gateway {
             first_pick: None,
             failures: Vec::new(),
             reused: false,
-            connected_at: None,
-            upstream_header_at: None,
-            rejected: None,
+            upstream_start: None,
+            upstream_ttfb: None,
             error_status: 0,
+            _in_flight: InFlight::start(),
         }
     }
 
@@ -112,7 +131,6 @@ impl ProxyHttp for Gateway {
         match self.admit(session, ctx) {
             Ok(()) => Ok(false),
             Err(reject) => {
-                ctx.rejected = Some(reject);
                 if !session.is_body_empty() {
                     // Never leave unread request bytes on a connection we keep using.
                     session.set_keepalive(None);
@@ -134,7 +152,6 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         ctx.failures.push(upstream.down_reasons());
-        ctx.rejected = Some(errors::NO_HEALTHY_PEER);
         errors::respond(session, errors::NO_HEALTHY_PEER, &ctx.request_id).await?;
         Ok(false)
     }
@@ -143,6 +160,7 @@ impl ProxyHttp for Gateway {
         let upstream = self
             .upstream_of(ctx)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        ctx.upstream_start.get_or_insert_with(Instant::now);
         let pick = match ctx.first_pick.take() {
             Some(p) => Some(p),
             None => upstream.select(&ctx.asset_key, &ctx.tried),
@@ -172,7 +190,7 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = self.upstream_of(ctx) else {
             return e;
         };
-        if let Some(addr) = ctx.tried.last() {
+        if let Some(addr) = ctx.upstream_peer() {
             upstream.record_connect_failure(addr, &e);
             ctx.failures.push(format!("{}: {}", upstream.label_for(addr), e));
         }
@@ -180,7 +198,11 @@ impl ProxyHttp for Gateway {
         // upstream, so another peer (never the same one) may take the request, up to
         // `retries` more attempts.
         let attempts = ctx.tried.len();
-        e.set_retry(attempts <= upstream.retries && attempts < upstream.peer_count());
+        let retry = attempts <= upstream.retries && attempts < upstream.peer_count();
+        if retry {
+            upstream.metrics.failovers.inc();
+        }
+        e.set_retry(retry);
         e
     }
 
@@ -192,7 +214,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
@@ -200,6 +222,9 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
+        }
+        if let (true, Some(upstream)) = (e.retry(), self.upstream_of(ctx)) {
+            upstream.metrics.retries.inc();
         }
         e
     }
@@ -215,9 +240,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.reused = reused;
-        ctx.connected_at = Some(Instant::now());
-        if let (Some(upstream), Some(addr)) = (self.upstream_of(ctx), ctx.tried.last()) {
+        if let (Some(upstream), Some(addr)) = (self.upstream_of(ctx), ctx.upstream_peer()) {
             upstream.record_connect_success(addr);
+            upstream.metrics.connection(reused);
         }
         Ok(())
     }
@@ -231,7 +256,7 @@ impl ProxyHttp for Gateway {
         if let Some(uri) = &ctx.upstream_uri {
             req.set_uri(uri.clone());
         }
-        if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), ctx.tried.last()) {
+        if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), ctx.upstream_peer()) {
             req.insert_header(http::header::HOST, upstream.host_for(peer))?;
             for (name, value) in &upstream.headers {
                 req.insert_header(name, value.clone())?;
@@ -258,7 +283,13 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_header_at.get_or_insert_with(Instant::now);
+        if let (None, Some(start)) = (ctx.upstream_ttfb, ctx.upstream_start) {
+            let ttfb = start.elapsed();
+            ctx.upstream_ttfb = Some(ttfb);
+            if let Some(upstream) = self.upstream_of(ctx) {
+                upstream.metrics.ttfb(ttfb);
+            }
+        }
         strip_hop_by_hop(resp);
         Ok(())
     }
@@ -273,6 +304,15 @@ impl ProxyHttp for Gateway {
         // are valid header values, so inserting them cannot fail.
         let _ = resp.insert_header("x-content-type-options", "nosniff");
         let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        if let (true, Some(upstream)) = (self.server_timing, ctx.upstream_ttfb) {
+            let gateway = ctx.start.elapsed().saturating_sub(upstream);
+            let value = format!(
+                "upstream;desc=\"upstream time to first byte\";dur={:.3}, gateway;desc=\"gateway\";dur={:.3}",
+                logging::ms(upstream),
+                logging::ms(gateway)
+            );
+            let _ = resp.insert_header("server-timing", value);
+        }
         Ok(())
     }
 
@@ -317,21 +357,26 @@ impl ProxyHttp for Gateway {
         let status = session
             .response_written()
             .map_or(ctx.error_status, |r| r.status.as_u16());
-        let peer = ctx.tried.last().copied();
+        let total = ctx.start.elapsed();
+        let route = ctx.route.unwrap_or(self.route_metrics.len() - 1);
+        self.route_metrics[route].record(status, total, session.body_bytes_sent());
+        if !self.access_log.enabled {
+            return;
+        }
         let upstream = self.upstream_of(ctx);
         let record = AccessRecord {
             session,
             status,
-            upstream_peer: peer.and_then(|p| upstream.map(|u| u.label_for(&p))),
+            upstream_peer: ctx.upstream_peer().and_then(|p| upstream.map(|u| u.label_for(p))),
             reused: ctx.reused,
             attempts: ctx.tried.len(),
-            upstream_ttfb: ctx.connected_at.zip(ctx.upstream_header_at).map(|(c, h)| h - c),
-            total: ctx.start.elapsed(),
+            upstream_ttfb: ctx.upstream_ttfb,
+            total,
             request_id: &ctx.request_id,
             error: e,
             failures: &ctx.failures,
         };
-        logging::access(&record);
+        logging::access(&record, self.access_log.format);
     }
 }
 

@@ -3,6 +3,7 @@
 //! time, TLS, extra headers).
 
 use crate::config::{EjectionConf, GatewayConf, HealthCheckConf, Selection, UpstreamConf};
+use crate::metrics::UpstreamMetrics;
 use async_trait::async_trait;
 use log::{info, warn};
 use pingora::lb::discovery::Static;
@@ -48,6 +49,7 @@ pub struct Upstream {
     ejection: EjectionConf,
     /// Last active health-check failure per peer, for "why is it down" answers.
     health: Option<Arc<PeerChecks>>,
+    pub metrics: UpstreamMetrics,
 }
 
 /// A peer chosen for one attempt.
@@ -199,6 +201,7 @@ impl Upstream {
             headers,
             ejection: conf.passive_ejection,
             health,
+            metrics: UpstreamMetrics::new(name),
         })
     }
 
@@ -228,6 +231,7 @@ impl Upstream {
     /// cool-down. After it, one more failure ejects it again (half-open).
     pub fn record_connect_failure(&self, addr: &SocketAddr, error: &Error) {
         let Some(p) = self.peers.get(addr) else { return };
+        self.metrics.connect_failure(&p.label);
         let threshold = self.ejection.failures;
         let n = p.failures.fetch_add(1, Relaxed) + 1;
         if threshold == 0 || n < threshold {
@@ -281,6 +285,13 @@ impl Upstream {
             .collect();
         reasons.sort();
         reasons.join("; ")
+    }
+
+    /// Each peer (as configured) and whether it can take a request now.
+    pub fn peer_states(&self) -> impl Iterator<Item = (String, bool)> + '_ {
+        self.peers
+            .iter()
+            .map(|(a, p)| (p.label.clone(), self.balancer.healthy(*a) && !self.is_ejected(a)))
     }
 
     /// Whether at least one peer can take a request now.

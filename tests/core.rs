@@ -304,6 +304,8 @@ async fn bad_requests_are_answered_by_the_gateway_and_never_reach_the_origin() {
         (reqwest::Method::GET, format!("/content/v1/assets%2F{ID}"), 404),
         (reqwest::Method::GET, "/".into(), 404),
         (reqwest::Method::GET, "/metrics".into(), 404),
+        (reqwest::Method::GET, "/healthz".into(), 404),
+        (reqwest::Method::GET, "/readyz".into(), 404),
         (reqwest::Method::POST, format!("/content/v1/assets/{ID}"), 405),
         (reqwest::Method::DELETE, format!("/content/v1/assets/{ID}"), 405),
         (reqwest::Method::OPTIONS, format!("/content/v1/assets/{ID}"), 405),

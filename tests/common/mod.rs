@@ -316,3 +316,50 @@ impl Gateway {
             .await
     }
 }
+
+/// Sends a signal to a process (`TERM`, `INT`, `QUIT`).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+impl Gateway {
+    /// Starts a second process on the same config with `-u`, to take over the listening
+    /// sockets when the running one gets SIGQUIT. Its logs are its own.
+    pub fn takeover(&self) -> Gateway {
+        let mut g = Gateway {
+            child: None,
+            addr: self.addr,
+            dir: self.dir.clone(),
+            conf_path: self.conf_path.clone(),
+            logs: Default::default(),
+        };
+        g.spawn(&["-u"]);
+        g
+    }
+
+    /// Waits for the process to exit; returns its exit status and how long that took.
+    pub fn wait_exit(&mut self) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child().try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < EVENTUALLY * 2,
+                "process did not exit; log:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child().try_wait().unwrap().is_none()
+    }
+}

@@ -1,0 +1,224 @@
+//! Prometheus metrics. Every metric is registered through `pingora_prometheus::prometheus`,
+//! the same crate (and so the same default registry) the admin listener gathers from: a
+//! different `prometheus` version would register into another registry and the metrics would
+//! silently never appear.
+//!
+//! Label values are resolved once at start-up into plain counters and histograms, so the
+//! request path only touches atomics.
+
+use pingora_prometheus::prometheus::{
+    self, exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts,
+};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Requests being processed right now (also what graceful shutdown waits for).
+static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
+/// Counts one request as in flight for as long as it lives.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub fn in_flight() -> i64 {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// The metric families, registered once per process.
+struct Families {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    body_bytes: IntCounterVec,
+    ttfb: HistogramVec,
+    connections: IntCounterVec,
+    failovers: IntCounterVec,
+    retries: IntCounterVec,
+    connect_failures: IntCounterVec,
+    active: IntGauge,
+    peer_healthy: IntGaugeVec,
+}
+
+fn families() -> &'static Families {
+    static F: OnceLock<Families> = OnceLock::new();
+    F.get_or_init(|| {
+        // Static names and labels: these constructors cannot fail.
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            register(Box::new(c.clone()));
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+            register(Box::new(h.clone()));
+            h
+        };
+        let seconds = exponential_buckets(0.0005, 2.5, 14).expect("valid buckets"); // 0.5 ms .. ~74 s
+        let active = IntGauge::new("asset_gateway_active_requests", "Requests being processed now.").expect("valid metric");
+        register(Box::new(active.clone()));
+        let peer_healthy = IntGaugeVec::new(
+            Opts::new("asset_gateway_peer_healthy", "1 if the peer can take requests (healthy and not ejected), else 0."),
+            &["upstream", "peer"],
+        )
+        .expect("valid metric");
+        register(Box::new(peer_healthy.clone()));
+        Families {
+            requests: counter(
+                "asset_gateway_requests_total",
+                "Requests by route and response status class (none: no response could be sent).",
+                &["route", "status_class"],
+            ),
+            duration: histogram(
+                "asset_gateway_request_duration_seconds",
+                "Time from the request head to the end of the response.",
+                &["route"],
+                seconds.clone(),
+            ),
+            body_bytes: counter(
+                "asset_gateway_response_body_bytes_total",
+                "Response body bytes sent to clients.",
+                &["route"],
+            ),
+            ttfb: histogram(
+                "asset_gateway_upstream_ttfb_seconds",
+                "Time from starting the upstream attempt (connect or pooled connection) to the response header.",
+                &["upstream"],
+                seconds,
+            ),
+            connections: counter(
+                "asset_gateway_upstream_connections_total",
+                "Upstream connections used, by whether they came from the pool.",
+                &["upstream", "reused"],
+            ),
+            failovers: counter(
+                "asset_gateway_upstream_failovers_total",
+                "Attempts moved to another peer after a connect failure.",
+                &["upstream"],
+            ),
+            retries: counter(
+                "asset_gateway_upstream_retries_total",
+                "Attempts retried after a failure on an established (stale pooled) connection.",
+                &["upstream"],
+            ),
+            connect_failures: counter(
+                "asset_gateway_upstream_connect_failures_total",
+                "Failed connection attempts to upstream peers.",
+                &["upstream", "peer"],
+            ),
+            active,
+            peer_healthy,
+        }
+    })
+}
+
+fn register(c: Box<dyn prometheus::core::Collector>) {
+    if let Err(e) = prometheus::register(c) {
+        log::warn!("metric registration failed: {e}");
+    }
+}
+
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One route's metrics ("unmatched" for requests no route took).
+pub struct RouteMetrics {
+    requests: [IntCounter; 6],
+    duration: Histogram,
+    body_bytes: IntCounter,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        let f = families();
+        RouteMetrics {
+            requests: STATUS_CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
+            duration: f.duration.with_label_values(&[route]),
+            body_bytes: f.body_bytes.with_label_values(&[route]),
+        }
+    }
+
+    /// Records a finished request; `status` 0 means no response was sent.
+    pub fn record(&self, status: u16, duration: Duration, body_bytes: usize) {
+        let class = if (100..600).contains(&status) {
+            (status / 100) as usize
+        } else {
+            0
+        };
+        self.requests[class].inc();
+        self.duration.observe(duration.as_secs_f64());
+        self.body_bytes.inc_by(body_bytes as u64);
+    }
+}
+
+/// One upstream's metrics.
+pub struct UpstreamMetrics {
+    name: String,
+    ttfb: Histogram,
+    new_connections: IntCounter,
+    reused_connections: IntCounter,
+    pub failovers: IntCounter,
+    pub retries: IntCounter,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> UpstreamMetrics {
+        let f = families();
+        UpstreamMetrics {
+            name: upstream.to_string(),
+            ttfb: f.ttfb.with_label_values(&[upstream]),
+            new_connections: f.connections.with_label_values(&[upstream, "false"]),
+            reused_connections: f.connections.with_label_values(&[upstream, "true"]),
+            failovers: f.failovers.with_label_values(&[upstream]),
+            retries: f.retries.with_label_values(&[upstream]),
+        }
+    }
+
+    pub fn connection(&self, reused: bool) {
+        if reused {
+            self.reused_connections.inc()
+        } else {
+            self.new_connections.inc()
+        }
+    }
+
+    pub fn ttfb(&self, d: Duration) {
+        self.ttfb.observe(d.as_secs_f64());
+    }
+
+    /// Connect failures are rare: the label lookup per failure is fine.
+    pub fn connect_failure(&self, peer: &str) {
+        families()
+            .connect_failures
+            .with_label_values(&[&self.name, peer])
+            .inc();
+    }
+}
+
+/// Refreshes the gauges that are read off live state, then encodes every metric in the
+/// Prometheus text format.
+pub fn scrape(peer_health: impl Iterator<Item = (String, String, bool)>) -> Vec<u8> {
+    let f = families();
+    f.active.set(in_flight());
+    for (upstream, peer, healthy) in peer_health {
+        f.peer_healthy
+            .with_label_values(&[&upstream, &peer])
+            .set(healthy as i64);
+    }
+    let mut out = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = prometheus::Encoder::encode(&encoder, &prometheus::gather(), &mut out) {
+        log::warn!("metrics encoding failed: {e}");
+    }
+    out
+}

@@ -1,0 +1,430 @@
+//! Operating it: the admin listener (metrics, liveness, readiness), Server-Timing, the JSON
+//! access log, graceful shutdown and zero-downtime upgrade.
+
+mod common;
+
+use common::origin::{pattern, Behavior, Origin};
+use common::{client, free_addr, signal, simple_config, Gateway, RawConn, EVENTUALLY, ID};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// `simple_config` plus an admin listener; returns the YAML and the admin address.
+fn with_admin(yaml: String) -> (String, SocketAddr) {
+    let admin = free_addr();
+    (
+        yaml.replace("  upstreams:", &format!("  admin: \"{admin}\"\n  upstreams:")),
+        admin,
+    )
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scrape(admin: SocketAddr) -> String {
+    let r = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    r.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_known_traffic() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "asset");
+    let dead = free_addr();
+    let (yaml, admin) = with_admin(simple_config(
+        &[dead, origin.addr],
+        "      retries: 1\n      passive_ejection: {failures: 0}\n",
+    ));
+    let gw = Gateway::start(&yaml);
+    let c = client();
+    for _ in 0..6 {
+        let r = c.get(gw.asset_url(ID)).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "asset");
+    }
+    let missing = "99999999-9999-4999-8999-999999999999";
+    assert_eq!(c.get(gw.asset_url(missing)).send().await.unwrap().status(), 404); // the origin's 404
+    assert_eq!(c.get(gw.url("/favicon.ico")).send().await.unwrap().status(), 404); // no route
+    for i in 0..8 {
+        gw.wait_for_log(|l| l.contains(" access] ") && gw.access_lines().len() > i)
+            .await;
+    }
+    let failovers = gw
+        .access_lines()
+        .iter()
+        .filter(|l| l.contains("attempts=2"))
+        .count();
+    assert!(failovers > 0, "no request met the dead peer");
+
+    let m = scrape(admin).await;
+    let route = r#"route="/content/v1/assets/{id}""#;
+    let expect = |series: &str, value: f64| {
+        assert_eq!(metric(&m, series), Some(value), "{series} in:\n{m}");
+    };
+    expect(
+        &format!("asset_gateway_requests_total{{{route},status_class=\"2xx\"}}"),
+        6.0,
+    );
+    expect(
+        &format!("asset_gateway_requests_total{{{route},status_class=\"4xx\"}}"),
+        1.0,
+    );
+    expect(
+        "asset_gateway_requests_total{route=\"unmatched\",status_class=\"4xx\"}",
+        1.0,
+    );
+    expect(
+        &format!("asset_gateway_request_duration_seconds_count{{{route}}}"),
+        7.0,
+    );
+    expect(
+        &format!("asset_gateway_response_body_bytes_total{{{route}}}"),
+        (6 * 5 + 9) as f64,
+    );
+    expect(
+        "asset_gateway_upstream_ttfb_seconds_count{upstream=\"assets\"}",
+        7.0,
+    );
+    expect(
+        "asset_gateway_upstream_failovers_total{upstream=\"assets\"}",
+        failovers as f64,
+    );
+    expect(
+        &format!("asset_gateway_upstream_connect_failures_total{{peer=\"{dead}\",upstream=\"assets\"}}"),
+        failovers as f64,
+    );
+    let new = metric(
+        &m,
+        "asset_gateway_upstream_connections_total{reused=\"false\",upstream=\"assets\"}",
+    )
+    .unwrap();
+    let reused = metric(
+        &m,
+        "asset_gateway_upstream_connections_total{reused=\"true\",upstream=\"assets\"}",
+    )
+    .unwrap();
+    assert_eq!(new + reused, 7.0, "{m}");
+    assert_eq!(new, origin.connections() as f64);
+    expect("asset_gateway_active_requests", 0.0);
+    expect(
+        &format!(
+            "asset_gateway_peer_healthy{{peer=\"{}\",upstream=\"assets\"}}",
+            origin.addr
+        ),
+        1.0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_only_peer_and_other_paths_are_404() {
+    let origin = Origin::start().await;
+    let addr = origin.addr;
+    let (yaml, admin) = with_admin(simple_config(
+        &[addr],
+        "      health_check: {path: /healthz, interval: 200ms, timeout: 500ms, healthy_after: 1, unhealthy_after: 1}\n",
+    ));
+    let gw = Gateway::start(&yaml);
+    let c = client();
+    let get = |path: &str| c.get(format!("http://{admin}{path}")).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/nothing").await.unwrap().status(), 404);
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "{\"ready\":true}\n");
+
+    origin.stop();
+    gw.wait_for_log(|l| l.contains("becomes unhealthy")).await;
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"ready\":false,\"upstreams_without_healthy_peer\":[\"assets\"]}\n"
+    );
+    let m = scrape(admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!("asset_gateway_peer_healthy{{peer=\"{addr}\",upstream=\"assets\"}}")
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        get("/healthz").await.unwrap().status(),
+        200,
+        "liveness does not depend on upstreams"
+    );
+
+    let _back = Origin::start_on(&addr.to_string()).await;
+    gw.wait_for_log(|l| l.contains("becomes healthy")).await;
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_timing_is_present_and_parseable() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "x");
+    let gw = Gateway::start(&simple_config(&[origin.addr], ""));
+    let r = client().get(gw.asset_url(ID)).send().await.unwrap();
+    let st = r.headers()["server-timing"].to_str().unwrap().to_string();
+    let mut durations = std::collections::HashMap::new();
+    for metric in st.split(',') {
+        let mut parts = metric.trim().split(';');
+        let name = parts.next().unwrap().to_string();
+        let dur = parts
+            .find_map(|p| p.strip_prefix("dur="))
+            .unwrap_or_else(|| panic!("no dur in {st}"));
+        durations.insert(
+            name,
+            dur.parse::<f64>().unwrap_or_else(|_| panic!("bad dur in {st}")),
+        );
+    }
+    assert!(
+        durations["upstream"] >= 0.0 && durations["gateway"] >= 0.0,
+        "{st}"
+    );
+
+    let gw = Gateway::start(
+        &simple_config(&[origin.addr], "").replace("  upstreams:", "  server_timing: false\n  upstreams:"),
+    );
+    let r = client().get(gw.asset_url(ID)).send().await.unwrap();
+    assert!(!r.headers().contains_key("server-timing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_can_be_json_lines_or_off() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "x");
+    let json = simple_config(&[origin.addr], "")
+        .replace("  upstreams:", "  access_log: {format: json}\n  upstreams:");
+    let gw = Gateway::start(&json);
+    client()
+        .get(gw.asset_url(ID))
+        .header("x-request-id", "json-1")
+        .send()
+        .await
+        .unwrap();
+    common::raw_exchange(
+        gw.addr,
+        b"GET /x\"y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let start = Instant::now();
+    let lines = loop {
+        let l: Vec<String> = gw.logs().into_iter().filter(|l| l.starts_with('{')).collect();
+        if l.len() == 2 || start.elapsed() > EVENTUALLY {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 2, "{:?}", gw.logs());
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["request_id"], "json-1");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["upstream"], origin.addr.to_string());
+    assert!(v["ttfb_ms"].as_f64().is_some() && v["time"].as_str().unwrap().ends_with('Z'));
+    let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(v["path"], "/x\"y");
+    assert_eq!(v["status"], 404);
+
+    let off = simple_config(&[origin.addr], "")
+        .replace("  upstreams:", "  access_log: {enabled: false}\n  upstreams:");
+    let gw = Gateway::start(&off);
+    client()
+        .get(gw.asset_url(ID))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(gw.access_lines().is_empty() && !gw.logs().iter().any(|l| l.starts_with('{')));
+}
+
+fn with_grace(yaml: String, seconds: u64) -> String {
+    format!("grace_period_seconds: {seconds}\n{yaml}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_download_finish_refuses_new_connections_and_exits_after_it() {
+    let origin = Origin::start().await;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    let total = 4 * 1024 * 1024;
+    origin.set(
+        ID,
+        Behavior::HoldAfter {
+            first: 65536,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let mut gw = Gateway::start(&with_grace(simple_config(&[origin.addr], ""), 600));
+
+    let mut download = RawConn::connect(gw.addr).await;
+    download
+        .send(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    let start = Instant::now();
+    while !held.load(Ordering::SeqCst) {
+        assert!(start.elapsed() < EVENTUALLY);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = Instant::now();
+    signal(gw.pid(), "TERM");
+
+    // New connections are refused while the download is still in flight.
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "the listener still accepts after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.is_running(), "exited with a download in flight");
+
+    release.notify_one();
+    let r = download.response(false).await.expect("the download was cut");
+    assert_eq!(r.status, 200);
+    assert!(r.body == pattern(0..total as u64), "the download arrived damaged");
+    let downloaded = sent.elapsed();
+    let (status, _) = gw.wait_exit();
+    let exited = sent.elapsed();
+    eprintln!("SIGTERM with a download in flight: download done {downloaded:?} after the signal, process exited {exited:?} after it (grace period 600 s)");
+    assert!(status.success(), "{status}");
+    assert!(exited < Duration::from_secs(600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_when_idle_exits_promptly_and_sigint_at_once() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "x");
+    for sig in ["TERM", "INT"] {
+        let mut gw = Gateway::start(&with_grace(simple_config(&[origin.addr], ""), 600));
+        // An idle keep-alive client must not hold the process up.
+        let mut idle = RawConn::connect(gw.addr).await;
+        idle.send(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await;
+        idle.response(false).await.unwrap();
+        let sent = Instant::now();
+        signal(gw.pid(), sig);
+        let (status, took) = gw.wait_exit();
+        eprintln!("SIG{sig} when idle: exited after {:?} ({status})", sent.elapsed());
+        assert!(took < Duration::from_secs(600));
+        if sig == "TERM" {
+            assert!(status.success(), "{status}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_hands_over_the_sockets_without_cutting_a_download() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "asset");
+    let long_id = "00000000-0000-4000-8000-00000000cafe";
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    let total = 8 * 1024 * 1024;
+    origin.set(
+        long_id,
+        Behavior::HoldAfter {
+            first: 65536,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let mut old = Gateway::start(&with_grace(simple_config(&[origin.addr], ""), 600));
+
+    // A loop of short requests, each on a new connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = old.asset_url(ID);
+    let looping = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let c = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                let good = match c.get(&url).send().await {
+                    Ok(r) => r.status() == 200 && r.text().await.is_ok_and(|t| t == "asset"),
+                    Err(_) => false,
+                };
+                if good {
+                    ok += 1
+                } else {
+                    failed += 1
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    let mut download = RawConn::connect(old.addr).await;
+    download
+        .send(format!("GET /content/v1/assets/{long_id} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    while !held.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut new = old.takeover();
+    let sock = old.dir.join("upgrade.sock");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "the new process never waited for the sockets"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(old.pid(), "QUIT");
+    new.wait_for_log(|l| l.contains(" access] ")).await;
+    assert!(old.is_running(), "the old process must stay for its download");
+
+    release.notify_one();
+    let r = download
+        .response(false)
+        .await
+        .expect("the download was cut by the upgrade");
+    assert!(
+        r.status == 200 && r.body == pattern(0..total as u64),
+        "the download arrived damaged"
+    );
+    old.wait_exit();
+    let served_by_new_before_stop = new.access_lines().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = looping.await.unwrap();
+    eprintln!(
+        "upgrade: loop {ok} ok, {failed} failed; new process served {} requests; download of {total} bytes intact on the old one",
+        new.access_lines().len()
+    );
+    assert!(served_by_new_before_stop > 0);
+    assert!(
+        new.access_lines().len() > served_by_new_before_stop,
+        "new requests after the old exited went nowhere"
+    );
+    assert!(new.is_running());
+    // Pingora can drop a connection that races the hand-over; anything more is a bug.
+    assert!(failed <= 2, "{failed} requests failed during the upgrade");
+}
