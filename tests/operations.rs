@@ -51,6 +51,7 @@ async fn metrics_count_known_traffic() {
         "      retries: 1\n      passive_ejection: {failures: 0}\n",
     ));
     let gw = Gateway::start(&yaml);
+    common::wait_listening(admin);
     let c = client();
     for _ in 0..6 {
         let r = c.get(gw.asset_url(ID)).send().await.unwrap();
@@ -138,6 +139,7 @@ async fn readyz_follows_the_only_peer_and_other_paths_are_404() {
         "      health_check: {path: /healthz, interval: 200ms, timeout: 500ms, healthy_after: 1, unhealthy_after: 1}\n",
     ));
     let gw = Gateway::start(&yaml);
+    common::wait_listening(admin);
     let c = client();
     let get = |path: &str| c.get(format!("http://{admin}{path}")).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);

@@ -363,3 +363,13 @@ impl Gateway {
         self.child().try_wait().unwrap().is_none()
     }
 }
+
+/// Waits until something accepts connections on `addr` (e.g. the admin listener, which
+/// starts on its own runtime next to the main one).
+pub fn wait_listening(addr: SocketAddr) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < EVENTUALLY, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
