@@ -2,17 +2,19 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::downstream::Guarded;
 use crate::metrics;
 use crate::proxy::Gateway;
 use async_trait::async_trait;
 use log::info;
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::process::exit;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Starts the server and serves until a signal ends it.
@@ -54,10 +56,13 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
 
     let mut options = HttpServerOptions::default();
     options.h2c = false;
-    let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
-        .name("asset-gateway")
-        .server_options(options)
-        .build();
+    let mut app = http_proxy(&server.configuration, gateway);
+    app.server_options = Some(options);
+    let guarded = Guarded {
+        inner: Arc::new(app),
+        header_timeout: gateway_conf.downstream.header_timeout.0,
+    };
+    let mut proxy = Service::new("asset-gateway".to_string(), guarded);
     for addr in &gateway_conf.listen {
         proxy.add_tcp(addr);
     }

@@ -75,12 +75,25 @@ pub struct DownstreamConf {
     /// How long an idle keep-alive client connection is kept open. Pingora's default keeps it
     /// open forever; a public gateway must not.
     pub keepalive_timeout: Dur,
+    /// The longest a request head may take to arrive, from the connection (or the first byte
+    /// of a following request) to its blank line.
+    pub header_timeout: Dur,
+    /// Longest request target (path and query): 414 beyond.
+    pub max_uri_bytes: Size,
+    /// Largest request head (request line and all header fields): 431 beyond.
+    pub max_header_bytes: Size,
+    /// Most header fields in a request: 431 beyond.
+    pub max_headers: usize,
 }
 
 impl Default for DownstreamConf {
     fn default() -> Self {
         DownstreamConf {
             keepalive_timeout: Dur(Duration::from_secs(60)),
+            header_timeout: Dur(Duration::from_secs(10)),
+            max_uri_bytes: Size(8 * 1024),
+            max_header_bytes: Size(32 * 1024),
+            max_headers: 100,
         }
     }
 }
@@ -277,6 +290,50 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A size in bytes, written `"512"`, `"64KiB"`, `"1MiB"` (also `B`, `KB`, `MB`, `GiB`, `GB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"64KiB\" or \"1MiB\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
+                parse_size(s).map(Size).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let bad = || {
+        format!("invalid size {s:?}: expected an integer and a unit (B, KiB, MiB, GiB, KB, MB, GB), such as \"64KiB\"")
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).ok_or_else(bad)
+}
+
 impl<'de> Deserialize<'de> for PeerConf {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -439,6 +496,16 @@ impl GatewayConf {
             } else if seen.contains(admin) {
                 problems.push(format!("gateway.admin: {admin:?} is also in gateway.listen"));
             }
+        }
+        let d = &self.downstream;
+        if d.max_headers == 0 {
+            problems.push("gateway.downstream.max_headers: must be at least 1".to_string());
+        }
+        if d.max_uri_bytes.0 < 64 {
+            problems.push("gateway.downstream.max_uri_bytes: must be at least 64 bytes".to_string());
+        }
+        if d.max_header_bytes.0 < 512 {
+            problems.push("gateway.downstream.max_header_bytes: must be at least 512 bytes".to_string());
         }
         if self.upstreams.is_empty() {
             problems.push("gateway.upstreams: at least one upstream is required".to_string());
@@ -788,6 +855,30 @@ gateway:
         );
         assert!(
             p.contains("gateway.upstreams.as sets: upstream names use only"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn sizes_are_typed() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("2 KB"), Ok(2000));
+        assert!(parse_size("64k").is_err());
+        assert!(parse_size("-1KiB").is_err());
+        let yaml = VALID.replace(
+            "  upstreams:",
+            "  downstream: {max_uri_bytes: 4KiB, max_header_bytes: 16384, max_headers: 50, header_timeout: 5s}\n  upstreams:",
+        );
+        let d = Config::from_yaml(&yaml).unwrap().gateway.downstream;
+        assert_eq!(
+            (d.max_uri_bytes.0, d.max_header_bytes.0, d.max_headers),
+            (4096, 16384, 50)
+        );
+        let p = problems(&VALID.replace("  upstreams:", "  downstream: {max_uri_bytes: 4Kb}\n  upstreams:"));
+        assert!(
+            p.contains("gateway.downstream.max_uri_bytes: invalid size \"4Kb\""),
             "{p}"
         );
     }

@@ -32,6 +32,18 @@ pub const BODY_NOT_ALLOWED: Reject = Reject {
     status: 400,
     message: "GET and HEAD requests must not carry a body",
 };
+pub const URI_TOO_LONG: Reject = Reject {
+    status: 414,
+    message: "the request target is too long",
+};
+pub const HEADERS_TOO_LARGE: Reject = Reject {
+    status: 431,
+    message: "the request headers are too large",
+};
+pub const TOO_MANY_HEADERS: Reject = Reject {
+    status: 431,
+    message: "the request has too many header fields",
+};
 pub const NO_HEALTHY_PEER: Reject = Reject {
     status: 502,
     message: "no healthy upstream peer",

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod downstream;
 pub mod errors;
 pub mod logging;
 pub mod metrics;

@@ -6,6 +6,7 @@
 //! client holds back upstream reads.
 
 use crate::config::{AccessLogConf, GatewayConf};
+use crate::downstream::Limits;
 use crate::errors::{self, Reject};
 use crate::logging::{self, AccessRecord};
 use crate::metrics::{InFlight, RouteMetrics};
@@ -29,6 +30,7 @@ pub struct Gateway {
     route_metrics: Vec<RouteMetrics>,
     /// Idle keep-alive timeout for client connections, in whole seconds (Pingora's unit).
     keepalive_secs: u64,
+    limits: Limits,
     server_timing: bool,
     access_log: AccessLogConf,
 }
@@ -54,6 +56,7 @@ impl Gateway {
             upstreams: Arc::new(upstreams),
             route_metrics,
             keepalive_secs: conf.downstream.keepalive_timeout.0.as_secs_f64().ceil() as u64,
+            limits: Limits::new(&conf.downstream),
             server_timing: conf.server_timing,
             access_log: conf.access_log,
         })
@@ -124,10 +127,18 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = logging::request_id(session.get_header("x-request-id"));
-        // Pingora keeps an idle HTTP/1.1 client forever by default; this sets our idle limit
-        // (and still honours a client's `Connection: close`).
-        session.set_keepalive(Some(self.keepalive_secs));
-
+        // Pingora keeps an idle HTTP/1.1 client forever by default; this sets our idle limit.
+        // A connection the client did not ask to keep (HTTP/1.0, `Connection: close`) stays
+        // unkept.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.keepalive_secs));
+        }
+        if let Err(reject) = self.limits.check(session.req_header()) {
+            // An oversized head is a broken or hostile client: answer, then close.
+            session.set_keepalive(None);
+            errors::respond(session, reject, &ctx.request_id).await?;
+            return Ok(true);
+        }
         match self.admit(session, ctx) {
             Ok(()) => Ok(false),
             Err(reject) => {

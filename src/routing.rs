@@ -227,6 +227,43 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever the path, a match means the path was exactly a route template around a
+        /// canonical UUID, and the upstream path is the rewrite around its lower-case form.
+        #[test]
+        fn a_match_only_ever_yields_a_clean_upstream_path(path in "(/|/content/v1/assets/|[%./a-fA-F0-9-]|\\PC){0,60}") {
+            let r = router();
+            if let Resolution::Asset { route, id } = r.resolve(&path) {
+                let lower = path.to_ascii_lowercase();
+                let expected = match route {
+                    0 => format!("/content/v1/assets/{}", id.as_str()),
+                    _ => format!("/content/v1/thumbs/{}/small", id.as_str()),
+                };
+                proptest::prop_assert_eq!(lower, expected);
+                let up = r.route(route).upstream_path(&id, None);
+                proptest::prop_assert!(up.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/-?=".contains(&b)), "{}", up);
+            }
+        }
+
+        /// Every canonical UUID, in any mix of case, matches and goes upstream in lower case.
+        #[test]
+        fn every_canonical_uuid_matches(bytes in proptest::prelude::any::<[u8; 16]>(), upper in proptest::prelude::any::<u64>()) {
+            let id: String = uuid::Uuid::from_bytes(bytes)
+                .to_string()
+                .chars()
+                .enumerate()
+                .map(|(i, c)| if upper >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let r = router();
+            let Resolution::Asset { route: 0, id: parsed } = r.resolve(&format!("/content/v1/assets/{id}")) else {
+                return Err(proptest::test_runner::TestCaseError::fail(format!("{id} did not match")));
+            };
+            proptest::prop_assert_eq!(parsed.as_str(), id.to_ascii_lowercase());
+        }
+    }
+
     #[test]
     fn other_shapes_match_no_route() {
         let r = router();

@@ -302,6 +302,14 @@ impl RawConn {
         Some(r)
     }
 
+    /// The next bytes from the server (buffered ones first); `None` once it closed.
+    pub async fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        if self.buf.is_empty() && !self.fill().await {
+            return None;
+        }
+        Some(std::mem::take(&mut self.buf))
+    }
+
     /// True when the server closes the connection (read returns 0 or fails).
     pub async fn closed_by_server(&mut self) -> bool {
         !self.fill().await

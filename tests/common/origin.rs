@@ -44,6 +44,8 @@ pub enum Behavior {
     },
     /// Answers with bytes that are not HTTP.
     Garbage,
+    /// Answers with a response head of about `bytes` header bytes.
+    HugeHead { bytes: usize },
     /// Answers with `status` and a fixed body.
     Status { status: u16, body: &'static str },
 }
@@ -78,6 +80,12 @@ pub struct OriginState {
     /// Sent as `x-served-by` on every response.
     pub served_by: Mutex<String>,
     pub health_checks: AtomicUsize,
+    /// Writes that failed because the peer went away (e.g. the gateway closed the connection).
+    pub aborted_writes: AtomicUsize,
+    /// Close connections with a TCP reset (SO_LINGER 0) instead of a FIN.
+    pub reset_on_close: AtomicBool,
+    /// Notified to close every idle keep-alive connection.
+    pub close_idle: Notify,
 }
 
 pub struct Origin {
@@ -134,6 +142,11 @@ impl Origin {
                         let Ok((sock, _)) = accepted else { continue };
                         st.connections.fetch_add(1, Ordering::SeqCst);
                         let _ = sock.set_nodelay(true);
+                        if st.reset_on_close.load(Ordering::SeqCst) {
+                            // A zero linger does not block: the close is an immediate reset.
+                            #[allow(deprecated)]
+                            let _ = sock.set_linger(Some(Duration::ZERO));
+                        }
                         let (st, stopped, mut killed) = (st.clone(), stopped.clone(), killed.clone());
                         let tls = tls.clone();
                         tokio::spawn(async move {
@@ -207,6 +220,11 @@ impl Origin {
             .collect()
     }
 
+    /// Closes every idle keep-alive connection (with a reset when `reset_on_close` is set).
+    pub fn close_idle_connections(&self) {
+        self.state.close_idle.notify_waiters();
+    }
+
     pub fn body_bytes_written(&self) -> u64 {
         self.state.body_bytes_written.load(Ordering::SeqCst)
     }
@@ -227,6 +245,7 @@ where
         let head = tokio::select! {
             h = read_head(&mut sock, &mut buf) => h,
             _ = stopped.wait_for(|s| *s) => return,
+            _ = st.close_idle.notified(), if buf.is_empty() => return,
         };
         let Some(seen) = head else { return };
         if !answer(&mut sock, &st, &seen).await || *stopped.borrow() {
@@ -356,6 +375,14 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
             let _ = sock.shutdown().await;
             false
         }
+        Behavior::HugeHead { bytes } => {
+            let mut h = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+            while h.len() < bytes {
+                h.push_str(&format!("x-filler-{}: {}\r\n", h.len(), "f".repeat(1000)));
+            }
+            h.push_str("\r\n");
+            write_head(sock, st, h.as_bytes()).await && write_all(sock, st, b"ok", true).await
+        }
         Behavior::Garbage => {
             write_all(sock, st, b"this is not http\r\n\r\n", false).await;
             false
@@ -438,6 +465,7 @@ async fn write_all<S: AsyncWrite + Unpin>(
     is_body: bool,
 ) -> bool {
     if sock.write_all(data).await.is_err() {
+        st.aborted_writes.fetch_add(1, Ordering::SeqCst);
         return false;
     }
     if is_body {

@@ -1,0 +1,264 @@
+//! Protections on the client side that Pingora does not have: request head limits (URI
+//! length, header bytes, header count) and a total deadline for receiving a request head.
+//!
+//! Pingora reads a request head of up to about 1 MB and bounds each read separately (60 s on a
+//! new connection, the keep-alive timeout afterwards), so a client that sends a byte a second
+//! can hold a connection forever. [`Guarded`] wraps every accepted connection in
+//! [`HeaderDeadline`], which fails the read once a request head has been arriving for longer
+//! than `header_timeout`.
+
+use crate::config::DownstreamConf;
+use crate::errors::{self, Reject};
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::http::RequestHeader;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Limits on a request head, checked before anything else looks at the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    max_uri_bytes: usize,
+    max_header_bytes: usize,
+    max_headers: usize,
+}
+
+impl Limits {
+    pub fn new(conf: &DownstreamConf) -> Limits {
+        Limits {
+            max_uri_bytes: conf.max_uri_bytes.0 as usize,
+            max_header_bytes: conf.max_header_bytes.0 as usize,
+            max_headers: conf.max_headers,
+        }
+    }
+
+    /// 414 for a long request target, 431 for too many or too large header fields.
+    pub fn check(&self, req: &RequestHeader) -> Result<(), Reject> {
+        let uri = req.raw_path().len();
+        if uri > self.max_uri_bytes {
+            return Err(errors::URI_TOO_LONG);
+        }
+        if req.headers.len() > self.max_headers {
+            return Err(errors::TOO_MANY_HEADERS);
+        }
+        let mut bytes = req.method.as_str().len() + uri + 12; // "GET <uri> HTTP/1.1\r\n"
+        for (name, value) in req.headers.iter() {
+            bytes += name.as_str().len() + value.len() + 4; // ": " and CRLF
+            if bytes > self.max_header_bytes {
+                return Err(errors::HEADERS_TOO_LARGE);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The proxy app, with every client connection wrapped in a [`HeaderDeadline`].
+pub struct Guarded<A> {
+    pub inner: Arc<A>,
+    pub header_timeout: Duration,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let stream: Stream = if stream.as_any().is::<HeaderDeadline>() {
+            stream
+        } else {
+            Box::new(HeaderDeadline::new(stream, self.header_timeout))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        // Lets the proxy wake its idle keep-alive connections on shutdown.
+        self.inner.cleanup().await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head: the deadline runs.
+    Head,
+    /// The head is complete and the response has not started.
+    Request,
+    /// The response started; the next bytes read begin the next request head.
+    Response,
+}
+
+/// A client stream that errors a read once a request head has taken longer than the
+/// deadline. The deadline starts at accept for the first request, and at the first byte of
+/// each following one (the wait before that byte is the keep-alive idle timeout's job).
+#[derive(Debug)]
+pub struct HeaderDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    deadline: Pin<Box<Sleep>>,
+    /// The last bytes of the head seen so far, to find `\r\n\r\n` across reads.
+    tail: [u8; 3],
+}
+
+impl HeaderDeadline {
+    pub fn new(inner: Stream, timeout: Duration) -> HeaderDeadline {
+        HeaderDeadline {
+            inner,
+            timeout,
+            phase: Phase::Head,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            tail: [0; 3],
+        }
+    }
+
+    /// Feeds bytes read while in a head; leaves `Phase::Head` at the blank line.
+    fn scan(&mut self, data: &[u8]) {
+        let mut window = [0u8; 4];
+        window[..3].copy_from_slice(&self.tail);
+        for &b in data {
+            window.copy_within(1.., 0);
+            window[3] = b;
+            if &window == b"\r\n\r\n" {
+                self.phase = Phase::Request;
+                return;
+            }
+        }
+        self.tail.copy_from_slice(&window[1..]);
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let new = &buf.filled()[before..];
+            if this.phase == Phase::Response && !new.is_empty() {
+                this.phase = Phase::Head;
+                this.tail = [0; 3];
+                this.deadline.as_mut().reset(Instant::now() + this.timeout);
+            }
+            if this.phase == Phase::Head {
+                this.scan(new);
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if self.phase == Phase::Request {
+            self.phase = Phase::Response;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.phase == Phase::Request {
+            self.phase = Phase::Response;
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+// Everything else is the wrapped stream's.
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
