@@ -5,7 +5,7 @@
 //! client socket through Pingora's bounded task channel, so it is never collected and a slow
 //! client holds back upstream reads.
 
-use crate::config::{AccessLogConf, GatewayConf};
+use crate::config::{AccessLogConf, GatewayConf, QueryPolicy};
 use crate::downstream::Limits;
 use crate::errors::{self, Reject};
 use crate::logging::{self, AccessRecord};
@@ -45,7 +45,7 @@ impl Gateway {
             .iter()
             .map(|r| {
                 let upstream = upstreams.index_of(&r.upstream).unwrap_or_default();
-                Route::new(&r.path, &r.rewrite, upstream, r.query)
+                Route::new(&r.path, &r.rewrite, upstream, r.query == QueryPolicy::Forward)
             })
             .collect();
         let mut route_metrics: Vec<RouteMetrics> =

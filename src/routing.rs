@@ -6,8 +6,6 @@
 //! therefore can never match, and the only path that goes upstream is the route's rewrite
 //! template with a validated, lower-cased UUID in it.
 
-use crate::config::QueryPolicy;
-
 /// One compiled route.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -19,13 +17,14 @@ pub struct Route {
     rewrite: Vec<String>,
     /// Index of the upstream this route sends to.
     pub upstream: usize,
-    pub query: QueryPolicy,
+    /// Whether the client's query string goes upstream (unchanged) or is dropped.
+    pub forward_query: bool,
 }
 
 impl Route {
     /// `path` must hold `{id}` exactly once and `rewrite` at least once (config validation
     /// guarantees both).
-    pub fn new(path: &str, rewrite: &str, upstream: usize, query: QueryPolicy) -> Route {
+    pub fn new(path: &str, rewrite: &str, upstream: usize, forward_query: bool) -> Route {
         let (prefix, suffix) = path.split_once("{id}").unwrap_or((path, ""));
         Route {
             template: path.to_string(),
@@ -33,7 +32,7 @@ impl Route {
             suffix: suffix.to_string(),
             rewrite: rewrite.split("{id}").map(str::to_string).collect(),
             upstream,
-            query,
+            forward_query,
         }
     }
 
@@ -51,7 +50,7 @@ impl Route {
             }
             out.push_str(part);
         }
-        if let (QueryPolicy::Forward, Some(q)) = (self.query, query) {
+        if let (true, Some(q)) = (self.forward_query, query) {
             out.push('?');
             out.push_str(q);
         }
@@ -161,17 +160,12 @@ mod tests {
 
     fn router() -> Router {
         Router::new(vec![
-            Route::new(
-                "/content/v1/assets/{id}",
-                "/v1/assets/{id}",
-                0,
-                QueryPolicy::Forward,
-            ),
+            Route::new("/content/v1/assets/{id}", "/v1/assets/{id}", 0, true),
             Route::new(
                 "/content/v1/thumbs/{id}/small",
                 "/v1/thumbs/{id}?size=s",
                 1,
-                QueryPolicy::Drop,
+                false,
             ),
         ])
     }
