@@ -26,13 +26,17 @@ pub fn init() {
             if record.target() == ACCESS_JSON_TARGET {
                 return writeln!(buf, "{msg}");
             }
-            writeln!(
-                buf,
-                "[{} {:<5} {}] {msg}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.target()
-            )
+            let mut level = record.level();
+            // Pingora logs a client that fails before its request is read (a slow head cut
+            // off, a reset) at error level, once per connection. That is the client's fault
+            // and per connection: it goes out at info like the access lines.
+            if level == log::Level::Error
+                && record.target() == "pingora_proxy"
+                && msg.to_string().starts_with("Fail to proxy: Downstream")
+            {
+                level = log::Level::Info;
+            }
+            writeln!(buf, "[{} {:<5} {}] {msg}", buf.timestamp_millis(), level, record.target())
         })
         .init();
 }
