@@ -4,6 +4,11 @@ use asset_gateway::{app, config::Config, logging, proxy::Gateway};
 use pingora::server::configuration::Opt;
 use std::process::exit;
 
+/// mimalloc instead of glibc malloc: fewer instructions per allocation on the request path
+/// and less fragmentation with many slow clients (bench/ measures both).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     logging::init();
     let mut opt = Opt::parse_args();
