@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = "--quick" in sys.argv
 PROXY_CORE, LOAD_CORE = "0", "1"
-ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX = 18001, 18002, 18080, 18081
+ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX, MINIMAL = 18001, 18002, 18080, 18081, 18082
 SMALL, IMAGE, LARGE = ("00000000-0000-4000-8000-000000000008", "00000000-0000-4000-8000-000000000005",
                        "00000000-0000-4000-8000-000000000100")
 SIZES = {SMALL: 8 * 1024, IMAGE: 5 * 1024 * 1024, LARGE: 100 * 1024 * 1024}
@@ -284,7 +284,8 @@ def measure_slow_clients(t, clients, seconds):
 
 def main():
     subprocess.run([str(ROOT / "scripts/install-deps"), "nginx", "wrk", "curl"], check=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "asset-gateway"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "--bin", "asset-gateway", "--example", "minimal_proxy"],
+                   cwd=ROOT, check=True)
     write_files()
     procs = []
     try:
@@ -298,13 +299,19 @@ def main():
         gw = subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / "target/release/asset-gateway"), "-c", str(conf)]),
                               stderr=gw_log, env={**os.environ, "RUST_LOG": "info"})
         procs.append(gw)
-        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, GATEWAY):
+        # A minimal Pingora proxy (examples/minimal_proxy.rs): Pingora's own floor.
+        minimal = subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / "target/release/examples/minimal_proxy"),
+                                                       f"127.0.0.1:{MINIMAL}", f"127.0.0.1:{ORIGIN_FAST}"]),
+                                   stderr=subprocess.DEVNULL)
+        procs.append(minimal)
+        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, GATEWAY, MINIMAL):
             wait_port(port)
         targets = [
             Target("direct", None, lambda: []),
             Target("gateway", GATEWAY, lambda: [gw.pid]),
             Target("nginx", NGINX, lambda: nginx_pids(nginx)),
         ]
+        floor = Target("pingora-minimal", MINIMAL, lambda: [minimal.pid])
         # Warm up connections and page cache.
         for t in targets:
             for a in SIZES:
@@ -312,13 +319,13 @@ def main():
         results = {"machine": {"cores": os.cpu_count(), "proxy_core": PROXY_CORE, "load_core": LOAD_CORE},
                    "gateway_access_log": "on (text, to a file)"}
         results["ttfb_5mib_rate_limited"] = measure_ttfb(targets, 5 if QUICK else 15)
-        results["small_8kib_32_conns"] = measure_small(targets, 1 if QUICK else 3, 4 if QUICK else 8)
-        results["large_100mib"] = measure_large(targets, 2 if QUICK else 5)
-        results["slow_clients_64"] = {t.name: measure_slow_clients(t, 64, 8) for t in targets[1:]}
+        results["small_8kib_32_conns"] = measure_small(targets + [floor], 1 if QUICK else 3, 4 if QUICK else 8)
+        results["large_100mib"] = measure_large(targets + [floor], 2 if QUICK else 5)
+        results["slow_clients_64"] = {t.name: measure_slow_clients(t, 64, 8) for t in targets[1:] + [floor]}
         results["gateway_alive"] = gw.poll() is None
     finally:
         for p in procs:
-            p.send_signal(signal.SIGINT if p.args[-1].endswith(".yaml") else signal.SIGQUIT)
+            p.send_signal(signal.SIGQUIT if "nginx" in p.args else signal.SIGINT)
         for p in procs:
             try:
                 p.wait(timeout=10)
@@ -333,33 +340,39 @@ def main():
 
 def table(r):
     t, s, l, sc = r["ttfb_5mib_rate_limited"], r["small_8kib_32_conns"], r["large_100mib"], r["slow_clients_64"]
-    g, n, d = "gateway", "nginx", "direct"
+    g, n, d, m = "gateway", "nginx", "direct", "pingora-minimal"
     rows = [
         ("5 MiB, rate-limited origin: TTFB (ms)", f"{t[g]['ttfb_ms']:.2f}", f"{t[n]['ttfb_ms']:.2f}", f"{t[d]['ttfb_ms']:.2f}",
          f"+{t[g]['ttfb_ms'] - t[d]['ttfb_ms']:.2f} ms over direct (nginx +{t[n]['ttfb_ms'] - t[d]['ttfb_ms']:.2f})", "<= +0.3 ms"),
         ("5 MiB, rate-limited origin: total (ms)", f"{t[g]['total_ms']:.1f}", f"{t[n]['total_ms']:.1f}", f"{t[d]['total_ms']:.1f}",
          f"{t[g]['total_ms'] / t[d]['total_ms']:.3f} x direct", ""),
         ("8 KiB, 32 conns: requests/s", f"{s[g]['rps']:.0f}", f"{s[n]['rps']:.0f}", f"{s[d]['rps']:.0f}",
-         f"{s[g]['rps'] / s[n]['rps']:.2f} x nginx", ""),
+         f"{s[g]['rps'] / s[n]['rps']:.2f} x nginx", "", f"{s[m]['rps']:.0f}"),
         ("8 KiB: p50 / p99 latency (ms)", f"{s[g]['p50_ms']:.2f} / {s[g]['p99_ms']:.2f}", f"{s[n]['p50_ms']:.2f} / {s[n]['p99_ms']:.2f}",
          f"{s[d]['p50_ms']:.2f} / {s[d]['p99_ms']:.2f}", "", ""),
         ("8 KiB: proxy CPU per request (us)", f"{s[g]['cpu_us_per_req']:.1f}", f"{s[n]['cpu_us_per_req']:.1f}", "-",
-         f"{s[g]['cpu_us_per_req'] / s[n]['cpu_us_per_req']:.2f} x nginx", "<= 1.25 x"),
+         f"{s[g]['cpu_us_per_req'] / s[n]['cpu_us_per_req']:.2f} x nginx", "<= 1.25 x",
+         f"{s[m]['cpu_us_per_req']:.1f} ({s[m]['cpu_us_per_req'] / s[n]['cpu_us_per_req']:.2f} x nginx)"),
         ("100 MiB: throughput (MB/s)", f"{l[g]['mb_per_s']:.0f}", f"{l[n]['mb_per_s']:.0f}", f"{l[d]['mb_per_s']:.0f}",
-         f"{l[g]['mb_per_s'] / l[n]['mb_per_s']:.2f} x nginx", ">= 0.95 x"),
+         f"{l[g]['mb_per_s'] / l[n]['mb_per_s']:.2f} x nginx", ">= 0.95 x", f"{l[m]['mb_per_s']:.0f}"),
         ("100 MiB: proxy CPU (ms per 100 MiB)", f"{l[g]['cpu_ms_per_100mib']:.0f}", f"{l[n]['cpu_ms_per_100mib']:.0f}", "-",
-         f"{l[g]['cpu_ms_per_100mib'] / l[n]['cpu_ms_per_100mib']:.2f} x nginx", ""),
-        ("64 slow clients: RSS growth (MiB)", f"{sc[g]['rss_growth_mib']:.1f}", f"{sc[n]['rss_growth_mib']:.1f}", "-", "", "<= 16 MiB"),
-        ("64 slow clients: disk writes (bytes)", f"{sc[g]['disk_write_bytes']}", f"{sc[n]['disk_write_bytes']}", "-", "", "0"),
+         f"{l[g]['cpu_ms_per_100mib'] / l[n]['cpu_ms_per_100mib']:.2f} x nginx", "", f"{l[m]['cpu_ms_per_100mib']:.0f}"),
+        ("64 slow clients: RSS growth (MiB)", f"{sc[g]['rss_growth_mib']:.1f}", f"{sc[n]['rss_growth_mib']:.1f}", "-", "", "<= 16 MiB",
+         f"{sc[m]['rss_growth_mib']:.1f}"),
+        ("64 slow clients: disk writes (bytes)", f"{sc[g]['disk_write_bytes']}", f"{sc[n]['disk_write_bytes']}", "-", "", "0",
+         f"{sc[m]['disk_write_bytes']}"),
         ("64 slow clients: origin sent / clients got (MiB)", f"{sc[g]['origin_sent_mib']:.0f} / {sc[g]['clients_received_mib']:.0f}",
-         f"{sc[n]['origin_sent_mib']:.0f} / {sc[n]['clients_received_mib']:.0f}", "-", "", ""),
+         f"{sc[n]['origin_sent_mib']:.0f} / {sc[n]['clients_received_mib']:.0f}", "-", "", "",
+         f"{sc[m]['origin_sent_mib']:.0f} / {sc[m]['clients_received_mib']:.0f}"),
         ("upstream connections opened / client connections (8 KiB)", f"{s[g]['upstream_connections']} / 32",
-         f"{s[n]['upstream_connections']} / 32", f"{s[d]['upstream_connections']} / 32", "", "<= 32"),
+         f"{s[n]['upstream_connections']} / 32", f"{s[d]['upstream_connections']} / 32", "", "<= 32",
+         f"{s[m]['upstream_connections']} / 32"),
         ("errors (all phases)", str(t[g]["errors"] + s[g]["errors"] + l[g]["errors"]),
          str(t[n]["errors"] + s[n]["errors"] + l[n]["errors"]), str(t[d]["errors"] + s[d]["errors"] + l[d]["errors"]), "", "0"),
     ]
-    head = "| figure | gateway | nginx | direct | ratio | target |\n|---|---|---|---|---|---|\n"
-    return head + "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    head = ("| figure | gateway | nginx | direct | ratio | target | minimal Pingora |\n"
+            "|---|---|---|---|---|---|---|\n")
+    return head + "\n".join("| " + " | ".join(row + ("",) * (7 - len(row))) + " |" for row in rows)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::downstream::Guarded;
-use crate::metrics;
 use crate::proxy::Gateway;
+use crate::{logging, metrics};
 use async_trait::async_trait;
 use log::info;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
@@ -53,6 +54,7 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
         server.add_service(admin);
     }
     server.add_service(background_service("exit when drained", ExitWhenDrained));
+    server.add_service(background_service("access log writer", AccessLogWriter));
 
     let mut options = HttpServerOptions::default();
     options.h2c = false;
@@ -64,7 +66,14 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
     };
     let mut proxy = Service::new("asset-gateway".to_string(), guarded);
     for addr in &gateway_conf.listen {
-        proxy.add_tcp(addr);
+        // No buffers on client connections, unlike Pingora's defaults:
+        // - write: Pingora does not flush a Content-Length body between chunks, so with its
+        //   1460-byte write buffer a small piece of body waits there until more arrives (or
+        //   the upstream times out); unbuffered, every piece leaves as soon as it is read.
+        // - read: clients only send a request head, which Pingora reads into its own buffer;
+        //   the default 64 KiB per connection is memory held by every idle or slow client.
+        let buffers = L4BufferSettings::unbuffered();
+        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
     server.add_service(proxy);
     server.run_forever()
@@ -96,6 +105,20 @@ impl BackgroundService for ExitWhenDrained {
         }
         info!("graceful shutdown: no request in flight, exiting");
         exit(0);
+    }
+}
+
+/// Writes the batched access lines out when traffic is too light to fill the batch.
+struct AccessLogWriter;
+
+#[async_trait]
+impl BackgroundService for AccessLogWriter {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // Keeps going during a graceful shutdown; exit writes out what is left.
+        loop {
+            pingora::time::sleep(logging::ACCESS_FLUSH_INTERVAL).await;
+            logging::flush_access_log();
+        }
     }
 }
 

@@ -106,8 +106,7 @@ pub struct HeaderDeadline {
     timeout: Duration,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
-    /// The last bytes of the head seen so far, to find `\r\n\r\n` across reads.
-    tail: [u8; 3],
+    head_end: HeadEnd,
 }
 
 impl HeaderDeadline {
@@ -117,23 +116,41 @@ impl HeaderDeadline {
             timeout,
             phase: Phase::Head,
             deadline: Box::pin(tokio::time::sleep(timeout)),
-            tail: [0; 3],
+            head_end: HeadEnd::default(),
         }
     }
+}
 
-    /// Feeds bytes read while in a head; leaves `Phase::Head` at the blank line.
-    fn scan(&mut self, data: &[u8]) {
-        let mut window = [0u8; 4];
-        window[..3].copy_from_slice(&self.tail);
-        for &b in data {
-            window.copy_within(1.., 0);
-            window[3] = b;
-            if &window == b"\r\n\r\n" {
-                self.phase = Phase::Request;
-                return;
-            }
+/// Finds the blank line that ends a request head, across reads.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadEnd {
+    /// The last three bytes seen.
+    tail: [u8; 3],
+}
+
+impl HeadEnd {
+    /// Feeds the next bytes of a head; true once `\r\n\r\n` has been seen.
+    fn feed(&mut self, data: &[u8]) -> bool {
+        if data.is_empty() {
+            return false;
         }
-        self.tail.copy_from_slice(&window[1..]);
+        // Usually a whole head arrives in one read and ends it: check that first.
+        let mut joint = [0u8; 6];
+        let n = data.len().min(3);
+        joint[..3].copy_from_slice(&self.tail);
+        joint[3..3 + n].copy_from_slice(&data[..n]);
+        if data.ends_with(b"\r\n\r\n")
+            || joint[..3 + n].windows(4).any(|w| w == b"\r\n\r\n")
+            || data.windows(4).any(|w| w == b"\r\n\r\n")
+        {
+            *self = HeadEnd::default();
+            return true;
+        }
+        let mut last = [0u8; 6];
+        last[..3].copy_from_slice(&self.tail);
+        last[3..3 + n].copy_from_slice(&data[data.len() - n..]);
+        self.tail.copy_from_slice(&last[n..n + 3]);
+        false
     }
 }
 
@@ -156,11 +173,11 @@ impl AsyncRead for HeaderDeadline {
             let new = &buf.filled()[before..];
             if this.phase == Phase::Response && !new.is_empty() {
                 this.phase = Phase::Head;
-                this.tail = [0; 3];
+                this.head_end = HeadEnd::default();
                 this.deadline.as_mut().reset(Instant::now() + this.timeout);
             }
-            if this.phase == Phase::Head {
-                this.scan(new);
+            if this.phase == Phase::Head && this.head_end.feed(new) {
+                this.phase = Phase::Request;
             }
         }
         result
@@ -260,5 +277,30 @@ impl GetSocketDigest for HeaderDeadline {
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blank_line_is_found_however_the_head_is_split() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for a in 0..head.len() {
+            for b in a..head.len() {
+                let mut h = HeadEnd::default();
+                let found = [&head[..a], &head[a..b], &head[b..]]
+                    .iter()
+                    .any(|part| h.feed(part));
+                assert!(found, "split at {a}, {b}");
+            }
+        }
+        let mut h = HeadEnd::default();
+        assert!(!h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!h.feed(b"X: y\r\n"));
+        assert!(!h.feed(b"\r"));
+        assert!(h.feed(b"\n"));
+        assert!(!HeadEnd::default().feed(b"GET / HTTP/1.1\r\nHost: x\r\n"));
     }
 }

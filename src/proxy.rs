@@ -8,7 +8,7 @@
 use crate::config::{AccessLogConf, GatewayConf, QueryPolicy};
 use crate::downstream::Limits;
 use crate::errors::{self, Reject};
-use crate::logging::{self, AccessRecord};
+use crate::logging::{self, AccessRecord, RequestId};
 use crate::metrics::{InFlight, RouteMetrics};
 use crate::routing::{Resolution, Route, Router};
 use crate::upstreams::{Selected, Upstream, Upstreams};
@@ -66,7 +66,7 @@ impl Gateway {
 /// Per-request state shared by the hooks.
 pub struct Ctx {
     start: Instant,
-    request_id: String,
+    request_id: RequestId,
     /// Set when a route matched: the route index and the rewritten upstream target.
     route: Option<usize>,
     upstream_uri: Option<http::Uri>,
@@ -93,15 +93,16 @@ impl Ctx {
     }
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-];
+const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
+const NOSNIFF: http::HeaderValue = http::HeaderValue::from_static("nosniff");
+
+/// Hop-by-hop response headers (besides `Transfer-Encoding`, which frames the body).
+fn is_hop_by_hop(name: &http::HeaderName) -> bool {
+    use http::header::{CONNECTION, PROXY_AUTHENTICATE, TE, TRAILER, UPGRADE};
+    matches!(*name, CONNECTION | PROXY_AUTHENTICATE | TE | TRAILER | UPGRADE)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
 
 #[async_trait]
 impl ProxyHttp for Gateway {
@@ -110,7 +111,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: RequestId::default(),
             route: None,
             upstream_uri: None,
             asset_key: [0; 36],
@@ -126,7 +127,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.request_id = logging::request_id(session.get_header("x-request-id"));
+        ctx.request_id = RequestId::from_client(session.get_header("x-request-id"));
         // Pingora keeps an idle HTTP/1.1 client forever by default; this sets our idle limit.
         // A connection the client did not ask to keep (HTTP/1.0, `Connection: close`) stays
         // unkept.
@@ -136,7 +137,7 @@ impl ProxyHttp for Gateway {
         if let Err(reject) = self.limits.check(session.req_header()) {
             // An oversized head is a broken or hostile client: answer, then close.
             session.set_keepalive(None);
-            errors::respond(session, reject, &ctx.request_id).await?;
+            errors::respond(session, reject, ctx.request_id.as_str()).await?;
             return Ok(true);
         }
         match self.admit(session, ctx) {
@@ -146,7 +147,7 @@ impl ProxyHttp for Gateway {
                     // Never leave unread request bytes on a connection we keep using.
                     session.set_keepalive(None);
                 }
-                errors::respond(session, reject, &ctx.request_id).await?;
+                errors::respond(session, reject, ctx.request_id.as_str()).await?;
                 Ok(true)
             }
         }
@@ -163,7 +164,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         ctx.failures.push(upstream.down_reasons());
-        errors::respond(session, errors::NO_HEALTHY_PEER, &ctx.request_id).await?;
+        errors::respond(session, errors::NO_HEALTHY_PEER, ctx.request_id.as_str()).await?;
         Ok(false)
     }
 
@@ -268,7 +269,9 @@ impl ProxyHttp for Gateway {
             req.set_uri(uri.clone());
         }
         if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), ctx.upstream_peer()) {
-            req.insert_header(http::header::HOST, upstream.host_for(peer))?;
+            if let Some(host) = upstream.host_for(peer) {
+                req.insert_header("host", host)?;
+            }
             for (name, value) in &upstream.headers {
                 req.insert_header(name, value.clone())?;
             }
@@ -281,8 +284,8 @@ impl ProxyHttp for Gateway {
             };
             req.insert_header("x-forwarded-for", xff)?;
         }
-        req.insert_header("x-forwarded-proto", "http")?;
-        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        req.insert_header("x-forwarded-proto", HTTP)?;
+        req.insert_header("x-request-id", ctx.request_id.header())?;
         // Hop-by-hop request headers (and any the client nominated in `Connection`) are
         // removed by Pingora's default upstream request policy before this hook runs.
         Ok(())
@@ -313,15 +316,15 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Never return Err here: it would cost the pooled upstream connection. These values
         // are valid header values, so inserting them cannot fail.
-        let _ = resp.insert_header("x-content-type-options", "nosniff");
-        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        let _ = resp.insert_header("x-content-type-options", NOSNIFF);
+        let _ = resp.insert_header("x-request-id", ctx.request_id.header());
         if let (true, Some(upstream)) = (self.server_timing, ctx.upstream_ttfb) {
             let gateway = ctx.start.elapsed().saturating_sub(upstream);
-            let value = format!(
-                "upstream;desc=\"upstream time to first byte\";dur={:.3}, gateway;desc=\"gateway\";dur={:.3}",
-                logging::ms(upstream),
-                logging::ms(gateway)
-            );
+            let mut value = String::with_capacity(96);
+            value.push_str("upstream;desc=\"upstream time to first byte\";dur=");
+            logging::push_ms(&mut value, upstream);
+            value.push_str(", gateway;desc=\"gateway\";dur=");
+            logging::push_ms(&mut value, gateway);
             let _ = resp.insert_header("server-timing", value);
         }
         Ok(())
@@ -335,7 +338,7 @@ impl ProxyHttp for Gateway {
             Some(reject) => {
                 // Pingora does not reuse the client connection after a proxy failure, so say so.
                 session.set_keepalive(None);
-                match errors::respond(session, reject, &ctx.request_id).await {
+                match errors::respond(session, reject, ctx.request_id.as_str()).await {
                     Ok(()) => reject.status,
                     Err(_) => 0,
                 }
@@ -383,7 +386,7 @@ impl ProxyHttp for Gateway {
             attempts: ctx.tried.len(),
             upstream_ttfb: ctx.upstream_ttfb,
             total,
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id.as_str(),
             error: e,
             failures: &ctx.failures,
         };
@@ -440,8 +443,12 @@ fn forwarded_for(req: &RequestHeader) -> Option<String> {
 
 /// Removes the response's hop-by-hop headers and any it nominates in `Connection`.
 /// `Transfer-Encoding` stays: Pingora reads it to frame the body towards the client.
+/// One pass over the names first: most responses have none of these.
 fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    let nominated: Vec<http::HeaderName> = resp
+    if !resp.headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut remove: Vec<http::HeaderName> = resp
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -450,10 +457,8 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
         .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| *n != http::header::TRANSFER_ENCODING && *n != http::header::CONTENT_LENGTH)
         .collect();
-    for name in &nominated {
-        resp.remove_header(name);
-    }
-    for name in HOP_BY_HOP {
+    remove.extend(resp.headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
+    for name in &remove {
         resp.remove_header(name);
     }
 }

@@ -28,8 +28,8 @@ const MAX_SELECT_ITERATIONS: usize = 256;
 struct Peer {
     /// The peer with its timeouts, TLS and pool options; cloned per attempt.
     http: HttpPeer,
-    /// `Host` sent upstream.
-    host: String,
+    /// `Host` sent upstream (`None` if the configured text is not a valid header value).
+    host: Option<http::HeaderValue>,
     /// The address as configured (for logs).
     label: String,
     /// Consecutive connect failures (passive ejection).
@@ -148,7 +148,7 @@ impl Upstream {
                 backends.insert(backend(addr, pc.weight));
                 let peer = Peer {
                     http,
-                    host: conf.host.clone().unwrap_or_else(|| pc.addr.clone()),
+                    host: http::HeaderValue::from_str(conf.host.as_deref().unwrap_or(&pc.addr)).ok(),
                     label: pc.addr.clone(),
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
@@ -302,8 +302,8 @@ impl Upstream {
     }
 
     /// The `Host` header value for a peer.
-    pub fn host_for(&self, addr: &SocketAddr) -> &str {
-        self.peers.get(addr).map_or("", |p| p.host.as_str())
+    pub fn host_for(&self, addr: &SocketAddr) -> Option<http::HeaderValue> {
+        self.peers.get(addr).and_then(|p| p.host.clone())
     }
 
     /// The peer's address as written in the config.
@@ -441,7 +441,8 @@ impl PeerChecks {
         let mut checks = HashMap::new();
         let mut labels = HashMap::new();
         for (addr, peer) in peers {
-            let mut check = HttpHealthCheck::new(&peer.host, false);
+            // The host given here only goes into the request replaced below.
+            let mut check = HttpHealthCheck::new("", false);
             let mut template = peer.http.clone();
             template.options.connection_timeout = Some(hc.timeout.0);
             template.options.total_connection_timeout = Some(hc.timeout.0);
@@ -450,7 +451,9 @@ impl PeerChecks {
             check.peer_template = template;
             if let Ok(req) = pingora::http::RequestHeader::build("GET", hc.path.as_bytes(), None) {
                 check.req = req;
-                let _ = check.req.insert_header("host", peer.host.as_str());
+                if let Some(host) = &peer.host {
+                    let _ = check.req.insert_header("host", host.clone());
+                }
                 let _ = check
                     .req
                     .insert_header("user-agent", "asset-gateway-health-check");

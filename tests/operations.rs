@@ -60,12 +60,9 @@ async fn metrics_count_known_traffic() {
     let missing = "99999999-9999-4999-8999-999999999999";
     assert_eq!(c.get(gw.asset_url(missing)).send().await.unwrap().status(), 404); // the origin's 404
     assert_eq!(c.get(gw.url("/favicon.ico")).send().await.unwrap().status(), 404); // no route
-    for i in 0..8 {
-        gw.wait_for_log(|l| l.contains(" access] ") && gw.access_lines().len() > i)
-            .await;
-    }
     let failovers = gw
-        .access_lines()
+        .wait_access_lines(8)
+        .await
         .iter()
         .filter(|l| l.contains("attempts=2"))
         .count();
@@ -417,6 +414,8 @@ async fn upgrade_hands_over_the_sockets_without_cutting_a_download() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = looping.await.unwrap();
+    // Access lines are written in batches (every 200 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     eprintln!(
         "upgrade: loop {ok} ok, {failed} failed; new process served {} requests; download of {total} bytes intact on the old one",
         new.access_lines().len()

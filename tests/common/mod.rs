@@ -381,3 +381,30 @@ pub fn wait_listening(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The timestamp a log line starts with (`[2026-11-26T10:40:29.513Z ...`). Access lines are
+/// written in batches, so their order in the stream is not their order in time: compare
+/// these instead (same format, so they sort as strings).
+pub fn ts(line: &str) -> &str {
+    line.trim_start_matches('[').split(' ').next().unwrap_or_default()
+}
+
+impl Gateway {
+    /// Waits until at least `n` access lines have been written; returns them.
+    pub async fn wait_access_lines(&self, n: usize) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let lines = self.access_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                start.elapsed() < EVENTUALLY,
+                "{} of {n} access lines; log:\n{}",
+                lines.len(),
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
