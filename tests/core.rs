@@ -472,19 +472,12 @@ async fn idle_client_connections_are_closed_after_the_keepalive_timeout() {
         "  downstream:\n    keepalive_timeout: 1s\n  upstreams:",
     );
     let gw = Gateway::start(&yaml);
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("keep-alive"));
+    let mut conn = RawConn::connect(gw.addr).await;
+    conn.send(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+    let r = conn.response(false).await.unwrap();
+    assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
     // Idle now: the gateway must close the connection on its own.
-    let n = tokio::time::timeout(EVENTUALLY, s.read(&mut buf))
-        .await
-        .expect("idle connection never closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert!(conn.closed_by_server().await, "the idle connection was never closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

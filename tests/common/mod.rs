@@ -310,9 +310,19 @@ impl RawConn {
         Some(std::mem::take(&mut self.buf))
     }
 
-    /// True when the server closes the connection (read returns 0 or fails).
+    /// True when the server closes the connection (read returns 0 or fails); false when it
+    /// sends more data or stays silent for `EVENTUALLY`.
     pub async fn closed_by_server(&mut self) -> bool {
-        !self.fill().await
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(EVENTUALLY, self.s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(_) => false,
+        }
     }
 }
 
