@@ -18,7 +18,11 @@ impl ProxyHttp for Minimal {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream.as_str(), false, String::new())))
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.as_str(),
+            false,
+            String::new(),
+        )))
     }
 
     async fn upstream_request_filter(
@@ -37,7 +41,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut server = Server::new(None).expect("server");
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Minimal { upstream: args[2].clone() });
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Minimal {
+            upstream: args[2].clone(),
+        },
+    );
     proxy.add_tcp(&args[1]);
     server.add_service(proxy);
     server.run_forever();

@@ -279,17 +279,29 @@ pub fn push_ms(out: &mut String, d: Duration) {
 fn push_addr(out: &mut String, a: &std::net::SocketAddr) {
     match a {
         std::net::SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_u64(out, *o as u64);
-            }
+            push_ip(out, &std::net::IpAddr::V4(*v4.ip()));
             out.push(':');
             push_u64(out, v4.port() as u64);
         }
         std::net::SocketAddr::V6(_) => {
             let _ = write!(out, "{a}");
+        }
+    }
+}
+
+/// An IP address as text (IPv4 without `core::fmt`).
+pub fn push_ip(out: &mut String, ip: &std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, *o as u64);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -301,6 +313,12 @@ fn push_quoted(out: &mut String, s: &str) {
 
 /// Appends `s` as a JSON string literal.
 fn json_str(out: &mut String, s: &str) {
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for c in s.chars() {
         match c {

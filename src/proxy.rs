@@ -276,12 +276,12 @@ impl ProxyHttp for Gateway {
                 req.insert_header(name, value.clone())?;
             }
         }
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        if let Some(ip) = client_ip {
-            let xff = match forwarded_for(req) {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
-            };
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let mut xff = forwarded_for(req).unwrap_or_default();
+            if !xff.is_empty() {
+                xff.push_str(", ");
+            }
+            logging::push_ip(&mut xff, &ip);
             req.insert_header("x-forwarded-for", xff)?;
         }
         req.insert_header("x-forwarded-proto", HTTP)?;

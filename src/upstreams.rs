@@ -41,7 +41,7 @@ struct Peer {
 pub struct Upstream {
     pub name: String,
     balancer: Balancer,
-    peers: HashMap<SocketAddr, Peer>,
+    peers: PeerTable,
     /// Extra peers tried after a connect failure.
     pub retries: usize,
     /// Added to every upstream request. Marked sensitive: `Debug` never shows them.
@@ -133,7 +133,7 @@ impl Upstream {
         let mut problems = Vec::new();
         let template = peer_template(&key, conf)?;
         let mut backends = BTreeSet::new();
-        let mut peers = HashMap::new();
+        let mut peers = PeerTable::default();
         for (i, pc) in conf.peers.iter().enumerate() {
             let addrs = match pc.addr.to_socket_addrs() {
                 Ok(a) => a,
@@ -153,7 +153,7 @@ impl Upstream {
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                 };
-                peers.insert(addr, peer);
+                peers.0.push((addr, peer));
             }
         }
         let mut headers = Vec::new();
@@ -313,6 +313,29 @@ impl Upstream {
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+}
+
+/// An upstream's peers by address. A handful of entries: a linear scan is cheaper than hashing
+/// (this is looked up several times per request).
+#[derive(Default)]
+struct PeerTable(Vec<(SocketAddr, Peer)>);
+
+impl PeerTable {
+    fn get(&self, addr: &SocketAddr) -> Option<&Peer> {
+        self.0.iter().find(|(a, _)| a == addr).map(|(_, p)| p)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &Peer)> {
+        self.0.iter().map(|(a, p)| (a, p))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.0.iter().map(|(a, _)| a)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
     }
 }
 

@@ -65,15 +65,27 @@ async fn a_tiny_first_piece_is_not_held_back() {
     let (origin, gw) = setup().await;
     let release = Arc::new(Notify::new());
     let held = Arc::new(AtomicBool::new(false));
-    origin.set(ID, Behavior::HoldAfter { first: 100, total: 1000, release: release.clone(), held: held.clone() });
+    origin.set(
+        ID,
+        Behavior::HoldAfter {
+            first: 100,
+            total: 1000,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
     let mut conn = RawConn::connect(gw.addr).await;
-    conn.send(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+    conn.send(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
     let mut got = Vec::new();
     while !got.ends_with(&pattern(0..100)) {
         let chunk = conn.read_chunk().await.expect("the first 100 bytes never came");
         got.extend_from_slice(&chunk);
     }
-    assert!(held.load(Ordering::SeqCst), "origin was released before the client saw the first bytes");
+    assert!(
+        held.load(Ordering::SeqCst),
+        "origin was released before the client saw the first bytes"
+    );
     // And they came because they were sent, not because something gave up and flushed: the
     // rest of the body follows on the same response.
     release.notify_one();
@@ -473,11 +485,15 @@ async fn idle_client_connections_are_closed_after_the_keepalive_timeout() {
     );
     let gw = Gateway::start(&yaml);
     let mut conn = RawConn::connect(gw.addr).await;
-    conn.send(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+    conn.send(format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
     let r = conn.response(false).await.unwrap();
     assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
     // Idle now: the gateway must close the connection on its own.
-    assert!(conn.closed_by_server().await, "the idle connection was never closed");
+    assert!(
+        conn.closed_by_server().await,
+        "the idle connection was never closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
