@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from procs import status_bytes, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = "--quick" in sys.argv
@@ -39,16 +40,6 @@ def sh(cmd, **kw):
 
 def pinned(core, cmd):
     return ["taskset", "-c", core] + cmd
-
-
-def wait_port(port):
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -160,7 +151,7 @@ class Target:
         return total / CLK_TCK
 
     def rss(self):
-        return sum(_status(pid, "VmRSS") for pid in self.pids())
+        return sum(status_bytes(pid, "VmRSS") for pid in self.pids())
 
     def disk_writes(self):
         total = 0
@@ -169,13 +160,6 @@ class Target:
                 if line.startswith("write_bytes:"):
                     total += int(line.split()[1])
         return total
-
-
-def _status(pid, key):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def origin_log_lines():

@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from procs import open_fds, status_bytes, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 DURATION = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
 ORIGIN_PORT, GATEWAY_PORT, ADMIN_PORT = 19301, 19380, 19390
@@ -157,24 +159,7 @@ def bad_worker():
 
 
 def proc_stats(pid):
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_port(port, proc=None):
-    for _ in range(300):
-        if proc is not None and proc.poll() is not None:
-            sys.exit(f"process exited early ({proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
+    return status_bytes(pid, "VmRSS"), open_fds(pid)
 
 
 def main():
