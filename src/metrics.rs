@@ -51,76 +51,88 @@ struct Families {
     peer_healthy: IntGaugeVec,
 }
 
-fn families() -> &'static Families {
-    static F: OnceLock<Families> = OnceLock::new();
-    F.get_or_init(|| {
-        // Static names and labels: these constructors cannot fail.
+static FAMILIES: OnceLock<Families> = OnceLock::new();
+
+/// The metric families, created and registered once per process (at start-up, when the
+/// gateway is built).
+fn families() -> Result<&'static Families, String> {
+    if let Some(f) = FAMILIES.get() {
+        return Ok(f);
+    }
+    let f = Families::new().map_err(|e| format!("metrics: {e}"))?;
+    Ok(FAMILIES.get_or_init(|| f))
+}
+
+impl Families {
+    fn new() -> prometheus::Result<Families> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
             register(Box::new(c.clone()));
-            c
+            Ok::<_, prometheus::Error>(c)
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
             register(Box::new(h.clone()));
-            h
+            Ok::<_, prometheus::Error>(h)
         };
-        let seconds = exponential_buckets(0.0005, 2.5, 14).expect("valid buckets"); // 0.5 ms .. ~74 s
-        let active = IntGauge::new("asset_gateway_active_requests", "Requests being processed now.").expect("valid metric");
+        let seconds = exponential_buckets(0.0005, 2.5, 14)?; // 0.5 ms .. ~74 s
+        let active = IntGauge::new("asset_gateway_active_requests", "Requests being processed now.")?;
         register(Box::new(active.clone()));
         let peer_healthy = IntGaugeVec::new(
-            Opts::new("asset_gateway_peer_healthy", "1 if the peer can take requests (healthy and not ejected), else 0."),
+            Opts::new(
+                "asset_gateway_peer_healthy",
+                "1 if the peer can take requests (healthy and not ejected), else 0.",
+            ),
             &["upstream", "peer"],
-        )
-        .expect("valid metric");
+        )?;
         register(Box::new(peer_healthy.clone()));
-        Families {
+        Ok(Families {
             requests: counter(
                 "asset_gateway_requests_total",
                 "Requests by route and response status class (none: no response could be sent).",
                 &["route", "status_class"],
-            ),
+            )?,
             duration: histogram(
                 "asset_gateway_request_duration_seconds",
                 "Time from the request head to the end of the response.",
                 &["route"],
                 seconds.clone(),
-            ),
+            )?,
             body_bytes: counter(
                 "asset_gateway_response_body_bytes_total",
                 "Response body bytes sent to clients.",
                 &["route"],
-            ),
+            )?,
             ttfb: histogram(
                 "asset_gateway_upstream_ttfb_seconds",
                 "Time from starting the upstream attempt (connect or pooled connection) to the response header.",
                 &["upstream"],
                 seconds,
-            ),
+            )?,
             connections: counter(
                 "asset_gateway_upstream_connections_total",
                 "Upstream connections used, by whether they came from the pool.",
                 &["upstream", "reused"],
-            ),
+            )?,
             failovers: counter(
                 "asset_gateway_upstream_failovers_total",
                 "Attempts moved to another peer after a connect failure.",
                 &["upstream"],
-            ),
+            )?,
             retries: counter(
                 "asset_gateway_upstream_retries_total",
                 "Attempts retried after a failure on an established (stale pooled) connection.",
                 &["upstream"],
-            ),
+            )?,
             connect_failures: counter(
                 "asset_gateway_upstream_connect_failures_total",
                 "Failed connection attempts to upstream peers.",
                 &["upstream", "peer"],
-            ),
+            )?,
             active,
             peer_healthy,
-        }
-    })
+        })
+    }
 }
 
 fn register(c: Box<dyn prometheus::core::Collector>) {
@@ -139,13 +151,13 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn new(route: &str) -> RouteMetrics {
-        let f = families();
-        RouteMetrics {
+    pub fn new(route: &str) -> Result<RouteMetrics, String> {
+        let f = families()?;
+        Ok(RouteMetrics {
             requests: STATUS_CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
             duration: f.duration.with_label_values(&[route]),
             body_bytes: f.body_bytes.with_label_values(&[route]),
-        }
+        })
     }
 
     /// Records a finished request; `status` 0 means no response was sent.
@@ -172,16 +184,16 @@ pub struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    pub fn new(upstream: &str) -> UpstreamMetrics {
-        let f = families();
-        UpstreamMetrics {
+    pub fn new(upstream: &str) -> Result<UpstreamMetrics, String> {
+        let f = families()?;
+        Ok(UpstreamMetrics {
             name: upstream.to_string(),
             ttfb: f.ttfb.with_label_values(&[upstream]),
             new_connections: f.connections.with_label_values(&[upstream, "false"]),
             reused_connections: f.connections.with_label_values(&[upstream, "true"]),
             failovers: f.failovers.with_label_values(&[upstream]),
             retries: f.retries.with_label_values(&[upstream]),
-        }
+        })
     }
 
     pub fn connection(&self, reused: bool) {
@@ -198,22 +210,22 @@ impl UpstreamMetrics {
 
     /// Connect failures are rare: the label lookup per failure is fine.
     pub fn connect_failure(&self, peer: &str) {
-        families()
-            .connect_failures
-            .with_label_values(&[&self.name, peer])
-            .inc();
+        if let Some(f) = FAMILIES.get() {
+            f.connect_failures.with_label_values(&[&self.name, peer]).inc();
+        }
     }
 }
 
 /// Refreshes the gauges that are read off live state, then encodes every metric in the
 /// Prometheus text format.
 pub fn scrape(peer_health: impl Iterator<Item = (String, String, bool)>) -> Vec<u8> {
-    let f = families();
-    f.active.set(in_flight());
-    for (upstream, peer, healthy) in peer_health {
-        f.peer_healthy
-            .with_label_values(&[&upstream, &peer])
-            .set(healthy as i64);
+    if let Some(f) = FAMILIES.get() {
+        f.active.set(in_flight());
+        for (upstream, peer, healthy) in peer_health {
+            f.peer_healthy
+                .with_label_values(&[&upstream, &peer])
+                .set(healthy as i64);
+        }
     }
     let mut out = Vec::new();
     let encoder = prometheus::TextEncoder::new();

@@ -48,9 +48,13 @@ impl Gateway {
                 Route::new(&r.path, &r.rewrite, upstream, r.query == QueryPolicy::Forward)
             })
             .collect();
-        let mut route_metrics: Vec<RouteMetrics> =
-            routes.iter().map(|r| RouteMetrics::new(&r.template)).collect();
-        route_metrics.push(RouteMetrics::new("unmatched"));
+        let route_metrics = routes
+            .iter()
+            .map(|r| r.template.as_str())
+            .chain(["unmatched"])
+            .map(RouteMetrics::new)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| vec![e])?;
         Ok(Gateway {
             router: Router::new(routes),
             upstreams: Arc::new(upstreams),

@@ -201,7 +201,7 @@ impl Upstream {
             headers,
             ejection: conf.passive_ejection,
             health,
-            metrics: UpstreamMetrics::new(name),
+            metrics: UpstreamMetrics::new(name).map_err(|e| vec![e])?,
         })
     }
 

@@ -209,7 +209,7 @@ fn random_and_adversarial_paths_never_reach_the_origin_as_anything_else() {
     ];
     let adversarial = prop::collection::vec(piece, 1..6).prop_map(|parts| parts.concat());
     // Valid asset paths in random case, with random queries, so both outcomes are exercised.
-    let valid = (any::<u64>(), "[!-~&&[^#]]{0,30}").prop_map(|(case, query)| {
+    let valid = (any::<u64>(), "[A-Za-z0-9._~!$&'()*+,;=:@/?%-]{0,30}").prop_map(|(case, query)| {
         let id: String = ID
             .chars()
             .enumerate()
@@ -261,8 +261,13 @@ fn random_and_adversarial_paths_never_reach_the_origin_as_anything_else() {
                     prop_assert_eq!(new.len(), 1);
                     let (path, query) = new[0].target.split_once('?').unwrap_or((&new[0].target, ""));
                     prop_assert_eq!(path, format!("/v1/assets/{ID}"), "from {:?}", target);
-                    // The query goes upstream exactly as the client sent it.
-                    prop_assert_eq!(Some(query), target.split_once('?').map(|(_, q)| q));
+                    // A valid query goes upstream exactly as the client sent it. (Pingora
+                    // percent-encodes characters that are not allowed in a request target,
+                    // such as spaces, before the gateway sees them.)
+                    let sent = target.split_once('?').map(|(_, q)| q);
+                    if sent.is_none_or(|q| q.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))) {
+                        prop_assert_eq!(Some(query).filter(|_| new[0].target.contains('?')), sent);
+                    }
                 }
                 400 | 404 | 405 | 414 | 431 => {
                     answered.set(answered.get() + 1);
