@@ -130,10 +130,11 @@ pub struct AccessRecord<'a> {
 }
 
 impl AccessRecord<'_> {
-    /// One failed attempt is already the error itself; attempts are listed when they add to it.
+    /// Why attempts failed. Left out only when it would repeat the error: a single attempt
+    /// that failed to connect.
     fn failures(&self) -> Option<String> {
-        (self.failures.len() > 1 || (self.error.is_none() && !self.failures.is_empty()))
-            .then(|| self.failures.join("; "))
+        let repeats_error = self.failures.len() == 1 && self.attempts == 1 && self.error.is_some();
+        (!self.failures.is_empty() && !repeats_error).then(|| self.failures.join("; "))
     }
 }
 

@@ -58,8 +58,14 @@ async fn metrics_count_known_traffic() {
         assert_eq!(r.text().await.unwrap(), "asset");
     }
     let missing = "99999999-9999-4999-8999-999999999999";
-    assert_eq!(c.get(gw.asset_url(missing)).send().await.unwrap().status(), 404); // the origin's 404
-    assert_eq!(c.get(gw.url("/favicon.ico")).send().await.unwrap().status(), 404); // no route
+    let r = c.get(gw.asset_url(missing)).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap().as_str()),
+        (404, "not found")
+    ); // the origin's 404
+    let r = c.get(gw.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(r.status(), 404); // no route
+    r.bytes().await.unwrap();
     let failovers = gw
         .wait_access_lines(8)
         .await

@@ -313,6 +313,7 @@ async fn connect_failures_eject_a_peer_without_active_checks() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "asset");
     }
     gw.wait_for_log(|l| l.contains(&format!("peer {dead} ejected")))
         .await;
@@ -329,7 +330,12 @@ async fn connect_failures_eject_a_peer_without_active_checks() {
             failures_seen += 1;
         }
     }
-    assert_eq!(failures_seen.min(2), 2, "the dead peer was never tried twice");
+    assert_eq!(
+        failures_seen.min(2),
+        2,
+        "the dead peer was never tried twice; log:\n{}",
+        gw.logs().join("\n")
+    );
     let attempts_on_dead = tried_after_ejection.len();
     assert_eq!(attempts_on_dead, 0, "an ejected peer was tried");
 }
@@ -356,6 +362,7 @@ async fn retries_follow_the_configured_count() {
             .await
             .unwrap();
         statuses.push(r.status().as_u16());
+        r.bytes().await.unwrap();
         let line = gw.access_line(&format!("a{i}")).await;
         assert!(line.contains("attempts=1"), "{line}");
     }
@@ -376,6 +383,7 @@ async fn retries_follow_the_configured_count() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "asset");
         let line = gw.access_line(&format!("b{i}")).await;
         if line.contains("attempts=2") {
             failed_over += 1;
