@@ -38,7 +38,10 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
     exit_on_listener_panic();
 
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    server.bootstrap();
+    // Bootstrap (taking the sockets over with -u) runs as a service, after the fork of -d, so
+    // that `daemon_wait_for_ready` works: the daemon tells its parent it is up from there.
+    // Every listening service waits for it.
+    let bootstrap = server.bootstrap_as_a_service();
 
     for service in gateway.upstreams.services() {
         server.add_boxed_service(service);
@@ -51,7 +54,7 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
             },
         );
         admin.add_tcp(addr);
-        server.add_service(admin);
+        server.add_service(admin).add_dependency(&bootstrap);
     }
     server.add_service(background_service("exit when drained", ExitWhenDrained));
     server.add_service(background_service("access log writer", AccessLogWriter));
@@ -75,7 +78,7 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
         let buffers = L4BufferSettings::unbuffered();
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
     server.run_forever()
 }
 
@@ -84,6 +87,9 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
 /// whole `grace_period_seconds` even when nothing is left to do. This service waits for the
 /// same signal, then for the in-flight requests to finish, and exits the process at once.
 /// The grace period stays the upper bound.
+///
+/// Its timers (and the access log writer's) are tokio's: Pingora's fast timer can miss a timer
+/// registered just after the `-d` fork, before its clock thread is restarted in the child.
 struct ExitWhenDrained;
 
 #[async_trait]
@@ -100,7 +106,7 @@ impl BackgroundService for ExitWhenDrained {
         // closed has had its chance to start a request.
         let mut quiet = 0;
         while quiet < 5 {
-            pingora::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             quiet = if metrics::in_flight() == 0 { quiet + 1 } else { 0 };
         }
         info!("graceful shutdown: no request in flight, exiting");
@@ -116,7 +122,7 @@ impl BackgroundService for AccessLogWriter {
     async fn start(&self, _shutdown: ShutdownWatch) {
         // Keeps going during a graceful shutdown; exit writes out what is left.
         loop {
-            pingora::time::sleep(logging::ACCESS_FLUSH_INTERVAL).await;
+            tokio::time::sleep(logging::ACCESS_FLUSH_INTERVAL).await;
             logging::flush_access_log();
         }
     }

@@ -97,3 +97,46 @@ fn a_listener_that_cannot_bind_ends_the_process() {
     assert_ne!(code, 0);
     assert!(out.contains(&format!("cannot listen on {addr}")), "{out}");
 }
+
+#[test]
+fn dash_d_detaches_writes_its_pid_and_serves() {
+    use std::io::{Read, Write};
+    let dir = temp_dir();
+    let addr = free_addr();
+    let yaml = format!(
+        "pid_file: {pid}\nupgrade_sock: {sock}\nerror_log: {log}\ndaemon_wait_for_ready: true\n{rest}",
+        pid = dir.join("gw.pid").display(),
+        sock = dir.join("up.sock").display(),
+        log = dir.join("gw.log").display(),
+        rest = simple_config(&[free_addr()], "").replace("{listen}", &addr.to_string()),
+    );
+    let path = write_conf(&yaml);
+    // The parent returns once the daemon is up (daemon_wait_for_ready).
+    let (code, out) = run(&["-d", "-c", &path]);
+    assert_eq!(code, 0, "{out}");
+    let pid: u32 = std::fs::read_to_string(dir.join("gw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(addr).expect("the daemon does not listen");
+    s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    common::signal(pid, "TERM");
+    let start = std::time::Instant::now();
+    // Gone, or a zombie nobody reaps (the daemon's parent is init, which may not reap here).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().chars().next() != Some('Z'))
+            .unwrap_or(false)
+    };
+    while running() {
+        assert!(start.elapsed() < common::EVENTUALLY, "the daemon did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(dir.join("gw.log")).unwrap();
+    assert!(log.contains("path=\"/nope\" status=404"), "{log}");
+}
