@@ -119,7 +119,18 @@ fn dash_d_detaches_writes_its_pid_and_serves() {
         .trim()
         .parse()
         .unwrap();
-    let mut s = std::net::TcpStream::connect(addr).expect("the daemon does not listen");
+    // Pingora signals readiness before the listeners start (for -u ordering): wait for them.
+    let start = std::time::Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) => assert!(
+                start.elapsed() < common::EVENTUALLY,
+                "the daemon does not listen: {e}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut resp = String::new();
@@ -130,7 +141,7 @@ fn dash_d_detaches_writes_its_pid_and_serves() {
     // Gone, or a zombie nobody reaps (the daemon's parent is init, which may not reap here).
     let running = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().chars().next() != Some('Z'))
+            .map(|s| !s.rsplit(")").next().unwrap_or("").trim_start().starts_with("Z"))
             .unwrap_or(false)
     };
     while running() {
