@@ -7,7 +7,6 @@ use crate::proxy::Gateway;
 use crate::{logging, metrics};
 use async_trait::async_trait;
 use log::info;
-use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::Opt;
@@ -59,10 +58,8 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
     server.add_service(background_service("exit when drained", ExitWhenDrained));
     server.add_service(background_service("access log writer", AccessLogWriter));
 
-    let mut options = HttpServerOptions::default();
-    options.h2c = false;
-    let mut app = http_proxy(&server.configuration, gateway);
-    app.server_options = Some(options);
+    // HTTP/1.1 only (Pingora's default options: no h2c, no CONNECT).
+    let app = http_proxy(&server.configuration, gateway);
     let guarded = Guarded {
         inner: Arc::new(app),
         header_timeout: gateway_conf.downstream.header_timeout.0,

@@ -12,42 +12,21 @@ pub struct Reject {
     pub message: &'static str,
 }
 
-pub const NO_ROUTE: Reject = Reject {
-    status: 404,
-    message: "no route for this path",
-};
-pub const BAD_ASSET_ID: Reject = Reject {
-    status: 400,
-    message: "the asset id is not a UUID",
-};
-pub const BAD_PATH: Reject = Reject {
-    status: 400,
-    message: "the request path is not valid UTF-8",
-};
-pub const METHOD_NOT_ALLOWED: Reject = Reject {
-    status: 405,
-    message: "method not allowed; use GET or HEAD",
-};
-pub const BODY_NOT_ALLOWED: Reject = Reject {
-    status: 400,
-    message: "GET and HEAD requests must not carry a body",
-};
-pub const URI_TOO_LONG: Reject = Reject {
-    status: 414,
-    message: "the request target is too long",
-};
-pub const HEADERS_TOO_LARGE: Reject = Reject {
-    status: 431,
-    message: "the request headers are too large",
-};
-pub const TOO_MANY_HEADERS: Reject = Reject {
-    status: 431,
-    message: "the request has too many header fields",
-};
-pub const NO_HEALTHY_PEER: Reject = Reject {
-    status: 502,
-    message: "no healthy upstream peer",
-};
+impl Reject {
+    const fn new(status: u16, message: &'static str) -> Reject {
+        Reject { status, message }
+    }
+}
+
+pub const NO_ROUTE: Reject = Reject::new(404, "no route for this path");
+pub const BAD_ASSET_ID: Reject = Reject::new(400, "the asset id is not a UUID");
+pub const BAD_PATH: Reject = Reject::new(400, "the request path is not valid UTF-8");
+pub const METHOD_NOT_ALLOWED: Reject = Reject::new(405, "method not allowed; use GET or HEAD");
+pub const BODY_NOT_ALLOWED: Reject = Reject::new(400, "GET and HEAD requests must not carry a body");
+pub const URI_TOO_LONG: Reject = Reject::new(414, "the request target is too long");
+pub const HEADERS_TOO_LARGE: Reject = Reject::new(431, "the request headers are too large");
+pub const TOO_MANY_HEADERS: Reject = Reject::new(431, "the request has too many header fields");
+pub const NO_HEALTHY_PEER: Reject = Reject::new(502, "no healthy upstream peer");
 
 /// The error type `upstream_peer` returns when selection finds no usable peer.
 pub const NO_PEER_ERROR: ErrorType = ErrorType::Custom("NoHealthyPeer");
@@ -56,7 +35,7 @@ pub const NO_PEER_ERROR: ErrorType = ErrorType::Custom("NoHealthyPeer");
 /// already has part of a response) and nothing can be written.
 pub fn for_error(e: &Error) -> Option<Reject> {
     use ErrorType::*;
-    let r = |status, message| Some(Reject { status, message });
+    let r = |status, message| Some(Reject::new(status, message));
     match e.etype() {
         HTTPStatus(code) => r(*code, "request failed"),
         t if *t == NO_PEER_ERROR => Some(NO_HEALTHY_PEER),

@@ -10,7 +10,7 @@ use crate::downstream::Limits;
 use crate::errors::{self, Reject};
 use crate::logging::{self, AccessRecord, RequestId};
 use crate::metrics::{InFlight, RouteMetrics};
-use crate::routing::{Resolution, Route, Router};
+use crate::routing::{AssetId, Resolution, Route, Router};
 use crate::upstreams::{Selected, Upstream, Upstreams};
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -74,7 +74,8 @@ pub struct Ctx {
     /// Set when a route matched: the route index and the rewritten upstream target.
     route: Option<usize>,
     upstream_uri: Option<http::Uri>,
-    asset_key: [u8; 36],
+    /// The asset id: the key of consistent hashing.
+    asset: Option<AssetId>,
     /// Peers already attempted for this request, in order.
     tried: Vec<SocketAddr>,
     /// The peer chosen when the request was admitted, used by the first attempt.
@@ -94,6 +95,10 @@ pub struct Ctx {
 impl Ctx {
     fn upstream_peer(&self) -> Option<&SocketAddr> {
         self.tried.last()
+    }
+
+    fn hash_key(&self) -> &[u8] {
+        self.asset.as_ref().map_or(&[], |a| a.as_str().as_bytes())
     }
 }
 
@@ -118,7 +123,7 @@ impl ProxyHttp for Gateway {
             request_id: RequestId::default(),
             route: None,
             upstream_uri: None,
-            asset_key: [0; 36],
+            asset: None,
             tried: Vec::new(),
             first_pick: None,
             failures: Vec::new(),
@@ -163,7 +168,7 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = self.upstream_of(ctx) else {
             return Ok(true);
         };
-        ctx.first_pick = upstream.select(&ctx.asset_key, &[]);
+        ctx.first_pick = upstream.select(ctx.hash_key(), &[]);
         if ctx.first_pick.is_some() {
             return Ok(true);
         }
@@ -177,11 +182,8 @@ impl ProxyHttp for Gateway {
             .upstream_of(ctx)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
         ctx.upstream_start.get_or_insert_with(Instant::now);
-        let pick = match ctx.first_pick.take() {
-            Some(p) => Some(p),
-            None => upstream.select(&ctx.asset_key, &ctx.tried),
-        };
-        match pick {
+        let pick = ctx.first_pick.take();
+        match pick.or_else(|| upstream.select(ctx.hash_key(), &ctx.tried)) {
             Some(selected) => {
                 ctx.tried.push(selected.addr);
                 Ok(selected.peer)
@@ -429,7 +431,7 @@ impl Gateway {
         }
         ctx.route = Some(route);
         ctx.upstream_uri = Some(uri);
-        ctx.asset_key.copy_from_slice(id.as_str().as_bytes());
+        ctx.asset = Some(id);
         Ok(())
     }
 }
