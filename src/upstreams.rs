@@ -156,21 +156,18 @@ impl Upstream {
                 peers.0.push((addr, peer));
             }
         }
+        // Names and values were checked by config validation; the environment is read here.
         let mut headers = Vec::new();
         for (h, template) in &conf.headers {
-            match (
-                http::HeaderName::from_bytes(h.as_bytes()),
-                crate::config::expand_env(template),
-            ) {
-                (Ok(n), Ok(v)) => match http::HeaderValue::from_str(&v) {
-                    Ok(mut v) => {
-                        v.set_sensitive(true);
-                        headers.push((n, v));
-                    }
-                    Err(_) => problems.push(format!("{key}.headers.{h}: not a valid header value")),
-                },
-                (Err(_), _) => problems.push(format!("{key}.headers.{h}: not a valid header name")),
-                (_, Err(e)) => problems.push(format!("{key}.headers.{h}: {e}")),
+            let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| e.to_string());
+            let value = crate::config::expand_env(template)
+                .and_then(|v| http::HeaderValue::from_str(&v).map_err(|e| e.to_string()));
+            match (name, value) {
+                (Ok(n), Ok(mut v)) => {
+                    v.set_sensitive(true);
+                    headers.push((n, v));
+                }
+                (Err(e), _) | (_, Err(e)) => problems.push(format!("{key}.headers.{h}: {e}")),
             }
         }
         if !problems.is_empty() {
@@ -218,6 +215,11 @@ impl Upstream {
             addr,
             peer: Box::new(peer.http.clone()),
         })
+    }
+
+    /// Healthy (or not checked) and not ejected.
+    fn usable(&self, addr: &SocketAddr) -> bool {
+        self.balancer.healthy(*addr) && !self.is_ejected(addr)
     }
 
     fn is_ejected(&self, addr: &SocketAddr) -> bool {
@@ -289,16 +291,12 @@ impl Upstream {
 
     /// Each peer (as configured) and whether it can take a request now.
     pub fn peer_states(&self) -> impl Iterator<Item = (String, bool)> + '_ {
-        self.peers
-            .iter()
-            .map(|(a, p)| (p.label.clone(), self.balancer.healthy(*a) && !self.is_ejected(a)))
+        self.peers.iter().map(|(a, p)| (p.label.clone(), self.usable(a)))
     }
 
     /// Whether at least one peer can take a request now.
     pub fn has_usable_peer(&self) -> bool {
-        self.peers
-            .keys()
-            .any(|a| self.balancer.healthy(*a) && !self.is_ejected(a))
+        self.peers.keys().any(|a| self.usable(a))
     }
 
     /// The `Host` header value for a peer.
