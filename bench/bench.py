@@ -83,7 +83,7 @@ ORIGIN_BODY = """
     tcp_nopush on;
     server {{ listen 127.0.0.1:{fast}; root {tmp}/www; }}
     # The real-world case: a 5 MiB image takes about 320 ms.
-    server {{ listen 127.0.0.1:{slow}; root {tmp}/www; limit_rate 16m; }}
+    server {{ listen 127.0.0.1:{slow}; root {tmp}/www; limit_rate 12800k; }}
 """
 
 PROXY_BODY = """
