@@ -78,6 +78,9 @@ pub struct Ctx {
     asset: Option<AssetId>,
     /// Peers already attempted for this request, in order.
     tried: Vec<SocketAddr>,
+    /// Peers that failed to connect for this request: never selected again for it. (A stale
+    /// pooled connection says nothing about its peer, so a retry after one may go back.)
+    unreachable: Vec<SocketAddr>,
     /// The peer chosen when the request was admitted, used by the first attempt.
     first_pick: Option<Selected>,
     /// Why each failed attempt failed (for the access line).
@@ -125,6 +128,7 @@ impl ProxyHttp for Gateway {
             upstream_uri: None,
             asset: None,
             tried: Vec::new(),
+            unreachable: Vec::new(),
             first_pick: None,
             failures: Vec::new(),
             reused: false,
@@ -183,7 +187,7 @@ impl ProxyHttp for Gateway {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
         ctx.upstream_start.get_or_insert_with(Instant::now);
         let pick = ctx.first_pick.take();
-        match pick.or_else(|| upstream.select(ctx.hash_key(), &ctx.tried)) {
+        match pick.or_else(|| upstream.select(ctx.hash_key(), &ctx.unreachable)) {
             Some(selected) => {
                 ctx.tried.push(selected.addr);
                 Ok(selected.peer)
@@ -208,15 +212,16 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = self.upstream_of(ctx) else {
             return e;
         };
-        if let Some(addr) = ctx.upstream_peer() {
-            upstream.record_connect_failure(addr, &e);
-            ctx.failures.push(format!("{}: {}", upstream.label_for(addr), e));
+        if let Some(&addr) = ctx.upstream_peer() {
+            upstream.record_connect_failure(&addr, &e);
+            ctx.failures.push(format!("{}: {}", upstream.label_for(&addr), e));
+            ctx.unreachable.push(addr);
         }
         // Pingora retries only errors marked retryable. A connect failure sent nothing
         // upstream, so another peer (never the same one) may take the request, up to
-        // `retries` more attempts.
-        let attempts = ctx.tried.len();
-        let retry = attempts <= upstream.retries && attempts < upstream.peer_count();
+        // `retries` more peers.
+        let failed = ctx.unreachable.len();
+        let retry = failed <= upstream.retries && failed < upstream.peer_count();
         if retry {
             upstream.metrics.failovers.inc();
         }

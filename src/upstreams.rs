@@ -202,12 +202,13 @@ impl Upstream {
         })
     }
 
-    /// Picks a peer that is healthy, not ejected and not yet tried by this request.
-    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selected> {
+    /// Picks a peer that is healthy, not ejected and not in `exclude` (the peers this request
+    /// could not connect to).
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Selected> {
         let backend = self.balancer.select_with(key, |b, healthy| {
             healthy
                 && b.as_inet()
-                    .is_some_and(|a| !tried.contains(a) && !self.is_ejected(a))
+                    .is_some_and(|a| !exclude.contains(a) && !self.is_ejected(a))
         })?;
         let addr = *backend.as_inet()?;
         let peer = self.peers.get(&addr)?;

@@ -431,10 +431,52 @@ async fn pooled_connections_reset_by_the_origin_do_not_fail_the_next_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And when the reset races the next request.
-    for _ in 0..20 {
+    for i in 0..20 {
         origin.close_idle_connections();
-        normal_request_succeeds(&gw).await;
+        let r = client()
+            .get(gw.asset_url(ID))
+            .header("x-request-id", format!("race{i}"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        if status != 200 || body != "asset" {
+            let line = gw.access_line(&format!("race{i}")).await;
+            panic!("request {i} failed: {status} {body:?}\n{line}");
+        }
     }
+}
+
+/// A request sent on a pooled connection that the origin drops without answering is retried
+/// on a new connection, to the same peer when it is the only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_dead_pooled_connection_is_retried_on_a_new_one() {
+    let (origin, gw) = setup("", "").await;
+    normal_request_succeeds(&gw).await;
+    assert_eq!(origin.connections(), 1);
+    origin
+        .state
+        .drop_reused_requests
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = client()
+        .get(gw.asset_url(ID))
+        .header("x-request-id", "stale")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "asset");
+    assert_eq!(
+        origin.connections(),
+        2,
+        "the retry should have opened a new connection"
+    );
+    let line = gw.access_line("stale").await;
+    assert!(
+        line.contains("attempts=2") && line.contains("reused=false"),
+        "{line}"
+    );
 }
 
 /// After every kind of fault above the gateway holds no extra file descriptors.

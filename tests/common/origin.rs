@@ -86,6 +86,9 @@ pub struct OriginState {
     pub reset_on_close: AtomicBool,
     /// Notified to close every idle keep-alive connection.
     pub close_idle: Notify,
+    /// Close a kept-alive connection when its next request arrives, without answering: what
+    /// a proxy sees when it sends on a pooled connection the server has just dropped.
+    pub drop_reused_requests: AtomicBool,
 }
 
 pub struct Origin {
@@ -241,6 +244,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::with_capacity(8192);
+    let mut served = 0;
     loop {
         let head = tokio::select! {
             h = read_head(&mut sock, &mut buf) => h,
@@ -248,6 +252,10 @@ where
             _ = st.close_idle.notified(), if buf.is_empty() => return,
         };
         let Some(seen) = head else { return };
+        if served > 0 && st.drop_reused_requests.load(Ordering::SeqCst) {
+            return;
+        }
+        served += 1;
         if !answer(&mut sock, &st, &seen).await || *stopped.borrow() {
             return;
         }
