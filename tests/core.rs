@@ -450,13 +450,7 @@ async fn an_unreachable_upstream_gives_502_json() {
 async fn one_access_line_per_request_with_its_fields() {
     let (origin, gw) = setup().await;
     origin.set_body(ID, vec![1u8; 1234]);
-    let r = client()
-        .get(gw.asset_url(ID))
-        .header("x-request-id", "trace-77")
-        .send()
-        .await
-        .unwrap();
-    r.bytes().await.unwrap();
+    gw.fetch(ID, "trace-77").await;
     let line = gw.wait_for_log(|l| l.contains("request_id=trace-77")).await;
     for field in [
         "INFO",

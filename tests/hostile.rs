@@ -433,14 +433,7 @@ async fn pooled_connections_reset_by_the_origin_do_not_fail_the_next_request() {
     // And when the reset races the next request.
     for i in 0..20 {
         origin.close_idle_connections();
-        let r = client()
-            .get(gw.asset_url(ID))
-            .header("x-request-id", format!("race{i}"))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body = r.text().await.unwrap_or_default();
+        let (status, body) = gw.fetch(ID, &format!("race{i}")).await;
         if status != 200 || body != "asset" {
             let line = gw.access_line(&format!("race{i}")).await;
             panic!("request {i} failed: {status} {body:?}\n{line}");
@@ -459,14 +452,9 @@ async fn a_request_on_a_dead_pooled_connection_is_retried_on_a_new_one() {
         .state
         .drop_reused_requests
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let r = client()
-        .get(gw.asset_url(ID))
-        .header("x-request-id", "stale")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "asset");
+    let (status, body) = gw.fetch(ID, "stale").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "asset");
     assert_eq!(
         origin.connections(),
         2,

@@ -216,12 +216,7 @@ async fn the_access_log_can_be_json_lines_or_off() {
     let json = simple_config(&[origin.addr], "")
         .replace("  upstreams:", "  access_log: {format: json}\n  upstreams:");
     let gw = Gateway::start(&json);
-    client()
-        .get(gw.asset_url(ID))
-        .header("x-request-id", "json-1")
-        .send()
-        .await
-        .unwrap();
+    gw.fetch(ID, "json-1").await;
     common::raw_exchange(
         gw.addr,
         b"GET /x\"y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

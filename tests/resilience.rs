@@ -272,15 +272,10 @@ async fn all_peers_down_is_an_immediate_502_naming_each_peer() {
         gw.wait_for_log(|l| l.contains(&format!("peer {} becomes unhealthy", o.addr)))
             .await;
     }
-    let r = client()
-        .get(gw.asset_url(ID))
-        .header("x-request-id", "all-down")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    let (status, body) = gw.fetch(ID, "all-down").await;
+    assert_eq!(status, 502);
     assert_eq!(
-        r.text().await.unwrap(),
+        body,
         "{\"error\":\"no healthy upstream peer\",\"request_id\":\"all-down\"}\n"
     );
     let line = gw.access_line("all-down").await;
@@ -304,16 +299,10 @@ async fn connect_failures_eject_a_peer_without_active_checks() {
         &peers,
         "      passive_ejection: {failures: 2, cooldown: 1h}\n",
     ));
-    let c = client();
     for i in 0..60 {
-        let r = c
-            .get(gw.asset_url(ID))
-            .header("x-request-id", format!("e{i}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "asset");
+        let (status, body) = gw.fetch(ID, &format!("e{i}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "asset");
     }
     gw.wait_for_log(|l| l.contains(&format!("peer {dead} ejected")))
         .await;
@@ -346,7 +335,6 @@ async fn retries_follow_the_configured_count() {
     o.set_body(ID, "asset");
     let peers = [common::free_addr(), o.addr];
     let no_ejection = "      passive_ejection: {failures: 0}\n";
-    let c = client();
 
     // retries: 0: a request that lands on the dead peer is not retried.
     let gw = Gateway::start(&simple_config(
@@ -355,14 +343,8 @@ async fn retries_follow_the_configured_count() {
     ));
     let mut statuses = Vec::new();
     for i in 0..20 {
-        let r = c
-            .get(gw.asset_url(ID))
-            .header("x-request-id", format!("a{i}"))
-            .send()
-            .await
-            .unwrap();
-        statuses.push(r.status().as_u16());
-        r.bytes().await.unwrap();
+        let (status, _) = gw.fetch(ID, &format!("a{i}")).await;
+        statuses.push(status);
         let line = gw.access_line(&format!("a{i}")).await;
         assert!(line.contains("attempts=1"), "{line}");
     }
@@ -376,14 +358,9 @@ async fn retries_follow_the_configured_count() {
     ));
     let mut failed_over = 0;
     for i in 0..20 {
-        let r = c
-            .get(gw.asset_url(ID))
-            .header("x-request-id", format!("b{i}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "asset");
+        let (status, body) = gw.fetch(ID, &format!("b{i}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "asset");
         let line = gw.access_line(&format!("b{i}")).await;
         if line.contains("attempts=2") {
             failed_over += 1;

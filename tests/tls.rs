@@ -101,13 +101,8 @@ async fn a_wrong_sni_is_refused_with_502_and_a_clear_log_line() {
     let dir = temp_dir();
     let ca_file = write(&dir, "ca.pem", ca.cert.pem());
     let gw = Gateway::start(&tls_yaml(&o, &format!("sni: other.test, ca_file: {ca_file}")));
-    let r = client()
-        .get(gw.asset_url(ID))
-        .header("x-request-id", "wrong-sni")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    let (status, _) = gw.fetch(ID, "wrong-sni").await;
+    assert_eq!(status, 502);
     let line = gw.access_line("wrong-sni").await;
     assert!(
         line.contains("certificate not valid for name \\\"other.test\\\""),
@@ -124,13 +119,8 @@ async fn an_unknown_ca_is_refused_with_502_and_a_clear_log_line() {
     let dir = temp_dir();
     let ca_file = write(&dir, "other-ca.pem", other.cert.pem());
     let gw = Gateway::start(&tls_yaml(&o, &format!("sni: assets.test, ca_file: {ca_file}")));
-    let r = client()
-        .get(gw.asset_url(ID))
-        .header("x-request-id", "unknown-ca")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    let (status, _) = gw.fetch(ID, "unknown-ca").await;
+    assert_eq!(status, 502);
     let line = gw.access_line("unknown-ca").await;
     assert!(line.contains("UnknownIssuer"), "{line}");
 }

@@ -418,3 +418,18 @@ impl Gateway {
         }
     }
 }
+
+impl Gateway {
+    /// GETs an asset with an `X-Request-Id` (to find its access line) and reads the whole
+    /// body; returns the status and the body.
+    pub async fn fetch(&self, id: &str, request_id: &str) -> (u16, String) {
+        let r = client()
+            .get(self.asset_url(id))
+            .header("x-request-id", request_id)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    }
+}
