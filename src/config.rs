@@ -254,17 +254,35 @@ pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration with a unit, such as \"500ms\" or \"2s\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                parse_duration(s).map(Dur).map_err(E::custom)
-            }
+        d.deserialize_any(TextVisitor {
+            expecting: "a duration with a unit, such as \"500ms\" or \"2s\"",
+            parse: |s| parse_duration(s).map(Dur),
+            from_int: None,
+        })
+    }
+}
+
+/// A value written as text (`"2s"`, `"64KiB"`), parsed by `parse`; `from_int` also takes a
+/// bare integer.
+struct TextVisitor<T> {
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+    from_int: Option<fn(u64) -> T>,
+}
+
+impl<T> Visitor<'_> for TextVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.parse)(s).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        match self.from_int {
+            Some(f) => Ok(f(n)),
+            None => Err(E::invalid_type(de::Unexpected::Unsigned(n), &self)),
         }
-        d.deserialize_str(V)
     }
 }
 
@@ -296,20 +314,11 @@ pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Size;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size such as \"64KiB\" or \"1MiB\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
-                parse_size(s).map(Size).map_err(E::custom)
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Size, E> {
-                Ok(Size(n))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(TextVisitor {
+            expecting: "a size such as \"64KiB\" or \"1MiB\"",
+            parse: |s| parse_size(s).map(Size),
+            from_int: Some(Size),
+        })
     }
 }
 
