@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (every
 //! upstream has a usable peer). Anything else is 404. The main listener never serves these.
 
+use crate::downstream::{self, Limits};
 use crate::metrics;
 use crate::upstreams::Upstreams;
 use async_trait::async_trait;
@@ -11,11 +12,28 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub upstreams: Arc<Upstreams>,
+    /// The main listener's head limits and idle keep-alive limit apply here too (its
+    /// `header_timeout` too: `app` wraps this service like the proxy).
+    pub limits: Limits,
+    pub keepalive_secs: u64,
 }
 
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Pingora's `ServeHttp` keeps every connection alive for 60 s, even one the client
+        // asked to close; apply the client's wish and our idle limit instead.
+        let keep = downstream::client_wants_keepalive(session.req_header());
+        session.set_keepalive(keep.then_some(self.keepalive_secs));
+        let checked = self
+            .limits
+            .check(session.req_header())
+            .and_then(|()| downstream::sanitize(session.req_header_mut()));
+        if let Err(reject) = checked {
+            session.set_keepalive(None);
+            let status = StatusCode::from_u16(reject.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return reply(status, "text/plain", format!("{}\n", reject.message).into_bytes());
+        }
         let req = session.req_header();
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return reply(

@@ -2,7 +2,7 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::downstream::Guarded;
+use crate::downstream::{Guarded, Limits};
 use crate::proxy::Gateway;
 use crate::{logging, metrics};
 use async_trait::async_trait;
@@ -46,12 +46,16 @@ pub fn run(opt: Opt, config: Config, gateway: Gateway) -> ! {
         server.add_boxed_service(service);
     }
     if let Some(addr) = &gateway_conf.admin {
-        let mut admin = Service::new(
-            "admin".to_string(),
-            Admin {
-                upstreams: gateway.upstreams.clone(),
-            },
-        );
+        let admin = Admin {
+            upstreams: gateway.upstreams.clone(),
+            limits: Limits::new(&gateway_conf.downstream),
+            keepalive_secs: gateway_conf.downstream.keepalive_secs(),
+        };
+        let guarded = Guarded {
+            inner: Arc::new(admin),
+            header_timeout: gateway_conf.downstream.header_timeout.0,
+        };
+        let mut admin = Service::new("admin".to_string(), guarded);
         admin.add_tcp(addr);
         server.add_service(admin).add_dependency(&bootstrap);
     }

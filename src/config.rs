@@ -68,6 +68,9 @@ pub enum AccessLogFormat {
     Json,
 }
 
+/// The longest request target the `http` crate (and so Pingora) can parse.
+pub const MAX_PARSABLE_URI: usize = u16::MAX as usize - 1;
+
 /// How the gateway treats its clients.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +87,13 @@ pub struct DownstreamConf {
     pub max_header_bytes: Size,
     /// Most header fields in a request: 431 beyond.
     pub max_headers: usize,
+}
+
+impl DownstreamConf {
+    /// The idle keep-alive limit in whole seconds (Pingora's unit), rounded up.
+    pub fn keepalive_secs(&self) -> u64 {
+        self.keepalive_timeout.0.as_secs_f64().ceil() as u64
+    }
 }
 
 impl Default for DownstreamConf {
@@ -513,6 +523,11 @@ impl GatewayConf {
         if d.max_uri_bytes.0 < 64 {
             problems.push("gateway.downstream.max_uri_bytes: must be at least 64 bytes".to_string());
         }
+        if d.max_uri_bytes.0 > MAX_PARSABLE_URI as u64 {
+            problems.push(format!(
+                "gateway.downstream.max_uri_bytes: must be at most {MAX_PARSABLE_URI} bytes (a longer request target cannot be parsed at all: Pingora answers it with a plain 400)"
+            ));
+        }
         if d.max_header_bytes.0 < 512 {
             problems.push("gateway.downstream.max_header_bytes: must be at least 512 bytes".to_string());
         }
@@ -884,6 +899,14 @@ gateway:
         assert_eq!(
             (d.max_uri_bytes.0, d.max_header_bytes.0, d.max_headers),
             (4096, 16384, 50)
+        );
+        let p = problems(&VALID.replace(
+            "  upstreams:",
+            "  downstream: {max_uri_bytes: 64KiB}\n  upstreams:",
+        ));
+        assert!(
+            p.contains("gateway.downstream.max_uri_bytes: must be at most 65534 bytes"),
+            "{p}"
         );
         let p = problems(&VALID.replace("  upstreams:", "  downstream: {max_uri_bytes: 4Kb}\n  upstreams:"));
         assert!(

@@ -27,9 +27,34 @@ pub const URI_TOO_LONG: Reject = Reject::new(414, "the request target is too lon
 pub const HEADERS_TOO_LARGE: Reject = Reject::new(431, "the request headers are too large");
 pub const TOO_MANY_HEADERS: Reject = Reject::new(431, "the request has too many header fields");
 pub const NO_HEALTHY_PEER: Reject = Reject::new(502, "no healthy upstream peer");
+pub const MISSING_HOST: Reject = Reject::new(400, "an HTTP/1.1 request needs a Host header");
+pub const BAD_HOST: Reject = Reject::new(400, "the Host header is not a valid host[:port]");
 
 /// The error type `upstream_peer` returns when selection finds no usable peer.
 pub const NO_PEER_ERROR: ErrorType = ErrorType::Custom("NoHealthyPeer");
+
+/// The error `upstream_response_filter` returns for a `101 Switching Protocols` the gateway
+/// never asked for (it forwards no upgrade).
+pub const UNSOLICITED_UPGRADE: ErrorType = ErrorType::Custom("UnsolicitedUpgrade");
+
+/// The failure as the access log says it: plainly who went away or failed, then Pingora's
+/// own description.
+pub fn describe(e: &Error) -> String {
+    use ErrorType::*;
+    let who = match (e.esource(), e.etype()) {
+        (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => {
+            "client closed the connection"
+        }
+        (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => "client too slow",
+        (ErrorSource::Downstream, _) => "bad request from the client",
+        (ErrorSource::Upstream, t) if *t == UNSOLICITED_UPGRADE => {
+            "upstream answered 101 Switching Protocols to a request without an upgrade"
+        }
+        (ErrorSource::Upstream, _) => "upstream failed",
+        (ErrorSource::Internal | ErrorSource::Unset, _) => "gateway error",
+    };
+    format!("{who}: {e}")
+}
 
 /// Maps a proxying failure to what the client is told. `None` means the client is gone (or
 /// already has part of a response) and nothing can be written.
@@ -114,6 +139,17 @@ mod tests {
         let mut e = Error::new(ErrorType::WriteError);
         e.as_down();
         assert_eq!(for_error(&e), None);
+        assert_eq!(up(UNSOLICITED_UPGRADE), Some(502));
+    }
+
+    #[test]
+    fn log_text_says_who_failed() {
+        let mut e = Error::explain(ErrorType::WriteError, "writing body");
+        e.as_down();
+        assert!(describe(&e).starts_with("client closed the connection: Downstream WriteError"));
+        let mut e = Error::new(ErrorType::ConnectRefused);
+        e.as_up();
+        assert!(describe(&e).starts_with("upstream failed: Upstream ConnectRefused"));
     }
 
     #[test]

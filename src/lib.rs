@@ -10,5 +10,6 @@ pub mod errors;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod response;
 pub mod routing;
 pub mod upstreams;

@@ -194,7 +194,7 @@ fn text_line(r: &AccessRecord) -> String {
     line.push_str(r.request_id);
     if let Some(e) = r.error {
         line.push_str(" error=");
-        push_quoted(&mut line, &e.to_string());
+        push_quoted(&mut line, &crate::errors::describe(e));
     }
     if let Some(f) = r.failures() {
         line.push_str(" upstream_failures=");
@@ -249,7 +249,7 @@ fn json_line(r: &AccessRecord) -> String {
     json_str(&mut line, r.request_id);
     if let Some(e) = r.error {
         line.push_str(",\"error\":");
-        json_str(&mut line, &e.to_string());
+        json_str(&mut line, &crate::errors::describe(e));
     }
     if let Some(f) = r.failures() {
         line.push_str(",\"upstream_failures\":");

@@ -6,10 +6,11 @@
 //! client holds back upstream reads.
 
 use crate::config::{AccessLogConf, GatewayConf, QueryPolicy};
-use crate::downstream::Limits;
+use crate::downstream::{self, Limits};
 use crate::errors::{self, Reject};
 use crate::logging::{self, AccessRecord, RequestId};
 use crate::metrics::{InFlight, RouteMetrics};
+use crate::response;
 use crate::routing::{AssetId, Resolution, Route, Router};
 use crate::upstreams::{Selected, Upstream, Upstreams};
 use async_trait::async_trait;
@@ -59,7 +60,7 @@ impl Gateway {
             router: Router::new(routes),
             upstreams: Arc::new(upstreams),
             route_metrics,
-            keepalive_secs: conf.downstream.keepalive_timeout.0.as_secs_f64().ceil() as u64,
+            keepalive_secs: conf.downstream.keepalive_secs(),
             limits: Limits::new(&conf.downstream),
             server_timing: conf.server_timing,
             access_log: conf.access_log,
@@ -108,14 +109,6 @@ impl Ctx {
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 const NOSNIFF: http::HeaderValue = http::HeaderValue::from_static("nosniff");
 
-/// Hop-by-hop response headers (besides `Transfer-Encoding`, which frames the body).
-fn is_hop_by_hop(name: &http::HeaderName) -> bool {
-    use http::header::{CONNECTION, PROXY_AUTHENTICATE, TE, TRAILER, UPGRADE};
-    matches!(*name, CONNECTION | PROXY_AUTHENTICATE | TE | TRAILER | UPGRADE)
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -141,13 +134,25 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = RequestId::from_client(session.get_header("x-request-id"));
+        // Requests a client pipelines are answered in order (Pingora's default drops every
+        // request after the first and closes). It carries over to the connection's next
+        // requests.
+        session.set_pipelining_enabled(true);
+        if session.req_header().version == http::Version::HTTP_10 {
+            // RFC 9110 15.2: no 1xx to an HTTP/1.0 client.
+            session.set_ignore_info_resp(true);
+        }
         // Pingora keeps an idle HTTP/1.1 client forever by default; this sets our idle limit.
         // A connection the client did not ask to keep (HTTP/1.0, `Connection: close`) stays
         // unkept.
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.keepalive_secs));
         }
-        if let Err(reject) = self.limits.check(session.req_header()) {
+        let checked = self
+            .limits
+            .check(session.req_header())
+            .and_then(|()| downstream::sanitize(session.req_header_mut()));
+        if let Err(reject) = checked {
             // An oversized head is a broken or hostile client: answer, then close.
             session.set_keepalive(None);
             errors::respond(session, reject, ctx.request_id.as_str()).await?;
@@ -240,7 +245,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("peer: {peer}"));
+        // The peer only explains upstream failures (a client going away is not the peer's).
+        let mut e = match e.esource() {
+            pingora::ErrorSource::Upstream => e.more_context(format!("peer: {peer}")),
+            _ => e,
+        };
         if session.response_written().is_some() {
             e.set_retry(false);
         } else {
@@ -315,16 +324,35 @@ impl ProxyHttp for Gateway {
                 upstream.metrics.ttfb(ttfb);
             }
         }
-        strip_hop_by_hop(resp);
+        if response::is_unsolicited_upgrade(resp) {
+            // Answered 502 by fail_to_proxy; the connection is not pooled after an error.
+            let mut e = Error::explain(errors::UNSOLICITED_UPGRADE, "101 without an upgrade request");
+            e.as_up();
+            return Err(e);
+        }
+        response::collapse_content_length(resp);
+        response::strip_hop_by_hop(resp);
+        if let (Some(route), Some(upstream)) = (ctx.route, self.upstream_of(ctx)) {
+            response::rewrite_locations(
+                resp,
+                |authority| upstream.is_peer_authority(authority),
+                |path| self.router.client_path(route, path),
+            );
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.req_header().version == http::Version::HTTP_10 && response::frame_for_http10(resp) {
+            // The body now ends with the connection: say so in this response's header
+            // (Pingora decides `Connection` before it notices the body is close-delimited).
+            session.set_keepalive(None);
+        }
         // Never return Err here: it would cost the pooled upstream connection. These values
         // are valid header values, so inserting them cannot fail.
         let _ = resp.insert_header("x-content-type-options", NOSNIFF);
@@ -450,26 +478,4 @@ fn forwarded_for(req: &RequestHeader) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .collect();
     (!values.is_empty()).then(|| values.join(", "))
-}
-
-/// Removes the response's hop-by-hop headers and any it nominates in `Connection`.
-/// `Transfer-Encoding` stays: Pingora reads it to frame the body towards the client.
-/// One pass over the names first: most responses have none of these.
-fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    if !resp.headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let mut remove: Vec<http::HeaderName> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| *n != http::header::TRANSFER_ENCODING && *n != http::header::CONTENT_LENGTH)
-        .collect();
-    remove.extend(resp.headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
-    for name in &remove {
-        resp.remove_header(name);
-    }
 }

@@ -57,6 +57,29 @@ impl Route {
         out
     }
 
+    /// The reverse of [`Route::upstream_path`]: when `upstream` (a path with an optional
+    /// query or fragment) is this route's rewrite around one canonical UUID, the client path
+    /// for that asset, with the rest appended unchanged. Used to map an upstream's redirect
+    /// back into the gateway's URL space.
+    pub fn client_path(&self, upstream: &str) -> Option<String> {
+        let end = upstream.find(['?', '#']).unwrap_or(upstream.len());
+        let (path, rest) = upstream.split_at(end);
+        let mut id: Option<AssetId> = None;
+        let mut remaining = path.strip_prefix(self.rewrite[0].as_str())?;
+        for part in &self.rewrite[1..] {
+            let candidate = AssetId::parse(remaining.get(..36)?)?;
+            if id.is_some_and(|seen| seen != candidate) {
+                return None;
+            }
+            id = Some(candidate);
+            remaining = remaining[36..].strip_prefix(part.as_str())?;
+        }
+        let id = id?;
+        remaining
+            .is_empty()
+            .then(|| format!("{}{}{}{rest}", self.prefix, id.as_str(), self.suffix))
+    }
+
     /// The text where `{id}` sits, when the literal parts match and it is one non-empty
     /// segment.
     fn id_segment<'a>(&self, path: &'a str) -> Option<&'a str> {
@@ -129,6 +152,15 @@ impl Router {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Maps an upstream path (and query) of route `from`'s upstream back to a client path:
+    /// through `from` first, then through any other route to the same upstream.
+    pub fn client_path(&self, from: usize, upstream: &str) -> Option<String> {
+        let first = self.routes.get(from)?;
+        std::iter::once(first)
+            .chain(self.routes.iter().filter(|r| r.upstream == first.upstream))
+            .find_map(|r| r.client_path(upstream))
     }
 
     /// Resolves a raw request path (without its query). The first route whose shape and id
@@ -255,6 +287,39 @@ mod tests {
                 return Err(proptest::test_runner::TestCaseError::fail(format!("{id} did not match")));
             };
             proptest::prop_assert_eq!(parsed.as_str(), id.to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn upstream_paths_map_back_to_client_paths() {
+        let r = Router::new(vec![
+            Route::new("/content/v1/assets/{id}", "/v1/assets/{id}", 0, true),
+            Route::new("/content/v1/raw/{id}/file", "/v1/{id}/raw/{id}", 0, true),
+            Route::new("/other/{id}", "/v1/other/{id}", 1, true),
+        ]);
+        let upper = ID.to_uppercase();
+        assert_eq!(
+            r.client_path(0, &format!("/v1/assets/{upper}?v=2")),
+            Some(format!("/content/v1/assets/{ID}?v=2"))
+        );
+        assert_eq!(
+            r.client_path(0, &format!("/v1/{ID}/raw/{ID}")),
+            Some(format!("/content/v1/raw/{ID}/file"))
+        );
+        // Another route of the same upstream, but never one of another upstream.
+        assert_eq!(
+            r.client_path(1, &format!("/v1/assets/{ID}")),
+            Some(format!("/content/v1/assets/{ID}"))
+        );
+        assert_eq!(r.client_path(0, &format!("/v1/other/{ID}")), None);
+        let other = "00000000-0000-0000-0000-000000000000";
+        for bad in [
+            format!("/v1/{ID}/raw/{other}"),
+            format!("/v1/assets/{ID}/x"),
+            "/v1/assets/not-a-uuid".to_string(),
+            "/login".to_string(),
+        ] {
+            assert_eq!(r.client_path(0, &bad), None, "{bad}");
         }
     }
 

@@ -47,6 +47,9 @@ pub struct Upstream {
     /// Added to every upstream request. Marked sensitive: `Debug` never shows them.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     ejection: EjectionConf,
+    /// Every `host[:port]` that names a peer (configured labels, resolved addresses, the
+    /// `Host` sent), lower-case: a redirect to one of them must not reach a client as is.
+    authorities: Vec<String>,
     /// Last active health-check failure per peer, for "why is it down" answers.
     health: Option<Arc<PeerChecks>>,
     pub metrics: UpstreamMetrics,
@@ -190,10 +193,22 @@ impl Upstream {
                     )
                 }),
         );
+        let mut authorities: Vec<String> = peers
+            .iter()
+            .flat_map(|(addr, p)| {
+                let host = p.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+                [addr.to_string(), p.label.clone(), host.to_string()]
+            })
+            .filter(|a| !a.is_empty())
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
+        authorities.sort();
+        authorities.dedup();
         Ok(Upstream {
             name: name.to_string(),
             balancer,
             peers,
+            authorities,
             retries: conf.retries,
             headers,
             ejection: conf.passive_ejection,
@@ -298,6 +313,11 @@ impl Upstream {
     /// Whether at least one peer can take a request now.
     pub fn has_usable_peer(&self) -> bool {
         self.peers.keys().any(|a| self.usable(a))
+    }
+
+    /// Whether `authority` (from a URL the upstream sent) names one of this upstream's peers.
+    pub fn is_peer_authority(&self, authority: &str) -> bool {
+        crate::response::authority_matches(authority, &self.authorities)
     }
 
     /// The `Host` header value for a peer.

@@ -270,7 +270,7 @@ impl RawConn {
         }
     }
 
-    /// Reads one response framed by Content-Length (no body for HEAD, 204 and 304).
+    /// Reads one response framed by Content-Length (no body for HEAD, 1xx, 204 and 304).
     pub async fn response(&mut self, head_request: bool) -> Option<RawResponse> {
         let end = loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -288,7 +288,7 @@ impl RawConn {
             head,
             body: Vec::new(),
         };
-        let len: usize = if head_request || status == 204 || status == 304 {
+        let len: usize = if head_request || status == 204 || status == 304 || status < 200 {
             0
         } else {
             r.header("content-length")?.parse().ok()?
@@ -308,6 +308,22 @@ impl RawConn {
             return None;
         }
         Some(std::mem::take(&mut self.buf))
+    }
+
+    /// Everything the server sends until it closes; `false` if it went silent for
+    /// `EVENTUALLY` instead of closing.
+    pub async fn read_to_close(&mut self) -> (Vec<u8>, bool) {
+        let mut all = std::mem::take(&mut self.buf);
+        loop {
+            if self.closed_by_server().await {
+                all.append(&mut self.buf);
+                return (all, true);
+            }
+            if self.buf.is_empty() {
+                return (all, false);
+            }
+            all.append(&mut self.buf);
+        }
     }
 
     /// True when the server closes the connection (read returns 0 or fails); false when it

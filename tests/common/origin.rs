@@ -48,6 +48,17 @@ pub enum Behavior {
     HugeHead { bytes: usize },
     /// Answers with `status` and a fixed body.
     Status { status: u16, body: &'static str },
+    /// Writes `bytes` verbatim as the whole answer (a misbehaving origin), then does `after`.
+    Raw { bytes: Bytes, after: After },
+}
+
+/// What a [`Behavior::Raw`] origin does once it has written its bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum After {
+    /// Reads the next request on the connection, as after a well-formed response.
+    Serve,
+    /// Keeps the connection open and never writes again.
+    Hold,
 }
 
 /// One request head as the origin received it.
@@ -394,6 +405,18 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
         Behavior::Garbage => {
             write_all(sock, st, b"this is not http\r\n\r\n", false).await;
             false
+        }
+        Behavior::Raw { bytes, after } => {
+            if !write_all(sock, st, &bytes, false).await {
+                return false;
+            }
+            match after {
+                After::Serve => true,
+                After::Hold => {
+                    std::future::pending::<()>().await;
+                    false
+                }
+            }
         }
         Behavior::Status { status, body } => {
             let h = format!(
