@@ -1,21 +1,31 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (every
 //! upstream has a usable peer). Anything else is 404. The main listener never serves these.
+//! Its clients get the main listener's protections: `app` wraps it in the same head deadline,
+//! and each request gets the same head checks and keep-alive rules.
 
-use crate::downstream::{self, Limits};
-use crate::metrics;
-use crate::upstreams::Upstreams;
+use crate::config::Downstream;
+use crate::upstreams::{PeerState, Upstreams};
+use crate::{downstream, headers, metrics};
 use async_trait::async_trait;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 
-pub struct Admin {
+pub(crate) struct Admin {
     pub upstreams: Arc<Upstreams>,
-    /// The main listener's head limits and idle keep-alive limit apply here too (its
-    /// `header_timeout` too: `app` wraps this service like the proxy).
-    pub limits: Limits,
+    pub limits: downstream::Limits,
     pub keepalive_secs: u64,
+}
+
+impl Admin {
+    pub(crate) fn new(upstreams: Arc<Upstreams>, d: &Downstream) -> Admin {
+        Admin {
+            upstreams,
+            limits: d.limits,
+            keepalive_secs: d.keepalive_secs(),
+        }
+    }
 }
 
 #[async_trait]
@@ -31,30 +41,27 @@ impl ServeHttp for Admin {
             .and_then(|()| downstream::sanitize(session.req_header_mut()));
         if let Err(reject) = checked {
             session.set_keepalive(None);
-            let status = StatusCode::from_u16(reject.status).unwrap_or(StatusCode::BAD_REQUEST);
-            return reply(status, "text/plain", format!("{}\n", reject.message).into_bytes());
+            return reply(reject.status, "text/plain", format!("{}\n", reject.message));
         }
         let req = session.req_header();
-        if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                b"method not allowed\n".to_vec(),
-            );
+        if !downstream::is_allowed_method(&req.method) {
+            return reply(405, "text/plain", "method not allowed\n");
         }
         match req.uri.path() {
             "/metrics" => {
-                let peers = self
+                let states: Vec<(&str, Vec<_>)> = self
                     .upstreams
                     .iter()
-                    .flat_map(|u| u.peer_states().map(move |(peer, ok)| (u.name.clone(), peer, ok)));
-                reply(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    metrics::scrape(peers),
-                )
+                    .map(|u| (u.name.as_str(), u.peer_states()))
+                    .collect();
+                let peers = states.iter().flat_map(|(upstream, peers)| {
+                    peers
+                        .iter()
+                        .map(|(peer, state)| (*upstream, peer.label.as_str(), *state == PeerState::Usable))
+                });
+                reply(200, "text/plain; version=0.0.4", metrics::scrape(peers))
             }
-            "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/healthz" => reply(200, "text/plain", "ok\n"),
             "/readyz" => {
                 let not_ready: Vec<String> = self
                     .upstreams
@@ -63,33 +70,25 @@ impl ServeHttp for Admin {
                     .map(|u| format!("{:?}", u.name))
                     .collect();
                 if not_ready.is_empty() {
-                    reply(StatusCode::OK, "application/json", b"{\"ready\":true}\n".to_vec())
+                    reply(200, "application/json", "{\"ready\":true}\n")
                 } else {
                     let body = format!(
                         "{{\"ready\":false,\"upstreams_without_healthy_peer\":[{}]}}\n",
                         not_ready.join(",")
                     );
-                    reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "application/json",
-                        body.into_bytes(),
-                    )
+                    reply(503, "application/json", body)
                 }
             }
-            _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+            _ => reply(404, "text/plain", "not found\n"),
         }
     }
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let len = body.len();
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+fn reply(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    match headers::own_answer(status, content_type, body.len(), None) {
+        Ok(h) => Response::from_parts(h.as_owned_parts(), body),
+        // Not reached: the values above are all valid header values.
+        Err(_) => Response::new(body),
+    }
 }

@@ -1,15 +1,16 @@
 //! The one place that turns a failure into a status code and a small JSON body.
 
+use crate::headers;
+use crate::request_id::RequestId;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
 /// An answer the gateway gives itself: a status and a fixed, human-readable reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reject {
-    pub status: u16,
-    pub message: &'static str,
+pub(crate) struct Reject {
+    pub(crate) status: u16,
+    pub(crate) message: &'static str,
 }
 
 impl Reject {
@@ -18,28 +19,28 @@ impl Reject {
     }
 }
 
-pub const NO_ROUTE: Reject = Reject::new(404, "no route for this path");
-pub const BAD_ASSET_ID: Reject = Reject::new(400, "the asset id is not a UUID");
-pub const BAD_PATH: Reject = Reject::new(400, "the request path is not valid UTF-8");
-pub const METHOD_NOT_ALLOWED: Reject = Reject::new(405, "method not allowed; use GET or HEAD");
-pub const BODY_NOT_ALLOWED: Reject = Reject::new(400, "GET and HEAD requests must not carry a body");
-pub const URI_TOO_LONG: Reject = Reject::new(414, "the request target is too long");
-pub const HEADERS_TOO_LARGE: Reject = Reject::new(431, "the request headers are too large");
-pub const TOO_MANY_HEADERS: Reject = Reject::new(431, "the request has too many header fields");
-pub const NO_HEALTHY_PEER: Reject = Reject::new(502, "no healthy upstream peer");
-pub const MISSING_HOST: Reject = Reject::new(400, "an HTTP/1.1 request needs a Host header");
-pub const BAD_HOST: Reject = Reject::new(400, "the Host header is not a valid host[:port]");
+pub(crate) const NO_ROUTE: Reject = Reject::new(404, "no route for this path");
+pub(crate) const BAD_ASSET_ID: Reject = Reject::new(400, "the asset id is not a UUID");
+pub(crate) const BAD_PATH: Reject = Reject::new(400, "the request path is not valid UTF-8");
+pub(crate) const METHOD_NOT_ALLOWED: Reject = Reject::new(405, "method not allowed; use GET or HEAD");
+pub(crate) const BODY_NOT_ALLOWED: Reject = Reject::new(400, "GET and HEAD requests must not carry a body");
+pub(crate) const URI_TOO_LONG: Reject = Reject::new(414, "the request target is too long");
+pub(crate) const HEADERS_TOO_LARGE: Reject = Reject::new(431, "the request headers are too large");
+pub(crate) const TOO_MANY_HEADERS: Reject = Reject::new(431, "the request has too many header fields");
+pub(crate) const NO_HEALTHY_PEER: Reject = Reject::new(502, "no healthy upstream peer");
+pub(crate) const MISSING_HOST: Reject = Reject::new(400, "an HTTP/1.1 request needs a Host header");
+pub(crate) const BAD_HOST: Reject = Reject::new(400, "the Host header is not a valid host[:port]");
 
 /// The error type `upstream_peer` returns when selection finds no usable peer.
-pub const NO_PEER_ERROR: ErrorType = ErrorType::Custom("NoHealthyPeer");
+pub(crate) const NO_PEER_ERROR: ErrorType = ErrorType::Custom("NoHealthyPeer");
 
 /// The error `upstream_response_filter` returns for a `101 Switching Protocols` the gateway
 /// never asked for (it forwards no upgrade).
-pub const UNSOLICITED_UPGRADE: ErrorType = ErrorType::Custom("UnsolicitedUpgrade");
+pub(crate) const UNSOLICITED_UPGRADE: ErrorType = ErrorType::Custom("UnsolicitedUpgrade");
 
 /// The failure as the access log says it: plainly who went away or failed, then Pingora's
 /// own description.
-pub fn describe(e: &Error) -> String {
+pub(crate) fn describe(e: &Error) -> String {
     use ErrorType::*;
     let who = match (e.esource(), e.etype()) {
         (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => {
@@ -58,7 +59,7 @@ pub fn describe(e: &Error) -> String {
 
 /// Maps a proxying failure to what the client is told. `None` means the client is gone (or
 /// already has part of a response) and nothing can be written.
-pub fn for_error(e: &Error) -> Option<Reject> {
+pub(crate) fn for_error(e: &Error) -> Option<Reject> {
     use ErrorType::*;
     let r = |status, message| Some(Reject::new(status, message));
     match e.etype() {
@@ -86,33 +87,19 @@ pub fn for_error(e: &Error) -> Option<Reject> {
 
 /// `{"error": "...", "request_id": "..."}`. The message is one of the fixed texts above and
 /// the request id is charset-limited, so neither needs escaping.
-pub fn json_body(reject: Reject, request_id: &str) -> Bytes {
+pub(crate) fn json_body(reject: Reject, request_id: &str) -> Bytes {
     Bytes::from(format!(
         "{{\"error\":\"{}\",\"request_id\":\"{}\"}}\n",
         reject.message, request_id
     ))
 }
 
-/// The response header for a rejection (status, JSON content type and length, request id).
-pub fn header(reject: Reject, request_id: &str, body_len: usize) -> Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(reject.status, Some(6))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body_len)?;
-    h.insert_header("x-request-id", request_id)?;
-    h.insert_header("x-content-type-options", "nosniff")?;
-    h.insert_header("cache-control", "no-store")?;
-    if reject.status == 405 {
-        h.insert_header("allow", "GET, HEAD")?;
-    }
-    Ok(h)
-}
-
 /// Answers the request from the gateway, keeping the client connection open for the next
 /// request (Pingora's `respond_error` would close it).
-pub async fn respond(session: &mut Session, reject: Reject, request_id: &str) -> Result<()> {
-    let body = json_body(reject, request_id);
+pub(crate) async fn respond(session: &mut Session, reject: Reject, request_id: &RequestId) -> Result<()> {
+    let body = json_body(reject, request_id.as_str());
     let head = session.req_header().method == http::Method::HEAD;
-    let h = header(reject, request_id, body.len())?;
+    let h = headers::own_answer(reject.status, "application/json", body.len(), Some(request_id))?;
     session.write_response_header(Box::new(h), head).await?;
     if !head {
         session.write_response_body(Some(body), true).await?;

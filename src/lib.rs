@@ -1,15 +1,25 @@
 //! asset-gateway: a streaming gateway for images and videos, built on Pingora.
 //!
-//! See ARCHITECTURE.md for the path of one request through the hooks.
+//! See ARCHITECTURE.md for the path of one request through the hooks and where each concern
+//! lives. Only what `main.rs` needs is public.
 
-pub mod admin;
+mod access_log;
+mod admin;
 pub mod app;
-pub mod config;
-pub mod downstream;
-pub mod errors;
+mod attempts;
+mod config;
+mod downstream;
+mod errors;
+mod fmt;
+mod gateway;
+mod headers;
 pub mod logging;
-pub mod metrics;
-pub mod proxy;
-pub mod response;
-pub mod routing;
-pub mod upstreams;
+mod metrics;
+mod proxy;
+mod request_id;
+mod response;
+mod routing;
+mod shutdown;
+mod upstreams;
+
+pub use config::{Config, ConfigError};

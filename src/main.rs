@@ -1,6 +1,6 @@
 //! `asset-gateway -c <file> [-t] [-d] [-u]`: Pingora's usual flags.
 
-use asset_gateway::{app, config::Config, logging, proxy::Gateway};
+use asset_gateway::{app, logging, Config};
 use pingora::server::configuration::Opt;
 use std::process::exit;
 
@@ -22,19 +22,9 @@ fn main() {
         eprintln!("{e}");
         exit(1);
     });
-    let gateway = Gateway::build(&config.gateway).unwrap_or_else(|problems| {
-        eprintln!(
-            "{}",
-            asset_gateway::config::ConfigError {
-                file: path.clone(),
-                problems
-            }
-        );
-        exit(1);
-    });
     if opt.test {
         println!("{path}: configuration OK");
         exit(0);
     }
-    app::run(opt, config, gateway)
+    app::run(opt, config)
 }

@@ -4,38 +4,15 @@
 //! silently never appear.
 //!
 //! Label values are resolved once at start-up into plain counters and histograms, so the
-//! request path only touches atomics.
+//! request path only touches atomics. Gauges of live state (requests in flight, peer health)
+//! are read off that state when scraped.
 
 use pingora_prometheus::prometheus::{
     self, exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts,
 };
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
-
-/// Requests being processed right now (also what graceful shutdown waits for).
-static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
-
-/// Counts one request as in flight for as long as it lives.
-pub struct InFlight(());
-
-impl InFlight {
-    pub fn start() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        InFlight(())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pub fn in_flight() -> i64 {
-    IN_FLIGHT.load(Ordering::Relaxed)
-}
 
 /// The metric families, registered once per process.
 struct Families {
@@ -144,14 +121,14 @@ fn register(c: Box<dyn prometheus::core::Collector>) {
 const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One route's metrics ("unmatched" for requests no route took).
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     requests: [IntCounter; 6],
     duration: Histogram,
     body_bytes: IntCounter,
 }
 
 impl RouteMetrics {
-    pub fn new(route: &str) -> Result<RouteMetrics, String> {
+    pub(crate) fn new(route: &str) -> Result<RouteMetrics, String> {
         let f = families()?;
         Ok(RouteMetrics {
             requests: STATUS_CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
@@ -160,12 +137,11 @@ impl RouteMetrics {
         })
     }
 
-    /// Records a finished request; `status` 0 means no response was sent.
-    pub fn record(&self, status: u16, duration: Duration, body_bytes: usize) {
-        let class = if (100..600).contains(&status) {
-            (status / 100) as usize
-        } else {
-            0
+    /// Records a finished request; `status` is `None` when no response was sent.
+    pub(crate) fn record(&self, status: Option<u16>, duration: Duration, body_bytes: usize) {
+        let class = match status {
+            Some(s @ 100..=599) => (s / 100) as usize,
+            _ => 0,
         };
         self.requests[class].inc();
         self.duration.observe(duration.as_secs_f64());
@@ -174,17 +150,17 @@ impl RouteMetrics {
 }
 
 /// One upstream's metrics.
-pub struct UpstreamMetrics {
+pub(crate) struct UpstreamMetrics {
     name: String,
     ttfb: Histogram,
     new_connections: IntCounter,
     reused_connections: IntCounter,
-    pub failovers: IntCounter,
-    pub retries: IntCounter,
+    pub(crate) failovers: IntCounter,
+    pub(crate) retries: IntCounter,
 }
 
 impl UpstreamMetrics {
-    pub fn new(upstream: &str) -> Result<UpstreamMetrics, String> {
+    pub(crate) fn new(upstream: &str) -> Result<UpstreamMetrics, String> {
         let f = families()?;
         Ok(UpstreamMetrics {
             name: upstream.to_string(),
@@ -196,7 +172,7 @@ impl UpstreamMetrics {
         })
     }
 
-    pub fn connection(&self, reused: bool) {
+    pub(crate) fn connection(&self, reused: bool) {
         if reused {
             self.reused_connections.inc()
         } else {
@@ -204,12 +180,12 @@ impl UpstreamMetrics {
         }
     }
 
-    pub fn ttfb(&self, d: Duration) {
+    pub(crate) fn ttfb(&self, d: Duration) {
         self.ttfb.observe(d.as_secs_f64());
     }
 
     /// Connect failures are rare: the label lookup per failure is fine.
-    pub fn connect_failure(&self, peer: &str) {
+    pub(crate) fn connect_failure(&self, peer: &str) {
         if let Some(f) = FAMILIES.get() {
             f.connect_failures.with_label_values(&[&self.name, peer]).inc();
         }
@@ -218,12 +194,12 @@ impl UpstreamMetrics {
 
 /// Refreshes the gauges that are read off live state, then encodes every metric in the
 /// Prometheus text format.
-pub fn scrape(peer_health: impl Iterator<Item = (String, String, bool)>) -> Vec<u8> {
+pub(crate) fn scrape<'a>(peer_health: impl Iterator<Item = (&'a str, &'a str, bool)>) -> Vec<u8> {
     if let Some(f) = FAMILIES.get() {
-        f.active.set(in_flight());
+        f.active.set(crate::shutdown::in_flight());
         for (upstream, peer, healthy) in peer_health {
             f.peer_healthy
-                .with_label_values(&[&upstream, &peer])
+                .with_label_values(&[upstream, peer])
                 .set(healthy as i64);
         }
     }

@@ -131,12 +131,12 @@ pub enum Resolution {
     /// A route matched and the id is a valid UUID.
     Asset { route: usize, id: AssetId },
     /// A route's shape matched but the id segment is not a UUID: 400.
-    BadId { route: usize },
+    BadId,
     /// No route has this shape: 404.
     NoRoute,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
 }
@@ -150,10 +150,6 @@ impl Router {
         &self.routes[index]
     }
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
-    }
-
     /// Maps an upstream path (and query) of route `from`'s upstream back to a client path:
     /// through `from` first, then through any other route to the same upstream.
     pub fn client_path(&self, from: usize, upstream: &str) -> Option<String> {
@@ -164,22 +160,21 @@ impl Router {
     }
 
     /// Resolves a raw request path (without its query). The first route whose shape and id
-    /// both match wins; failing that, the first route whose shape matches gives `BadId`.
+    /// both match wins; failing that, a route whose shape matches gives `BadId`.
     pub fn resolve(&self, path: &str) -> Resolution {
-        let mut bad_id = None;
+        let mut bad_id = false;
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(segment) = route.id_segment(path) {
                 match AssetId::parse(segment) {
                     Some(id) => return Resolution::Asset { route: i, id },
-                    None => {
-                        bad_id.get_or_insert(i);
-                    }
+                    None => bad_id = true,
                 }
             }
         }
-        match bad_id {
-            Some(route) => Resolution::BadId { route },
-            None => Resolution::NoRoute,
+        if bad_id {
+            Resolution::BadId
+        } else {
+            Resolution::NoRoute
         }
     }
 }
@@ -247,7 +242,7 @@ mod tests {
         ] {
             assert_eq!(
                 r.resolve(&format!("/content/v1/assets/{bad}")),
-                Resolution::BadId { route: 0 },
+                Resolution::BadId,
                 "{bad}"
             );
         }

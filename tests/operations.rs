@@ -178,6 +178,72 @@ async fn readyz_follows_the_only_peer_and_other_paths_are_404() {
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
 }
 
+/// Readiness and the peer gauge must hold for peers of any weight (Pingora keys readiness by
+/// address and weight; asking about a peer with the wrong weight reads "not ready").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_peer_health_hold_for_weighted_peers() {
+    let a = Origin::start().await;
+    let b = Origin::start().await;
+    let peers = format!(
+        "[{{addr: \"{}\", weight: 3}}, {{addr: \"{}\", weight: 2}}]",
+        a.addr, b.addr
+    );
+    let yaml = simple_config(&[a.addr, b.addr], "      health_check: {path: /healthz, interval: 200ms, timeout: 500ms, healthy_after: 1, unhealthy_after: 1}\n")
+        .replace(&format!("[\"{}\", \"{}\"]", a.addr, b.addr), &peers);
+    let (yaml, admin) = with_admin(yaml);
+    let _gw = Gateway::start(&yaml);
+    common::wait_listening(admin);
+    let healthy = |m: &str, addr: SocketAddr| {
+        metric(
+            m,
+            &format!("asset_gateway_peer_healthy{{peer=\"{addr}\",upstream=\"assets\"}}"),
+        )
+    };
+    let readyz = || async {
+        client()
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // Checked at least once, both healthy.
+    let start = Instant::now();
+    while a.state.health_checks.load(Ordering::SeqCst) == 0
+        || b.state.health_checks.load(Ordering::SeqCst) == 0
+    {
+        assert!(start.elapsed() < EVENTUALLY);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(readyz().await, 200);
+    let m = scrape(admin).await;
+    assert_eq!(
+        (healthy(&m, a.addr), healthy(&m, b.addr)),
+        (Some(1.0), Some(1.0)),
+        "{m}"
+    );
+
+    // One fails its checks: the gauge says so, the gateway is still ready.
+    a.state.healthy.store(false, Ordering::SeqCst);
+    let start = Instant::now();
+    while healthy(&scrape(admin).await, a.addr) != Some(0.0) {
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "the weight-3 peer never went unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(healthy(&scrape(admin).await, b.addr), Some(1.0));
+    assert_eq!(readyz().await, 200);
+    // Both: not ready.
+    b.state.healthy.store(false, Ordering::SeqCst);
+    let start = Instant::now();
+    while readyz().await != 503 {
+        assert!(start.elapsed() < EVENTUALLY, "never became not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_timing_is_present_and_parseable() {
     let origin = Origin::start().await;

@@ -55,7 +55,6 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(up_query, Some("size=s"));
             }
         }
-        Resolution::BadId { route } => assert!(route < 2),
-        Resolution::NoRoute => {}
+        Resolution::BadId | Resolution::NoRoute => {}
     }
 });

@@ -1,0 +1,380 @@
+//! Turns the file's `gateway:` section into [`Settings`]: every check and cross-reference,
+//! peer names resolved, TLS files read, `${VAR}` expanded. Every problem is collected with
+//! its key path and all are reported together; nothing is returned half-built.
+
+use super::file::{GatewayFile, QueryPolicy, TlsFile, UpstreamFile};
+use super::runtime::*;
+use super::tls;
+use crate::downstream::Limits;
+use http::{HeaderName, HeaderValue};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// The longest request target the `http` crate (and so Pingora) can parse.
+pub(crate) const MAX_PARSABLE_URI: usize = u16::MAX as usize - 1;
+
+pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
+    let mut p = Vec::new();
+    if g.listen.is_empty() {
+        p.push("gateway.listen: at least one address is required".to_string());
+    }
+    let mut listen: Vec<SocketAddr> = Vec::new();
+    for (i, addr) in g.listen.iter().enumerate() {
+        match addr.parse::<SocketAddr>() {
+            Err(_) => p.push(format!("gateway.listen[{i}]: {addr:?} is not an IP:port address")),
+            Ok(a) if listen.contains(&a) => p.push(format!("gateway.listen[{i}]: {addr:?} is listed twice")),
+            Ok(a) => listen.push(a),
+        }
+    }
+    let admin = g
+        .admin
+        .as_ref()
+        .and_then(|admin| match admin.parse::<SocketAddr>() {
+            Err(_) => {
+                p.push(format!("gateway.admin: {admin:?} is not an IP:port address"));
+                None
+            }
+            Ok(a) if listen.contains(&a) => {
+                p.push(format!("gateway.admin: {admin:?} is also in gateway.listen"));
+                None
+            }
+            Ok(a) => Some(a),
+        });
+
+    let d = &g.downstream;
+    if d.max_headers == 0 {
+        p.push("gateway.downstream.max_headers: must be at least 1".to_string());
+    }
+    if d.max_uri_bytes.0 < 64 {
+        p.push("gateway.downstream.max_uri_bytes: must be at least 64 bytes".to_string());
+    }
+    if d.max_uri_bytes.0 > MAX_PARSABLE_URI as u64 {
+        p.push(format!(
+            "gateway.downstream.max_uri_bytes: must be at most {MAX_PARSABLE_URI} bytes (a longer request target cannot be parsed at all: Pingora answers it with a plain 400)"
+        ));
+    }
+    if d.max_header_bytes.0 < 512 {
+        p.push("gateway.downstream.max_header_bytes: must be at least 512 bytes".to_string());
+    }
+    let downstream = Downstream {
+        keepalive_timeout: d.keepalive_timeout.0,
+        header_timeout: d.header_timeout.0,
+        limits: Limits {
+            max_uri_bytes: d.max_uri_bytes.0 as usize,
+            max_header_bytes: d.max_header_bytes.0 as usize,
+            max_headers: d.max_headers,
+        },
+    };
+
+    if g.upstreams.is_empty() {
+        p.push("gateway.upstreams: at least one upstream is required".to_string());
+    }
+    let upstreams: Vec<Upstream> = g
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| upstream(name, u, &mut p))
+        .collect();
+    let routes = routes(&g, &mut p);
+
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(Settings {
+        listen,
+        admin,
+        server_timing: g.server_timing,
+        access_log: g.access_log.enabled.then_some(g.access_log.format),
+        downstream,
+        upstreams,
+        routes,
+    })
+}
+
+fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
+    if g.routes.is_empty() {
+        p.push("gateway.routes: at least one route is required".to_string());
+    }
+    let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut routes = Vec::new();
+    for (i, route) in g.routes.iter().enumerate() {
+        let key = format!("gateway.routes[{i}]");
+        if let Err(e) = check_template(&route.path, true) {
+            p.push(format!("{key}.path: {e}"));
+        }
+        if let Err(e) = check_template(&route.rewrite, false) {
+            p.push(format!("{key}.rewrite: {e}"));
+        }
+        if let Some(first) = paths.insert(&route.path, i) {
+            p.push(format!(
+                "{key}.path: {:?} is already the path of gateway.routes[{first}]",
+                route.path
+            ));
+        }
+        // Upstreams are kept in the order of their names, like `g.upstreams`.
+        match g.upstreams.keys().position(|n| *n == route.upstream) {
+            Some(upstream) => routes.push(Route {
+                template: route.path.clone(),
+                rewrite: route.rewrite.clone(),
+                upstream,
+                forward_query: route.query == QueryPolicy::Forward,
+            }),
+            None => {
+                let defined: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();
+                p.push(format!(
+                    "{key}.upstream: unknown upstream {:?} (defined: {})",
+                    route.upstream,
+                    defined.join(", ")
+                ));
+            }
+        }
+    }
+    routes
+}
+
+/// One upstream, or `None` with its problems added to `p`.
+fn upstream(name: &str, u: &UpstreamFile, p: &mut Vec<String>) -> Option<Upstream> {
+    let key = format!("gateway.upstreams.{name}");
+    let before = p.len();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        p.push(format!(
+            "{key}: upstream names use only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    let host = u
+        .host
+        .as_ref()
+        .and_then(|host| match HeaderValue::from_str(host) {
+            Ok(v) if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()) => Some(v),
+            _ => {
+                p.push(format!("{key}.host: {host:?} is not a valid Host header value"));
+                None
+            }
+        });
+    let peers = peers(&key, u, host, p);
+    let health_check = u.health_check.as_ref().map(|hc| {
+        let key = format!("{key}.health_check");
+        if !hc.path.starts_with('/') || !hc.path.bytes().all(|b| b.is_ascii_graphic()) {
+            p.push(format!(
+                "{key}.path: {:?} must be a path starting with '/'",
+                hc.path
+            ));
+        }
+        for (field, n) in [
+            ("healthy_after", hc.healthy_after),
+            ("unhealthy_after", hc.unhealthy_after),
+        ] {
+            if n == 0 {
+                p.push(format!("{key}.{field}: must be at least 1"));
+            }
+        }
+        if hc.expect_status.is_empty() {
+            p.push(format!("{key}.expect_status: at least one status is required"));
+        }
+        for (i, s) in hc.expect_status.iter().enumerate() {
+            if !(100..=599).contains(s) {
+                p.push(format!("{key}.expect_status[{i}]: {s} is not an HTTP status"));
+            }
+        }
+        HealthCheck {
+            path: hc.path.clone(),
+            interval: hc.interval.0,
+            timeout: hc.timeout.0,
+            healthy_after: hc.healthy_after,
+            unhealthy_after: hc.unhealthy_after,
+            expect_status: hc.expect_status.clone(),
+        }
+    });
+    let tls = u
+        .tls
+        .as_ref()
+        .and_then(|t| tls_settings(&format!("{key}.tls"), t, p));
+    let mut headers = Vec::new();
+    for (h, template) in &u.headers {
+        let key = format!("{key}.headers.{h}");
+        let name = HeaderName::from_bytes(h.as_bytes());
+        if name.is_err() {
+            p.push(format!("{key}: not a valid header name"));
+        }
+        match (name, expand_env(template)) {
+            (Ok(n), Ok(mut v)) => {
+                v.set_sensitive(true);
+                headers.push((n, v));
+            }
+            (_, Err(e)) => p.push(format!("{key}: {e}")),
+            _ => {}
+        }
+    }
+    (p.len() == before).then(|| Upstream {
+        name: name.to_string(),
+        peers,
+        timeouts: Timeouts {
+            connect: u.connect_timeout.0,
+            read: u.read_timeout.0,
+            write: u.write_timeout.0,
+            idle: u.idle_timeout.0,
+        },
+        retries: u.retries,
+        selection: u.selection,
+        health_check,
+        ejection: (u.passive_ejection.failures > 0).then_some(Ejection {
+            failures: u.passive_ejection.failures,
+            cooldown: u.passive_ejection.cooldown.0,
+        }),
+        tls,
+        headers,
+    })
+}
+
+/// Checks each `host:port` and resolves it (a name may give several addresses).
+fn peers(key: &str, u: &UpstreamFile, host: Option<HeaderValue>, p: &mut Vec<String>) -> Vec<Peer> {
+    if u.peers.is_empty() {
+        p.push(format!("{key}.peers: at least one peer is required"));
+    }
+    let mut labels = BTreeSet::new();
+    let mut peers: Vec<Peer> = Vec::new();
+    for (i, pc) in u.peers.iter().enumerate() {
+        let key = format!("{key}.peers[{i}]");
+        if pc.weight == 0 {
+            p.push(format!("{key}.weight: must be at least 1"));
+        }
+        if let Err(e) = check_host_port(&pc.addr) {
+            p.push(format!("{key}: {e}"));
+            continue;
+        }
+        if !labels.insert(&pc.addr) {
+            p.push(format!("{key}: {:?} is listed twice", pc.addr));
+            continue;
+        }
+        let addrs = match pc.addr.to_socket_addrs() {
+            Ok(a) => a,
+            Err(e) => {
+                p.push(format!("{key}: cannot resolve {:?}: {e}", pc.addr));
+                continue;
+            }
+        };
+        for addr in addrs {
+            if let Some(other) = peers.iter().find(|q| q.addr == addr) {
+                p.push(format!(
+                    "{key}: {:?} resolves to {addr}, as {:?} does",
+                    pc.addr, other.label
+                ));
+                continue;
+            }
+            // Validated above: a host:port is a valid header value.
+            let own = HeaderValue::from_str(&pc.addr).unwrap_or(HeaderValue::from_static("-"));
+            peers.push(Peer {
+                addr,
+                label: pc.addr.clone(),
+                weight: pc.weight,
+                host: host.clone().unwrap_or(own),
+            });
+        }
+    }
+    peers
+}
+
+fn tls_settings(key: &str, t: &TlsFile, p: &mut Vec<String>) -> Option<Tls> {
+    let before = p.len();
+    if t.sni.is_empty() {
+        p.push(format!(
+            "{key}.sni: must not be empty (an empty SNI turns certificate verification off)"
+        ));
+    }
+    let ca = t.ca_file.as_ref().and_then(|f| {
+        tls::read_certs(f)
+            .map_err(|e| p.push(format!("{key}.ca_file: {e}")))
+            .ok()
+    });
+    let client = match (&t.client_cert, &t.client_key) {
+        (Some(cert), Some(keyfile)) => {
+            let chain = tls::read_certs(cert).map_err(|e| p.push(format!("{key}.client_cert: {e}")));
+            let private = tls::read_key(keyfile).map_err(|e| p.push(format!("{key}.client_key: {e}")));
+            match (chain, private) {
+                (Ok(chain), Ok(key)) => Some(ClientCert { chain, key }),
+                _ => None,
+            }
+        }
+        (None, None) => None,
+        _ => {
+            p.push(format!("{key}: client_cert and client_key go together"));
+            None
+        }
+    };
+    (p.len() == before).then(|| Tls {
+        sni: t.sni.clone(),
+        ca,
+        client,
+    })
+}
+
+/// Expands `${VAR}` from the environment. An unset variable is an error; the expanded value
+/// is a secret and never appears in an error message.
+pub(super) fn expand_env(template: &str) -> Result<HeaderValue, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or("unterminated ${...}")?;
+        let var = &after[..end];
+        if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("${{{var}}} is not a valid variable name"));
+        }
+        let value = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    HeaderValue::from_str(&out)
+        .map_err(|_| "the value (after expansion) is not a valid header value".to_string())
+}
+
+/// `host:port` with a non-empty host and a port from 1 to 65535 (IPv6 in brackets).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let bad = || format!("{addr:?} is not host:port");
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// A path template: starts with `/`, holds only plain path characters, uses `{id}` (exactly
+/// once in a route path, at least once in a rewrite), and has no empty or dot segments, so
+/// nothing but a clean rewritten path can ever be produced from it.
+pub(super) fn check_template(t: &str, exactly_once: bool) -> Result<(), String> {
+    let uses = t.matches("{id}").count();
+    if uses == 0 {
+        return Err(format!("{t:?} does not use {{id}}"));
+    }
+    if exactly_once && uses > 1 {
+        return Err(format!("{t:?} uses {{id}} more than once"));
+    }
+    if !t.starts_with('/') {
+        return Err(format!("{t:?} must start with '/'"));
+    }
+    let literal = t.replace("{id}", "x");
+    if let Some(c) = literal
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/-._~".contains(*c)))
+    {
+        return Err(format!("{t:?} has the character {c:?}; only letters, digits, '/', '-', '.', '_', '~' and {{id}} are allowed"));
+    }
+    if literal.contains("//") || literal.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{t:?} has an empty, '.' or '..' segment"));
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The `gateway:` section exactly as the file writes it. Serde types only: every struct
+//! refuses unknown keys, and nothing outside `config` sees them (`compile` turns them into
+//! the runtime types).
+
+use super::units::{Dur, Size};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GatewayFile {
+    pub listen: Vec<String>,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`); absent = none.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Adds `Server-Timing` (upstream time to first byte, the gateway's own share).
+    #[serde(default = "yes")]
+    pub server_timing: bool,
+    #[serde(default)]
+    pub access_log: AccessLogFile,
+    #[serde(default)]
+    pub downstream: DownstreamFile,
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    pub routes: Vec<RouteFile>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct AccessLogFile {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        AccessLogFile {
+            enabled: true,
+            format: AccessLogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AccessLogFormat {
+    /// `key=value` fields after the usual log prefix.
+    #[default]
+    Text,
+    /// One JSON object per line, nothing else on it.
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct DownstreamFile {
+    pub keepalive_timeout: Dur,
+    pub header_timeout: Dur,
+    pub max_uri_bytes: Size,
+    pub max_header_bytes: Size,
+    pub max_headers: usize,
+}
+
+impl Default for DownstreamFile {
+    fn default() -> Self {
+        DownstreamFile {
+            keepalive_timeout: Dur(Duration::from_secs(60)),
+            header_timeout: Dur(Duration::from_secs(10)),
+            max_uri_bytes: Size(8 * 1024),
+            max_header_bytes: Size(32 * 1024),
+            max_headers: 100,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamFile {
+    pub peers: Vec<PeerFile>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "one_second")]
+    pub connect_timeout: Dur,
+    #[serde(default = "ten_seconds")]
+    pub read_timeout: Dur,
+    #[serde(default = "ten_seconds")]
+    pub write_timeout: Dur,
+    #[serde(default = "one_minute")]
+    pub idle_timeout: Dur,
+    #[serde(default = "two")]
+    pub retries: usize,
+    #[serde(default)]
+    pub selection: Selection,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+    #[serde(default)]
+    pub passive_ejection: EjectionFile,
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Selection {
+    /// Spread requests by weight.
+    #[default]
+    RoundRobin,
+    /// Ketama hashing of the asset id: one asset keeps hitting the same peer.
+    Consistent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthCheckFile {
+    pub path: String,
+    #[serde(default = "five_seconds")]
+    pub interval: Dur,
+    #[serde(default = "one_second")]
+    pub timeout: Dur,
+    #[serde(default = "two")]
+    pub healthy_after: usize,
+    #[serde(default = "two")]
+    pub unhealthy_after: usize,
+    #[serde(default = "ok_status")]
+    pub expect_status: Vec<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct EjectionFile {
+    pub failures: u32,
+    pub cooldown: Dur,
+}
+
+impl Default for EjectionFile {
+    fn default() -> Self {
+        EjectionFile {
+            failures: 3,
+            cooldown: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    pub sni: String,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+}
+
+fn one_second() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn five_seconds() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn ten_seconds() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn one_minute() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn two() -> usize {
+    2
+}
+fn ok_status() -> Vec<u16> {
+    vec![200]
+}
+
+/// A peer: `"10.0.3.7:8080"` or `{addr: "10.0.3.7:8080", weight: 2}`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PeerFile {
+    pub addr: String,
+    pub weight: usize,
+}
+
+impl<'de> Deserialize<'de> for PeerFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            addr: String,
+            #[serde(default = "one")]
+            weight: usize,
+        }
+        fn one() -> usize {
+            1
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PeerFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or {addr: \"host:port\", weight: N}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PeerFile, E> {
+                Ok(PeerFile {
+                    addr: s.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PeerFile, A::Error> {
+                let full = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(PeerFile {
+                    addr: full.addr,
+                    weight: full.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteFile {
+    pub path: String,
+    pub upstream: String,
+    pub rewrite: String,
+    #[serde(default)]
+    pub query: QueryPolicy,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum QueryPolicy {
+    /// Send the client's query string upstream unchanged.
+    #[default]
+    Forward,
+    Drop,
+}

@@ -1,0 +1,111 @@
+//! The gateway's settings as the running gateway uses them: checked, cross-referenced and
+//! loaded (peer names resolved, TLS files read, `${VAR}` expanded). Only `compile` builds
+//! them, so holding one means the file was valid; nothing here is serde.
+
+use super::file::{AccessLogFormat, Selection};
+use crate::downstream::Limits;
+use http::{HeaderName, HeaderValue};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub(crate) struct Settings {
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub server_timing: bool,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLogFormat>,
+    pub downstream: Downstream,
+    /// Routes refer to these by index.
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+/// How the gateway treats its clients.
+pub(crate) struct Downstream {
+    /// An idle keep-alive client connection is closed after this (Pingora keeps it forever).
+    pub keepalive_timeout: Duration,
+    /// The longest a request head may take to arrive.
+    pub header_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Downstream {
+    /// The idle keep-alive limit in whole seconds (Pingora's unit), rounded up.
+    pub fn keepalive_secs(&self) -> u64 {
+        self.keepalive_timeout.as_secs_f64().ceil() as u64
+    }
+}
+
+pub(crate) struct Upstream {
+    pub name: String,
+    /// One per resolved address (a name may resolve to several).
+    pub peers: Vec<Peer>,
+    pub timeouts: Timeouts,
+    /// Extra peers tried, one after another, after a connect failure.
+    pub retries: usize,
+    pub selection: Selection,
+    pub health_check: Option<HealthCheck>,
+    /// `None`: passive ejection is off.
+    pub ejection: Option<Ejection>,
+    pub tls: Option<Tls>,
+    /// Added to every upstream request; values are marked sensitive (never logged).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
+    /// The address as configured (for logs and metrics).
+    pub label: String,
+    pub weight: usize,
+    /// `Host` sent to this peer: the upstream's `host`, or the peer's address as configured.
+    pub host: HeaderValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    /// Time to the first response byte, and between body reads.
+    pub read: Duration,
+    pub write: Duration,
+    /// How long a pooled (idle) upstream connection is kept.
+    pub idle: Duration,
+}
+
+pub(crate) struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    /// Connect and response limit of one check.
+    pub timeout: Duration,
+    pub healthy_after: usize,
+    pub unhealthy_after: usize,
+    pub expect_status: Vec<u16>,
+}
+
+/// Circuit breaker: `failures` connect failures in a row take a peer out for `cooldown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ejection {
+    pub failures: u32,
+    pub cooldown: Duration,
+}
+
+/// Upstream TLS, with the files already read and parsed (DER).
+pub(crate) struct Tls {
+    pub sni: String,
+    /// `None`: the system roots.
+    pub ca: Option<Vec<Vec<u8>>>,
+    pub client: Option<ClientCert>,
+}
+
+pub(crate) struct ClientCert {
+    pub chain: Vec<Vec<u8>>,
+    pub key: Vec<u8>,
+}
+
+pub(crate) struct Route {
+    /// As configured, e.g. `/content/v1/assets/{id}` (also the metrics label).
+    pub template: String,
+    pub rewrite: String,
+    /// Index into [`Settings::upstreams`].
+    pub upstream: usize,
+    pub forward_query: bool,
+}

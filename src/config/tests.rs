@@ -1,0 +1,292 @@
+//! The config file's checks, each named by its key path.
+
+use super::compile::check_template;
+use super::*;
+use std::time::Duration;
+
+const VALID: &str = r#"
+threads: 2
+gateway:
+  listen: ["127.0.0.1:8080"]
+  upstreams:
+    assets:
+      peers: ["127.0.0.1:9001", {addr: "127.0.0.1:9002", weight: 2}]
+      host: assets.internal
+  routes:
+    - path: /content/v1/assets/{id}
+      upstream: assets
+      rewrite: /v1/assets/{id}
+"#;
+
+fn problems(yaml: &str) -> String {
+    match Config::from_yaml(yaml) {
+        Ok(_) => panic!("expected the config to be refused"),
+        Err(p) => p.join("\n"),
+    }
+}
+
+#[test]
+fn valid_config_loads() {
+    let c = Config::from_yaml(VALID).unwrap();
+    assert_eq!(c.server.threads, 2);
+    let up = &c.gateway.upstreams[0];
+    assert_eq!(up.name, "assets");
+    let peer = &up.peers[1];
+    assert_eq!((peer.label.as_str(), peer.weight), ("127.0.0.1:9002", 2));
+    assert_eq!(peer.addr, "127.0.0.1:9002".parse().unwrap());
+    assert_eq!(peer.host, "assets.internal");
+    assert_eq!(up.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(
+        up.ejection,
+        Some(Ejection {
+            failures: 3,
+            cooldown: Duration::from_secs(10)
+        })
+    );
+    assert_eq!(c.gateway.downstream.keepalive_timeout, Duration::from_secs(60));
+    assert_eq!(c.gateway.routes[0].upstream, 0);
+}
+
+#[test]
+fn unknown_top_level_key_is_named() {
+    let p = problems(&VALID.replace("threads: 2", "thread: 4"));
+    assert!(p.contains("thread: unknown key"), "{p}");
+}
+
+#[test]
+fn unknown_nested_key_is_named_with_its_path() {
+    let p = problems(&VALID.replace("host: assets.internal", "hots: assets.internal"));
+    assert!(p.contains("gateway.upstreams.assets"), "{p}");
+    assert!(p.contains("unknown field `hots`"), "{p}");
+}
+
+#[test]
+fn pingora_key_type_errors_name_the_key() {
+    let p = problems(&VALID.replace("threads: 2", "threads: two"));
+    assert!(p.starts_with("threads: invalid type"), "{p}");
+}
+
+#[test]
+fn unknown_upstream_reference() {
+    let p = problems(&VALID.replace("upstream: assets", "upstream: asets"));
+    assert!(
+        p.contains("gateway.routes[0].upstream: unknown upstream \"asets\" (defined: assets)"),
+        "{p}"
+    );
+}
+
+#[test]
+fn empty_peer_list() {
+    let p = problems(&VALID.replace(r#"["127.0.0.1:9001", {addr: "127.0.0.1:9002", weight: 2}]"#, "[]"));
+    assert!(
+        p.contains("gateway.upstreams.assets.peers: at least one peer is required"),
+        "{p}"
+    );
+}
+
+#[test]
+fn peer_not_host_port() {
+    let p = problems(&VALID.replace("127.0.0.1:9001", "127.0.0.1"));
+    assert!(
+        p.contains("gateway.upstreams.assets.peers[0]: \"127.0.0.1\" is not host:port"),
+        "{p}"
+    );
+    let p = problems(&VALID.replace("127.0.0.1:9001", "assets:http"));
+    assert!(p.contains("peers[0]: \"assets:http\" is not host:port"), "{p}");
+}
+
+#[test]
+fn rewrite_without_id() {
+    let p = problems(&VALID.replace("rewrite: /v1/assets/{id}", "rewrite: /v1/assets/"));
+    assert!(
+        p.contains("gateway.routes[0].rewrite: \"/v1/assets/\" does not use {id}"),
+        "{p}"
+    );
+}
+
+#[test]
+fn duplicate_route_paths() {
+    let yaml = format!(
+        "{VALID}    - path: /content/v1/assets/{{id}}\n      upstream: assets\n      rewrite: /x/{{id}}\n"
+    );
+    let p = problems(&yaml);
+    assert!(
+        p.contains(
+            "gateway.routes[1].path: \"/content/v1/assets/{id}\" is already the path of gateway.routes[0]"
+        ),
+        "{p}"
+    );
+}
+
+#[test]
+fn durations_are_typed() {
+    let p = problems(&VALID.replace("host: assets.internal", "connect_timeout: 10"));
+    assert!(p.contains("gateway.upstreams.assets.connect_timeout"), "{p}");
+}
+
+#[test]
+fn operations_keys() {
+    let yaml = VALID.replace(
+        "  listen: [\"127.0.0.1:8080\"]\n",
+        "  listen: [\"127.0.0.1:8080\"]\n  admin: 127.0.0.1:9090\n  server_timing: false\n  access_log: {format: json}\n",
+    );
+    let c = Config::from_yaml(&yaml).unwrap();
+    assert_eq!(c.gateway.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    assert!(!c.gateway.server_timing);
+    assert_eq!(c.gateway.access_log, Some(AccessLogFormat::Json));
+    let off = VALID.replace("  listen:", "  access_log: {enabled: false}\n  listen:");
+    assert_eq!(Config::from_yaml(&off).unwrap().gateway.access_log, None);
+    let p = problems(&VALID.replace("  listen:", "  admin: localhost\n  listen:"));
+    assert!(
+        p.contains("gateway.admin: \"localhost\" is not an IP:port address"),
+        "{p}"
+    );
+    let p = problems(&VALID.replace("  listen:", "  access_log: {format: xml}\n  listen:"));
+    assert!(
+        p.contains("gateway.access_log.format: unknown variant `xml`"),
+        "{p}"
+    );
+    let p = problems(
+        &VALID
+            .replace("    assets:", "    \"as sets\":")
+            .replace("upstream: assets", "upstream: as sets"),
+    );
+    assert!(
+        p.contains("gateway.upstreams.as sets: upstream names use only"),
+        "{p}"
+    );
+}
+
+#[test]
+fn sizes_are_typed() {
+    let yaml = VALID.replace(
+        "  upstreams:",
+        "  downstream: {max_uri_bytes: 4KiB, max_header_bytes: 16384, max_headers: 50, header_timeout: 5s}\n  upstreams:",
+    );
+    let d = Config::from_yaml(&yaml).unwrap().gateway.downstream;
+    let l = d.limits;
+    assert_eq!(
+        (l.max_uri_bytes, l.max_header_bytes, l.max_headers),
+        (4096, 16384, 50)
+    );
+    assert_eq!(d.header_timeout, Duration::from_secs(5));
+    let p = problems(&VALID.replace(
+        "  upstreams:",
+        "  downstream: {max_uri_bytes: 64KiB}\n  upstreams:",
+    ));
+    assert!(
+        p.contains("gateway.downstream.max_uri_bytes: must be at most 65534 bytes"),
+        "{p}"
+    );
+    let p = problems(&VALID.replace("  upstreams:", "  downstream: {max_uri_bytes: 4Kb}\n  upstreams:"));
+    assert!(
+        p.contains("gateway.downstream.max_uri_bytes: invalid size \"4Kb\""),
+        "{p}"
+    );
+}
+
+#[test]
+fn missing_gateway_section() {
+    let p = problems("threads: 1\n");
+    assert!(p.contains("gateway: missing section"), "{p}");
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let p = problems(
+        &VALID
+            .replace("upstream: assets", "upstream: nope")
+            .replace("127.0.0.1:8080", "localhost"),
+    );
+    assert!(p.contains("gateway.listen[0]"), "{p}");
+    assert!(p.contains("gateway.routes[0].upstream"), "{p}");
+}
+
+fn with_upstream_keys(extra: &str) -> String {
+    VALID.replace(
+        "      host: assets.internal\n",
+        &format!("      host: assets.internal\n{extra}"),
+    )
+}
+
+#[test]
+fn resilience_keys_load() {
+    std::env::set_var("AG_TEST_TOKEN", "s3cret");
+    let yaml = with_upstream_keys(
+        "      selection: consistent\n      retries: 1\n      health_check: {path: /healthz, interval: 2s, timeout: 1s, healthy_after: 2, unhealthy_after: 3, expect_status: [200, 204]}\n      passive_ejection: {failures: 5, cooldown: 30s}\n      headers:\n        Authorization: \"Bearer ${AG_TEST_TOKEN}\"\n",
+    );
+    let c = Config::from_yaml(&yaml).unwrap();
+    let up = &c.gateway.upstreams[0];
+    assert_eq!(up.selection, Selection::Consistent);
+    assert_eq!(up.retries, 1);
+    let hc = up.health_check.as_ref().unwrap();
+    assert_eq!((hc.healthy_after, hc.unhealthy_after), (2, 3));
+    assert_eq!(hc.expect_status, vec![200, 204]);
+    assert_eq!(hc.interval, Duration::from_secs(2));
+    assert_eq!(up.ejection.map(|e| e.failures), Some(5));
+    let (name, value) = &up.headers[0];
+    assert_eq!(
+        (name.as_str(), value.to_str().unwrap()),
+        ("authorization", "Bearer s3cret")
+    );
+    assert!(value.is_sensitive());
+    let off = with_upstream_keys("      passive_ejection: {failures: 0}\n");
+    assert_eq!(
+        Config::from_yaml(&off).unwrap().gateway.upstreams[0].ejection,
+        None
+    );
+}
+
+#[test]
+fn resilience_keys_are_validated() {
+    let cases = [
+        ("      selection: random\n", "gateway.upstreams.assets.selection: unknown variant `random`"),
+        ("      connect_timeout: 0s\n", "gateway.upstreams.assets.connect_timeout: invalid duration \"0s\": must be greater than zero"),
+        ("      read_timeout: -5s\n", "gateway.upstreams.assets.read_timeout: invalid duration"),
+        ("      health_check: {path: /healthz, intervl: 2s}\n", "gateway.upstreams.assets.health_check.intervl: unknown field"),
+        ("      health_check: {path: healthz, healthy_after: 0}\n", "gateway.upstreams.assets.health_check.healthy_after: must be at least 1"),
+        ("      health_check: {path: healthz}\n", "gateway.upstreams.assets.health_check.path: \"healthz\" must be a path"),
+        ("      tls: {ca_file: /etc/ssl/x.pem}\n", "gateway.upstreams.assets.tls: missing field `sni`"),
+        ("      tls: {sni: \"\"}\n", "gateway.upstreams.assets.tls.sni: must not be empty"),
+        ("      tls: {sni: a.test, ca_file: /nonexistent/ca.pem}\n", "gateway.upstreams.assets.tls.ca_file: cannot read \"/nonexistent/ca.pem\""),
+        ("      tls: {sni: a.test, client_cert: /etc/hostname}\n", "gateway.upstreams.assets.tls: client_cert and client_key go together"),
+        ("      headers: {Authorization: \"Bearer ${AG_UNSET_VARIABLE}\"}\n", "gateway.upstreams.assets.headers.Authorization: environment variable AG_UNSET_VARIABLE is not set"),
+        ("      headers: {\"bad header\": x}\n", "gateway.upstreams.assets.headers.bad header: not a valid header name"),
+    ];
+    for (extra, expected) in cases {
+        let p = problems(&with_upstream_keys(extra));
+        assert!(
+            p.contains(expected),
+            "for {extra:?} expected {expected:?} in:\n{p}"
+        );
+    }
+    let p = problems(&VALID.replace("weight: 2", "weight: 0"));
+    assert!(
+        p.contains("gateway.upstreams.assets.peers[1].weight: must be at least 1"),
+        "{p}"
+    );
+    let p = problems(&VALID.replace("weight: 2", "weight: -1"));
+    assert!(p.contains("gateway.upstreams.assets.peers[1].weight"), "{p}");
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    std::env::set_var("AG_TEST_BAD_SECRET", "line\nbreak-secret");
+    let p = problems(&with_upstream_keys(
+        "      headers: {X-Token: \"${AG_TEST_BAD_SECRET}\"}\n",
+    ));
+    assert!(p.contains("gateway.upstreams.assets.headers.X-Token: the value (after expansion) is not a valid header value"), "{p}");
+    assert!(!p.contains("break-secret"), "{p}");
+}
+
+#[test]
+fn bad_templates() {
+    assert!(check_template("/a/{id}/{id}", true).is_err());
+    assert!(check_template("a/{id}", true).is_err());
+    assert!(check_template("/a/%2F/{id}", true).is_err());
+    assert!(check_template("/a/../{id}", true).is_err());
+    assert!(check_template("/a//{id}", true).is_err());
+    assert!(check_template("/a/{id}?x=1", false).is_err());
+    assert!(check_template("/content/v1/assets/{id}", true).is_ok());
+    assert!(check_template("/v1/{id}/raw/{id}", false).is_ok());
+}

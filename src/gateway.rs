@@ -1,0 +1,141 @@
+//! The gateway as built at start-up (routes, upstreams, per-route metrics, client rules) and
+//! the per-request context its hooks share, with the two decisions made before any upstream
+//! work: whether a request is admitted, and which upstream serves it.
+
+use crate::attempts::Attempts;
+use crate::config::{AccessLogFormat, Settings};
+use crate::downstream::{self, Limits};
+use crate::errors::{self, Reject};
+use crate::metrics::RouteMetrics;
+use crate::request_id::RequestId;
+use crate::routing::{AssetId, Resolution, Route, Router};
+use crate::shutdown::InFlight;
+use crate::upstreams::{Upstream, Upstreams};
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The gateway: routes, upstreams and per-route metrics, built once at start-up.
+pub(crate) struct Gateway {
+    pub(crate) router: Router,
+    pub upstreams: Arc<Upstreams>,
+    /// Indexed like the routes; the last one is for requests no route took.
+    pub(crate) route_metrics: Vec<RouteMetrics>,
+    /// Idle keep-alive timeout for client connections, in whole seconds (Pingora's unit).
+    pub(crate) keepalive_secs: u64,
+    pub(crate) limits: Limits,
+    pub(crate) server_timing: bool,
+    pub(crate) access_log: Option<AccessLogFormat>,
+}
+
+impl Gateway {
+    /// Builds the runtime structures from settings `config` has already checked; only the
+    /// metric families can still fail to register.
+    pub(crate) fn build(s: &Settings) -> std::result::Result<Gateway, String> {
+        let routes: Vec<Route> = s
+            .routes
+            .iter()
+            .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.forward_query))
+            .collect();
+        let route_metrics = routes
+            .iter()
+            .map(|r| r.template.as_str())
+            .chain(["unmatched"])
+            .map(RouteMetrics::new)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Gateway {
+            router: Router::new(routes),
+            upstreams: Arc::new(Upstreams::build(&s.upstreams)?),
+            route_metrics,
+            keepalive_secs: s.downstream.keepalive_secs(),
+            limits: s.downstream.limits,
+            server_timing: s.server_timing,
+            access_log: s.access_log,
+        })
+    }
+}
+
+/// Per-request state shared by the hooks.
+pub(crate) struct Ctx {
+    pub(crate) request_id: RequestId,
+    /// Set when a route took the request.
+    pub(crate) route: Option<Matched>,
+    pub(crate) attempts: Attempts,
+    pub(crate) timing: Timing,
+    /// The status `fail_to_proxy` wrote, if it could write one.
+    pub(crate) error_status: Option<u16>,
+    _in_flight: InFlight,
+}
+
+/// What routing decided for a request.
+pub(crate) struct Matched {
+    pub(crate) index: usize,
+    /// The rewritten upstream target.
+    pub(crate) upstream_uri: http::Uri,
+    /// The key of consistent hashing.
+    pub(crate) asset: AssetId,
+}
+
+pub(crate) struct Timing {
+    pub(crate) start: Instant,
+    /// When the first upstream attempt started (connect or pool checkout).
+    pub(crate) upstream_start: Option<Instant>,
+    /// From `upstream_start` to the response header.
+    pub(crate) upstream_ttfb: Option<Duration>,
+}
+
+impl Ctx {
+    pub(crate) fn new() -> Ctx {
+        Ctx {
+            request_id: RequestId::default(),
+            route: None,
+            attempts: Attempts::default(),
+            timing: Timing {
+                start: Instant::now(),
+                upstream_start: None,
+                upstream_ttfb: None,
+            },
+            error_status: None,
+            _in_flight: InFlight::start(),
+        }
+    }
+
+    pub(crate) fn hash_key(&self) -> &[u8] {
+        self.route.as_ref().map_or(&[], |m| m.asset.as_str().as_bytes())
+    }
+}
+
+impl Gateway {
+    pub(crate) fn upstream_of(&self, ctx: &Ctx) -> Option<&Upstream> {
+        let m = ctx.route.as_ref()?;
+        Some(self.upstreams.get(self.router.route(m.index).upstream))
+    }
+
+    /// Decides whether a request may go upstream, and prepares its upstream target.
+    pub(crate) fn admit(&self, session: &mut Session) -> std::result::Result<Matched, Reject> {
+        let req = session.req_header();
+        if !req.raw_path_is_utf8() {
+            return Err(errors::BAD_PATH);
+        }
+        let resolution = self.router.resolve(req.uri.path());
+        if resolution == Resolution::NoRoute {
+            return Err(errors::NO_ROUTE);
+        }
+        if !downstream::is_allowed_method(&req.method) {
+            return Err(errors::METHOD_NOT_ALLOWED);
+        }
+        let Resolution::Asset { route, id } = resolution else {
+            return Err(errors::BAD_ASSET_ID);
+        };
+        let target = self.router.route(route).upstream_path(&id, req.uri.query());
+        let upstream_uri = http::Uri::try_from(target).map_err(|_| errors::BAD_PATH)?;
+        if !session.is_body_empty() {
+            return Err(errors::BODY_NOT_ALLOWED);
+        }
+        Ok(Matched {
+            index: route,
+            upstream_uri,
+            asset: id,
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The headers the gateway adds itself, in one place: on every response it relays
+//! (`X-Content-Type-Options: nosniff`, `X-Request-Id`) and on the answers it makes itself
+//! (the same, plus `Cache-Control: no-store`, a content type and length, `Allow` on 405).
+
+use crate::downstream::ALLOWED_METHODS;
+use crate::request_id::RequestId;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// Adds what every response to a client carries. Inserting these valid values cannot fail,
+/// and a relayed response must never fail here (that would cost its pooled connection).
+pub(crate) fn stamp(resp: &mut ResponseHeader, request_id: &RequestId) {
+    let _ = resp.insert_header("x-content-type-options", NOSNIFF);
+    let _ = resp.insert_header("x-request-id", request_id.header());
+}
+
+/// The header of an answer the gateway makes itself (an error, an admin page).
+pub(crate) fn own_answer(
+    status: u16,
+    content_type: &'static str,
+    body_len: usize,
+    request_id: Option<&RequestId>,
+) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header(CONTENT_TYPE, content_type)?;
+    h.insert_header(CONTENT_LENGTH, body_len)?;
+    h.insert_header(CACHE_CONTROL, NO_STORE)?;
+    let _ = h.insert_header("x-content-type-options", NOSNIFF);
+    if let Some(id) = request_id {
+        h.insert_header("x-request-id", id.header())?;
+    }
+    if status == 405 {
+        let allow: Vec<&str> = ALLOWED_METHODS.iter().map(|m| m.as_str()).collect();
+        h.insert_header(ALLOW, allow.join(", "))?;
+    }
+    Ok(h)
+}
+
+/// `X-Forwarded-For` for the upstream request: every value the client sent, joined, then the
+/// client's address.
+pub(crate) fn forwarded_for(req: &RequestHeader, client: IpAddr) -> String {
+    let mut xff = String::new();
+    for v in req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        xff.push_str(v);
+        xff.push_str(", ");
+    }
+    crate::fmt::push_ip(&mut xff, &client);
+    xff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client_to_every_value_sent() {
+        let client: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(forwarded_for(&req, client), "10.0.0.9");
+        req.append_header("x-forwarded-for", "1.1.1.1, 2.2.2.2").unwrap();
+        req.append_header("X-Forwarded-For", "3.3.3.3").unwrap();
+        assert_eq!(forwarded_for(&req, client), "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert_eq!(
+            forwarded_for(&req, "::1".parse().unwrap()),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, ::1"
+        );
+    }
+
+    #[test]
+    fn own_answers_carry_the_gateway_headers() {
+        let id = RequestId::from_client(Some(&HeaderValue::from_static("r-1")));
+        let h = own_answer(405, "application/json", 10, Some(&id)).unwrap();
+        let get = |n: &str| h.headers.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(get("allow"), Some("GET, HEAD"));
+        assert_eq!(get("cache-control"), Some("no-store"));
+        assert_eq!(get("x-content-type-options"), Some("nosniff"));
+        assert_eq!(get("x-request-id"), Some("r-1"));
+        assert_eq!(get("content-length"), Some("10"));
+        let h = own_answer(200, "text/plain", 3, None).unwrap();
+        assert!(h.headers.get("allow").is_none() && h.headers.get("x-request-id").is_none());
+    }
+}

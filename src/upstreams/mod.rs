@@ -1,0 +1,285 @@
+//! Upstreams: their peers and how one is selected for an attempt (weights or consistent
+//! hashing through Pingora's `LoadBalancer`, active health, passive ejection, the peers this
+//! request could not reach), and what the admin listener and the metrics read of them.
+//!
+//! - `peer`: one peer's prepared connection options and state, kept in `Backend.ext`;
+//! - `ejection`: the passive-ejection state machine;
+//! - `health`: the active checks Pingora runs.
+
+mod ejection;
+mod health;
+mod peer;
+
+pub(crate) use peer::Peer;
+
+use crate::config::{self, Selection};
+use crate::metrics::UpstreamMetrics;
+use futures::FutureExt;
+use log::{info, warn};
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::HealthCheck;
+use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::services::background::GenBackgroundService;
+use pingora::services::ServiceWithDependents;
+use pingora::Error;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bounds the walk over a selection ring when looking for a usable peer (Pingora's examples
+/// use the same figure).
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+/// All upstreams, in the order of their names (routes refer to them by index).
+pub(crate) struct Upstreams {
+    list: Vec<Upstream>,
+}
+
+impl Upstreams {
+    pub(crate) fn build(specs: &[config::Upstream]) -> Result<Upstreams, String> {
+        let list = specs.iter().map(Upstream::build).collect::<Result<_, _>>()?;
+        Ok(Upstreams { list })
+    }
+
+    pub(crate) fn get(&self, index: usize) -> &Upstream {
+        &self.list[index]
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Upstream> {
+        self.list.iter()
+    }
+
+    /// Background services that run active health checks, one per upstream that has them.
+    /// (A Pingora `LoadBalancer` only checks health when it runs as a background service.)
+    pub(crate) fn services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
+        self.list
+            .iter()
+            .filter(|u| u.checked)
+            .map(|u| u.balancer.service(format!("health check {}", u.name)))
+            .collect()
+    }
+}
+
+pub(crate) struct Upstream {
+    pub name: String,
+    balancer: Balancer,
+    /// Extra peers tried after a connect failure.
+    pub retries: usize,
+    /// Added to every upstream request (values marked sensitive).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Every `host[:port]` that names a peer (configured labels, resolved addresses, the
+    /// `Host` sent), lower-case: a redirect to one of them must not reach a client as is.
+    authorities: Vec<String>,
+    /// Whether active health checks run.
+    checked: bool,
+    pub metrics: UpstreamMetrics,
+}
+
+impl Upstream {
+    fn build(spec: &config::Upstream) -> Result<Upstream, String> {
+        let peers: Vec<Arc<Peer>> = spec.peers.iter().map(|p| Arc::new(Peer::new(p, spec))).collect();
+        let backends: BTreeSet<Backend> = peers
+            .iter()
+            .zip(&spec.peers)
+            .map(|(peer, p)| peer.clone().backend(p.weight))
+            .collect();
+        let checks = spec.health_check.as_ref().map(|hc| {
+            let checks = health::Checks {
+                upstream: spec.name.clone(),
+                healthy_after: hc.healthy_after,
+                unhealthy_after: hc.unhealthy_after,
+            };
+            (
+                Box::new(checks) as Box<dyn HealthCheck + Send + Sync>,
+                hc.interval,
+            )
+        });
+        let mut authorities: Vec<String> = spec
+            .peers
+            .iter()
+            .flat_map(|p| {
+                let host = p.host.to_str().unwrap_or_default();
+                [p.addr.to_string(), p.label.clone(), host.to_string()]
+            })
+            .filter(|a| !a.is_empty())
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
+        authorities.sort();
+        authorities.dedup();
+        Ok(Upstream {
+            name: spec.name.clone(),
+            checked: checks.is_some(),
+            balancer: Balancer::new(spec.selection, backends, checks),
+            retries: spec.retries,
+            headers: spec.headers.clone(),
+            authorities,
+            metrics: UpstreamMetrics::new(&spec.name)?,
+        })
+    }
+
+    /// Picks a peer that is healthy, not ejected and not in `exclude` (the peers this request
+    /// could not connect to).
+    pub(crate) fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Arc<Peer>> {
+        let now = Instant::now();
+        let backend = self.balancer.select_with(key, |b, healthy| {
+            healthy && Peer::of(b).is_some_and(|p| !exclude.contains(&p.addr) && !p.ejection.is_ejected(now))
+        })?;
+        Peer::of(&backend).cloned()
+    }
+
+    /// Passive health: counts a connect failure; enough in a row eject the peer.
+    pub(crate) fn record_connect_failure(&self, peer: &Peer, error: &Error) {
+        self.metrics.connect_failure(&peer.label);
+        if let Some(streak) = peer.ejection.failure(Instant::now()) {
+            warn!(
+                "upstream {} peer {} ejected after {streak} consecutive connect failures (last: {error})",
+                self.name, peer.label
+            );
+        }
+    }
+
+    /// A connection was made: the peer's failure streak ends, and an ejected peer is back.
+    pub(crate) fn record_connect_success(&self, peer: &Peer) {
+        if peer.ejection.success() {
+            info!(
+                "upstream {} peer {} is back in rotation after a successful connect",
+                self.name, peer.label
+            );
+        }
+    }
+
+    /// Each peer (as configured) and whether it can take a request now: healthy (or not
+    /// checked) and not ejected. Readiness is asked about the backends Pingora holds, with
+    /// their real weights (it keys readiness by address and weight).
+    pub(crate) fn peer_states(&self) -> Vec<(Arc<Peer>, PeerState)> {
+        let now = Instant::now();
+        self.balancer
+            .backends()
+            .iter()
+            .filter_map(|b| {
+                let peer = Peer::of(b)?.clone();
+                let state = if !self.balancer.ready(b) {
+                    PeerState::FailedHealthCheck
+                } else if peer.ejection.is_ejected(now) {
+                    PeerState::Ejected
+                } else {
+                    PeerState::Usable
+                };
+                Some((peer, state))
+            })
+            .collect()
+    }
+
+    /// Whether at least one peer can take a request now.
+    pub(crate) fn has_usable_peer(&self) -> bool {
+        self.peer_states().iter().any(|(_, s)| *s == PeerState::Usable)
+    }
+
+    /// Why each peer is unusable right now, as one line (for the all-peers-down answer).
+    pub(crate) fn down_reasons(&self) -> String {
+        let mut reasons: Vec<String> = self
+            .peer_states()
+            .iter()
+            .map(|(peer, state)| {
+                let reason = match state {
+                    PeerState::FailedHealthCheck => format!(
+                        "failed health check ({})",
+                        peer.last_check_error().unwrap_or_else(|| "no detail".into())
+                    ),
+                    PeerState::Ejected => "ejected after repeated connect failures".to_string(),
+                    PeerState::Usable => "available".to_string(),
+                };
+                format!("{}: {reason}", peer.label)
+            })
+            .collect();
+        reasons.sort();
+        reasons.join("; ")
+    }
+
+    /// Whether `authority` (from a URL the upstream sent) names one of this upstream's peers.
+    pub(crate) fn is_peer_authority(&self, authority: &str) -> bool {
+        crate::response::authority_matches(authority, &self.authorities)
+    }
+
+    pub(crate) fn peer_count(&self) -> usize {
+        self.balancer.backends().len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    Usable,
+    FailedHealthCheck,
+    Ejected,
+}
+
+/// Pingora's load balancer for either selection algorithm.
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Consistent(Arc<LoadBalancer<Consistent>>),
+}
+
+impl Balancer {
+    fn new(
+        selection: Selection,
+        backends: BTreeSet<Backend>,
+        checks: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
+    ) -> Balancer {
+        fn build<S>(
+            backends: BTreeSet<Backend>,
+            checks: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
+        ) -> Arc<LoadBalancer<S>>
+        where
+            S: BackendSelection + Send + Sync + 'static,
+            S::Iter: BackendIter,
+        {
+            let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(backends)));
+            if let Some((check, every)) = checks {
+                lb.set_health_check(check);
+                // Health checks only run when the balancer is a background service with a
+                // frequency (see `Upstreams::services`).
+                lb.health_check_frequency = Some(every);
+                lb.parallel_health_check = true;
+            }
+            // Static discovery completes at once (Pingora's `try_from_iter` does the same);
+            // this publishes the peer set.
+            let _ = lb.update().now_or_never();
+            Arc::new(lb)
+        }
+        match selection {
+            Selection::RoundRobin => Balancer::RoundRobin(build(backends, checks)),
+            Selection::Consistent => Balancer::Consistent(build(backends, checks)),
+        }
+    }
+
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+        match self {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+
+    fn backends(&self) -> Arc<BTreeSet<Backend>> {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends().get_backend(),
+            Balancer::Consistent(lb) => lb.backends().get_backend(),
+        }
+    }
+
+    /// Healthy by the active checks (or not checked).
+    fn ready(&self, backend: &Backend) -> bool {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends().ready(backend),
+            Balancer::Consistent(lb) => lb.backends().ready(backend),
+        }
+    }
+
+    fn service(&self, name: String) -> Box<dyn ServiceWithDependents> {
+        match self {
+            Balancer::RoundRobin(lb) => Box::new(GenBackgroundService::new(name, lb.clone())),
+            Balancer::Consistent(lb) => Box::new(GenBackgroundService::new(name, lb.clone())),
+        }
+    }
+}
