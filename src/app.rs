@@ -4,7 +4,9 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::downstream::Guarded;
 use crate::gateway::Gateway;
+use crate::memory::Collector;
 use crate::shutdown::ExitWhenDrained;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::Opt;
@@ -60,9 +62,16 @@ pub fn run(opt: Opt, config: Config) -> ! {
         server.add_service(admin).add_dependency(&bootstrap);
     }
     server.add_service(background_service("exit when drained", ExitWhenDrained));
+    server.add_service(background_service("memory collector", Collector));
 
-    // HTTP/1.1 only (Pingora's default options: no h2c, no CONNECT).
-    let app = http_proxy(&server.configuration, gateway);
+    let mut app = http_proxy(&server.configuration, gateway);
+    // Pingora lets 4 body reads wait for the client per request; see `streaming`.
+    app.set_task_buffer_size(settings.streaming.queue_depth);
+    // Pingora allocates a request's 4 KiB head buffer before it waits for the request: every
+    // idle keep-alive connection would hold one. (HTTP/1.1 only: no h2c, no CONNECT.)
+    let mut options = HttpServerOptions::default();
+    options.h1_lazy_header_buf = true;
+    app.server_options = Some(options);
     let guarded = Guarded {
         inner: Arc::new(app),
         header_timeout,

@@ -14,6 +14,7 @@ mod fmt;
 mod gateway;
 mod headers;
 pub mod logging;
+mod memory;
 mod metrics;
 mod proxy;
 mod request_id;

@@ -10,6 +10,13 @@ use http::{HeaderName, HeaderValue};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 
+/// `streaming.read_size` and `streaming.queue_depth` by default (chosen by measurement, see
+/// the README's performance section), and their bounds.
+pub(super) const DEFAULT_READ_SIZE: u64 = 16 * 1024;
+pub(super) const DEFAULT_QUEUE_DEPTH: usize = 1;
+const READ_SIZES: std::ops::RangeInclusive<u64> = 16 * 1024..=1024 * 1024;
+const QUEUE_DEPTHS: std::ops::RangeInclusive<usize> = 1..=64;
+
 /// The longest request target the `http` crate (and so Pingora) can parse.
 pub(crate) const MAX_PARSABLE_URI: usize = u16::MAX as usize - 1;
 
@@ -66,13 +73,31 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         },
     };
 
+    let st = &g.streaming;
+    if !READ_SIZES.contains(&st.read_size.0) {
+        p.push(format!(
+            "gateway.streaming.read_size: {} bytes is outside 16KiB..=1MiB",
+            st.read_size.0
+        ));
+    }
+    if !QUEUE_DEPTHS.contains(&st.queue_depth) {
+        p.push(format!(
+            "gateway.streaming.queue_depth: {} is outside 1..=64",
+            st.queue_depth
+        ));
+    }
+    let streaming = Streaming {
+        read_size: st.read_size.0 as usize,
+        queue_depth: st.queue_depth,
+    };
+
     if g.upstreams.is_empty() {
         p.push("gateway.upstreams: at least one upstream is required".to_string());
     }
     let upstreams: Vec<Upstream> = g
         .upstreams
         .iter()
-        .filter_map(|(name, u)| upstream(name, u, &mut p))
+        .filter_map(|(name, u)| upstream(name, u, streaming.read_size, &mut p))
         .collect();
     let routes = routes(&g, &mut p);
 
@@ -85,6 +110,7 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         server_timing: g.server_timing,
         access_log: g.access_log.enabled.then_some(g.access_log.format),
         downstream,
+        streaming,
         upstreams,
         routes,
     })
@@ -132,7 +158,7 @@ fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
 }
 
 /// One upstream, or `None` with its problems added to `p`.
-fn upstream(name: &str, u: &UpstreamFile, p: &mut Vec<String>) -> Option<Upstream> {
+fn upstream(name: &str, u: &UpstreamFile, body_read_size: usize, p: &mut Vec<String>) -> Option<Upstream> {
     let key = format!("gateway.upstreams.{name}");
     let before = p.len();
     if name.is_empty()
@@ -217,6 +243,7 @@ fn upstream(name: &str, u: &UpstreamFile, p: &mut Vec<String>) -> Option<Upstrea
             write: u.write_timeout.0,
             idle: u.idle_timeout.0,
         },
+        body_read_size,
         retries: u.retries,
         selection: u.selection,
         health_check,

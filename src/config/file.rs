@@ -23,6 +23,8 @@ pub(super) struct GatewayFile {
     pub access_log: AccessLogFile,
     #[serde(default)]
     pub downstream: DownstreamFile,
+    #[serde(default)]
+    pub streaming: StreamingFile,
     pub upstreams: BTreeMap<String, UpstreamFile>,
     pub routes: Vec<RouteFile>,
 }
@@ -75,6 +77,22 @@ impl Default for DownstreamFile {
             max_uri_bytes: Size(8 * 1024),
             max_header_bytes: Size(32 * 1024),
             max_headers: 100,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct StreamingFile {
+    pub read_size: Size,
+    pub queue_depth: usize,
+}
+
+impl Default for StreamingFile {
+    fn default() -> Self {
+        StreamingFile {
+            read_size: Size(super::compile::DEFAULT_READ_SIZE),
+            queue_depth: super::compile::DEFAULT_QUEUE_DEPTH,
         }
     }
 }

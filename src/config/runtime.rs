@@ -15,6 +15,7 @@ pub(crate) struct Settings {
     /// `None`: no access log.
     pub access_log: Option<AccessLogFormat>,
     pub downstream: Downstream,
+    pub streaming: Streaming,
     /// Routes refer to these by index.
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -36,11 +37,23 @@ impl Downstream {
     }
 }
 
+/// How a response body moves from an upstream to a client. With a client slower than its
+/// upstream, a response holds about `(2 * queue_depth + 3) * read_size` bytes at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Streaming {
+    /// The most bytes one read of an upstream body takes.
+    pub read_size: usize,
+    /// How many reads may wait for the client before the upstream is not read further.
+    pub queue_depth: usize,
+}
+
 pub(crate) struct Upstream {
     pub name: String,
     /// One per resolved address (a name may resolve to several).
     pub peers: Vec<Peer>,
     pub timeouts: Timeouts,
+    /// [`Streaming::read_size`], which Pingora sets per peer.
+    pub body_read_size: usize,
     /// Extra peers tried, one after another, after a connect failure.
     pub retries: usize,
     pub selection: Selection,

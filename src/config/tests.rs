@@ -290,3 +290,38 @@ fn bad_templates() {
     assert!(check_template("/content/v1/assets/{id}", true).is_ok());
     assert!(check_template("/v1/{id}/raw/{id}", false).is_ok());
 }
+
+#[test]
+fn streaming_keys() {
+    let c = Config::from_yaml(VALID).unwrap();
+    assert_eq!(
+        c.gateway.streaming,
+        Streaming {
+            read_size: 16 * 1024,
+            queue_depth: 1
+        }
+    );
+    assert_eq!(c.gateway.upstreams[0].body_read_size, 16 * 1024);
+    let yaml = VALID.replace(
+        "  upstreams:",
+        "  streaming: {read_size: 64KiB, queue_depth: 4}\n  upstreams:",
+    );
+    let c = Config::from_yaml(&yaml).unwrap();
+    assert_eq!(
+        (c.gateway.streaming.read_size, c.gateway.streaming.queue_depth),
+        (65536, 4)
+    );
+    assert_eq!(c.gateway.upstreams[0].body_read_size, 65536);
+    let p = problems(&VALID.replace(
+        "  upstreams:",
+        "  streaming: {read_size: 4KiB, queue_depth: 0}\n  upstreams:",
+    ));
+    assert!(
+        p.contains("gateway.streaming.read_size: 4096 bytes is outside 16KiB..=1MiB"),
+        "{p}"
+    );
+    assert!(
+        p.contains("gateway.streaming.queue_depth: 0 is outside 1..=64"),
+        "{p}"
+    );
+}

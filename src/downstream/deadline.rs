@@ -119,10 +119,7 @@ impl AsyncRead for HeaderDeadline {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head timeout",
-            )));
+            return Poll::Ready(Err(deadline_passed()));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -233,6 +230,19 @@ impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
     }
+
+    /// Pingora waits here (with `h1_lazy_header_buf`) before it reads a request head: the
+    /// deadline applies as it does to the read.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.phase == Phase::Head && self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(deadline_passed()));
+        }
+        self.inner.poll_read_ready(cx)
+    }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "request head timeout")
 }
 
 #[cfg(test)]

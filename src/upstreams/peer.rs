@@ -132,6 +132,8 @@ fn http_peer(addr: SocketAddr, up: &config::Upstream, t: config::Timeouts) -> Ht
     o.read_timeout = Some(t.read);
     o.write_timeout = Some(t.write);
     o.idle_timeout = Some(t.idle);
+    // Pingora reads 64 KiB per body read; with a slow client each read waits in memory.
+    o.h1_body_read_size = Some(up.body_read_size);
     // An asset gateway never tunnels: no protocol upgrade is forwarded.
     o.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
     peer
