@@ -4,9 +4,13 @@ unlike CPU time): the proxy runs under valgrind with instrumentation off, serves
 then instrumentation is switched on for exactly N requests of the 8 KiB asset on 4 kept-alive client
 connections (h2load --h1), and the user-space instructions are divided by N.
 
-    bench/callgrind [N] [--binary PATH] [--minimal]
+    bench/callgrind [N] [--binary PATH] [--minimal] [--keep FILE] [--extra YAML] [--large]
 
---minimal measures examples/minimal_proxy (Pingora's own floor) instead of the gateway.
+--minimal measures examples/minimal_proxy (Pingora's own floor) instead of the gateway;
+--keep copies the callgrind profile of the N requests to FILE (for callgrind_annotate);
+--large fetches the 100 MiB asset instead (N times, default 2) and reports instructions per
+MiB; --extra adds lines under `gateway:` (e.g. "  access_log: {enabled: false}"), to see what a
+feature costs.
 Needs valgrind, nginx and h2load (nghttp2-client); installs them when missing.
 """
 import os
@@ -16,11 +20,14 @@ import subprocess
 import sys
 import time
 
-from bench import (GATEWAY, GATEWAY_CONF, LOAD_CORE, ORIGIN_BODY, ORIGIN_FAST, ORIGIN_SLOW, ROOT, SMALL, TMP,
-                   start_nginx, wait_port, write_files)
+from bench import (GATEWAY, GATEWAY_CONF, LARGE, LOAD_CORE, ORIGIN_BODY, ORIGIN_FAST, ORIGIN_SLOW, ROOT, SIZES,
+                   SMALL, TMP, start_nginx, wait_port, write_files)
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
-N = int(args[0]) if args else 2000
+args = [a for i, a in enumerate(sys.argv[1:], 1)
+        if not a.startswith("--") and sys.argv[i - 1] not in ("--binary", "--keep", "--extra")]
+large = "--large" in sys.argv
+N = int(args[0]) if args else (2 if large else 2000)
+ASSET = LARGE if large else SMALL
 minimal = "--minimal" in sys.argv
 binary = sys.argv[sys.argv.index("--binary") + 1] if "--binary" in sys.argv else str(
     ROOT / ("target/release/examples/minimal_proxy" if minimal else "target/release/asset-gateway"))
@@ -34,7 +41,9 @@ def main():
     write_files()
     origin = start_nginx("origin", ORIGIN_BODY.format(tmp=TMP, fast=ORIGIN_FAST, slow=ORIGIN_SLOW), LOAD_CORE)
     conf = TMP / "gateway.yaml"
-    conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, fast=ORIGIN_FAST, slow=ORIGIN_SLOW))
+    extra = sys.argv[sys.argv.index("--extra") + 1] + "\n" if "--extra" in sys.argv else ""
+    conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, fast=ORIGIN_FAST, slow=ORIGIN_SLOW)
+                    .replace("gateway:\n", "gateway:\n" + extra))
     target = [binary, f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{ORIGIN_FAST}"] if minimal else [binary, "-c", str(conf)]
     out = TMP / "callgrind.out"
     proxy = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
@@ -43,9 +52,9 @@ def main():
     try:
         wait_port(ORIGIN_FAST)
         wait_port(GATEWAY, proxy)
-        url = f"http://127.0.0.1:{GATEWAY}/content/v1/assets/{SMALL}"
-        h2load = ["h2load", "--h1", "-c", "4", "-m", "1"]
-        subprocess.run(h2load + ["-n", "400", url], check=True, capture_output=True)  # warm-up
+        url = f"http://127.0.0.1:{GATEWAY}/content/v1/assets/{ASSET}"
+        h2load = ["h2load", "--h1", "-c", "1" if large else "4", "-m", "1"]
+        subprocess.run(h2load + ["-n", "4" if large else "400", url], check=True, capture_output=True)  # warm-up
         subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
         res = subprocess.run(h2load + ["-n", str(N), url], check=True, capture_output=True, text=True).stdout
         ok = re.search(r"status codes: (\d+) 2xx", res)
@@ -61,13 +70,20 @@ def main():
             proxy.kill()
         origin.send_signal(signal.SIGQUIT)
         origin.wait(timeout=10)
+    if "--keep" in sys.argv:
+        import shutil
+        shutil.copy(TMP / "callgrind.out.1", sys.argv[sys.argv.index("--keep") + 1])
     # The dump asked for above (`callgrind.out.1`) holds exactly the N requests.
     total = 0
     for line in (TMP / "callgrind.out.1").read_text(errors="replace").splitlines():
         if line.startswith("totals:"):
             total = int(line.split()[1])
-    print(f"{'minimal Pingora' if minimal else 'gateway'}: {total / N / 1000:.1f} K instructions per request "
-          f"({N} requests, {total} instructions)")
+    who = "minimal Pingora" if minimal else "gateway"
+    if large:
+        mib = N * SIZES[LARGE] / 2**20
+        print(f"{who}: {total / mib / 1000:.0f} K instructions per MiB ({N} x 100 MiB, {total} instructions)")
+    else:
+        print(f"{who}: {total / N / 1000:.1f} K instructions per request ({N} requests, {total} instructions)")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,9 @@ pub fn run(opt: Opt, config: Config) -> ! {
     // idle keep-alive connection would hold one. (HTTP/1.1 only: no h2c, no CONNECT.)
     let mut options = HttpServerOptions::default();
     options.h1_lazy_header_buf = true;
+    // One header map per request instead of two (Pingora also keeps each name's original
+    // case); header names are case-insensitive, and HTTP/2 has only lower case anyway.
+    options.h1_discard_header_case = true;
     app.server_options = Some(options);
     let guarded = Guarded {
         inner: Arc::new(app),

@@ -74,13 +74,30 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// The current UTC time in RFC 3339 with milliseconds (`2026-11-26T10:40:29.513Z`), the
-/// format of every log line's prefix.
+/// format of every log line's prefix. The part up to the second is formatted once a second
+/// per thread (this runs for every access line).
 pub(crate) fn push_now(out: &mut String) {
-    let _ = write!(
-        out,
-        "{}",
-        humantime::format_rfc3339_millis(std::time::SystemTime::now())
-    );
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            text.clear();
+            let _ = write!(text, "{}", humantime::format_rfc3339_seconds(now));
+            text.pop(); // the `Z`
+            *cached = secs;
+        }
+        out.push_str(text);
+    });
+    out.push('.');
+    out.push(char::from(b'0' + (millis / 100) as u8));
+    out.push(char::from(b'0' + (millis / 10 % 10) as u8));
+    out.push(char::from(b'0' + (millis % 10) as u8));
+    out.push('Z');
 }
 
 #[cfg(test)]

@@ -31,6 +31,11 @@ impl ProxyHttp for Gateway {
         Ctx::new()
     }
 
+    /// No downstream modules: Pingora adds a (disabled) response compression module by
+    /// default, which costs a context and a call per body piece; an asset gateway never
+    /// compresses images or videos.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = RequestId::from_client(session.get_header("x-request-id"));
         // Requests a client pipelines are answered in order (Pingora's default drops every

@@ -26,9 +26,27 @@ pub fn is_unsolicited_upgrade(resp: &ResponseHeader) -> bool {
 
 /// Removes the response's hop-by-hop headers and any it nominates in `Connection`.
 /// `Transfer-Encoding` stays: Pingora reads it to frame the body towards the client.
-/// One pass over the names first: most responses have none of these.
+/// One pass over the names first: most responses have none of these but `Connection:
+/// keep-alive` (or `close`), which nominates no other header; that one is removed alone.
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    if !resp.headers.keys().any(is_hop_by_hop) {
+    let mut others = false;
+    let mut connection = false;
+    for name in resp.headers.keys() {
+        if *name == http::header::CONNECTION {
+            connection = true;
+        } else if is_hop_by_hop(name) {
+            others = true;
+        }
+    }
+    if !others && !connection {
+        return;
+    }
+    let plain = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    };
+    if !others && resp.headers.get_all(http::header::CONNECTION).iter().all(plain) {
+        resp.remove_header(&http::header::CONNECTION);
         return;
     }
     let mut remove: Vec<HeaderName> = resp
@@ -191,6 +209,12 @@ mod tests {
         let mut plain = resp(&[("etag", "\"a\"")]);
         strip_hop_by_hop(&mut plain);
         assert_eq!(plain.headers.len(), 1);
+        let mut usual = resp(&[("Connection", "keep-alive"), ("etag", "\"a\"")]);
+        strip_hop_by_hop(&mut usual);
+        assert_eq!(
+            usual.headers.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["etag"]
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 /// `streaming.read_size` and `streaming.queue_depth` by default (chosen by measurement, see
 /// the README's performance section), and their bounds.
 pub(super) const DEFAULT_READ_SIZE: u64 = 16 * 1024;
-pub(super) const DEFAULT_QUEUE_DEPTH: usize = 1;
+pub(super) const DEFAULT_QUEUE_DEPTH: usize = 2;
 const READ_SIZES: std::ops::RangeInclusive<u64> = 16 * 1024..=1024 * 1024;
 const QUEUE_DEPTHS: std::ops::RangeInclusive<usize> = 1..=64;
 

@@ -298,7 +298,7 @@ fn streaming_keys() {
         c.gateway.streaming,
         Streaming {
             read_size: 16 * 1024,
-            queue_depth: 1
+            queue_depth: 2
         }
     );
     assert_eq!(c.gateway.upstreams[0].body_read_size, 16 * 1024);

@@ -98,7 +98,7 @@ impl HeadEnd {
         joint[3..3 + n].copy_from_slice(&data[..n]);
         if data.ends_with(b"\r\n\r\n")
             || joint[..3 + n].windows(4).any(|w| w == b"\r\n\r\n")
-            || data.windows(4).any(|w| w == b"\r\n\r\n")
+            || memchr::memmem::find(data, b"\r\n\r\n").is_some()
         {
             *self = HeadEnd::default();
             return true;

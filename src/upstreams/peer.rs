@@ -134,6 +134,8 @@ fn http_peer(addr: SocketAddr, up: &config::Upstream, t: config::Timeouts) -> Ht
     o.idle_timeout = Some(t.idle);
     // Pingora reads 64 KiB per body read; with a slow client each read waits in memory.
     o.h1_body_read_size = Some(up.body_read_size);
+    // One header map per response instead of two (see `app`: the same for requests).
+    o.h1_discard_header_case = true;
     // An asset gateway never tunnels: no protocol upgrade is forwarded.
     o.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
     peer

@@ -97,6 +97,14 @@ pub struct HttpServerOptions {
     ///
     /// Default: `false`
     pub h1_lazy_header_buf: bool,
+
+    /// Keep HTTP/1 request header names only in canonical (lower) case, instead of also in
+    /// the case the client sent them. Every header lookup, insert and removal then touches one
+    /// map instead of two. Headers forwarded upstream are written with well-known names in
+    /// Title-Case and others in lower case (header names are case-insensitive).
+    ///
+    /// Default: `false`
+    pub h1_discard_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -359,8 +367,10 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let lazy_header_buf = self.server_options().is_some_and(|o| o.h1_lazy_header_buf);
+            let discard_case = self.server_options().is_some_and(|o| o.h1_discard_header_case);
             let mut session = ServerSession::new_http1(stream);
             session.set_lazy_header_buf(lazy_header_buf);
+            session.set_discard_header_case(discard_case);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -377,6 +387,7 @@ where
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 session.set_lazy_header_buf(lazy_header_buf);
+                session.set_discard_header_case(discard_case);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -546,6 +546,10 @@ pub struct PeerOptions {
     /// response in flight (each read's bytes are queued for the client until written); values
     /// under 16 KiB are raised to 16 KiB (a partial chunk head may take 8 KiB of the buffer).
     pub h1_body_read_size: Option<usize>,
+    /// Keep HTTP/1 response header names only in canonical (lower) case instead of also in
+    /// the case the server sent them (one header map instead of two per response). Default:
+    /// false.
+    pub h1_discard_header_case: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
     pub extra_proxy_headers: BTreeMap<String, Vec<u8>>,
@@ -606,6 +610,7 @@ impl PeerOptions {
             h2_connection_window_size: None,
             allow_h1_response_invalid_content_length: false,
             h1_body_read_size: None,
+            h1_discard_header_case: false,
             http_upstream_request_policy: HttpUpstreamRequestPolicy::default(),
             extra_proxy_headers: BTreeMap::new(),
             curves: None,

@@ -941,6 +941,15 @@ impl Session {
         }
     }
 
+    /// Keep HTTP/1 request header names only in canonical case. See
+    /// [`HttpServerOptions::h1_discard_header_case`](crate::apps::HttpServerOptions). No-op for
+    /// other session types (HTTP/2 header names are lower case anyway).
+    pub fn set_discard_header_case(&mut self, discard: bool) {
+        if let Self::H1(s) = self {
+            s.set_discard_header_case(discard);
+        }
+    }
+
     /// Enable or disable HTTP/1.1 request pipelining on this session.
     ///
     /// No-op for H2 / Subrequest / Custom. See

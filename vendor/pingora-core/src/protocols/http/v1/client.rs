@@ -67,6 +67,8 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // If set, response headers are built without the case-preserving name map.
+    discard_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +102,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            discard_header_case: false,
         }
     }
 
@@ -113,6 +116,7 @@ impl HttpSession {
             if let Some(size) = options.h1_body_read_size {
                 session.set_body_read_size(size);
             }
+            session.discard_header_case = options.h1_discard_header_case;
         }
         session
     }
@@ -293,7 +297,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        let build = if self.discard_header_case {
+                            ResponseHeader::build_no_case
+                        } else {
+                            ResponseHeader::build
+                        };
+                        let mut response_header = match build(
                             resp.code.unwrap(),
                             Some(resp.headers.len()),
                         ) {
@@ -998,6 +1007,21 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    #[tokio::test]
+    async fn read_response_discarding_header_case() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nX-Mixed-Case: 1\r\nContent-Length: 0\r\n\r\n";
+        for discard in [false, true] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.discard_header_case = discard;
+            http_stream.read_response().await.unwrap();
+            let resp = http_stream.resp_header().unwrap();
+            assert_eq!(resp.has_case(), !discard);
+            assert_eq!(resp.headers.get("x-mixed-case").unwrap(), "1");
+        }
     }
 
     #[tokio::test]

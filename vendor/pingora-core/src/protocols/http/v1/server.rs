@@ -160,6 +160,8 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
     /// Wait for the connection to be readable before allocating the request header buffer.
     lazy_header_buf: bool,
+    /// Build request headers without the case-preserving name map.
+    discard_header_case: bool,
 }
 
 impl HttpSession {
@@ -209,7 +211,15 @@ impl HttpSession {
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
             lazy_header_buf: false,
+            discard_header_case: false,
         }
+    }
+
+    /// Keep request header names only in their canonical (lower) case instead of also the case
+    /// the client sent. See
+    /// [`HttpServerOptions::h1_discard_header_case`](crate::apps::HttpServerOptions).
+    pub fn set_discard_header_case(&mut self, discard: bool) {
+        self.discard_header_case = discard;
     }
 
     /// Allocate the request header buffer only once the connection is readable. See
@@ -394,7 +404,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        let build = if self.discard_header_case {
+                            RequestHeader::build_no_case
+                        } else {
+                            RequestHeader::build
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -1911,6 +1926,26 @@ mod tests_stream {
 
     fn init_log() {
         let _ = env_logger::builder().is_test(true).try_init();
+    }
+
+    #[tokio::test]
+    async fn read_discarding_header_case() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nX-Mixed-Case: 1\r\nHost: a\r\n\r\n";
+        for discard in [false, true] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.set_discard_header_case(discard);
+            http_stream.read_request().await.unwrap();
+            let req = http_stream.req_header();
+            assert_eq!(req.has_case(), !discard);
+            assert_eq!(req.headers.get("x-mixed-case").unwrap(), "1");
+            let mut wire = Vec::new();
+            req.header_to_h1_wire(&mut wire);
+            let wire = String::from_utf8(wire).unwrap();
+            let expected = if discard { "x-mixed-case: 1" } else { "X-Mixed-Case: 1" };
+            assert!(wire.contains(expected), "{wire}");
+        }
     }
 
     #[tokio::test]
