@@ -5,7 +5,9 @@
 //! Built in this crate it runs on the patched Pingora (`vendor/`) with the same Pingora
 //! settings as the gateway (body read size, task queue depth, lazy head buffer, header case);
 //! `bench/pristine/` builds the same file against pristine Pingora 0.9.1, with
-//! `--cfg pristine_pingora`, where those settings do not exist.
+//! `--cfg pristine_pingora`, where those settings do not exist. Both use the gateway's
+//! listener settings (no read or write buffer on client connections), so the two columns
+//! differ by the patches alone.
 //!
 //!     cargo run --release --example minimal_proxy -- <listen> <upstream>
 
@@ -65,7 +67,8 @@ fn main() {
         options.h1_discard_header_case = true;
         app.server_options = Some(options);
     }
-    proxy.add_tcp(&args[1]);
+    let buffers = pingora::listeners::L4BufferSettings::unbuffered();
+    proxy.add_listener(pingora::listeners::ListenerConfig::tcp(args[1].as_str()).l4_buffer(buffers));
     server.add_service(proxy);
     server.run_forever();
 }
