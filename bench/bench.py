@@ -338,7 +338,7 @@ def main():
                     "--target-dir", "target/pristine"], cwd=ROOT, check=True,
                    env={**os.environ, "RUSTFLAGS": "--cfg pristine_pingora"})
     write_files()
-    procs = []
+    procs, running = [], {}
     try:
         origin = start_nginx("origin", ORIGIN_BODY.format(tmp=TMP, fast=ORIGIN_FAST, slow=ORIGIN_SLOW), LOAD_CORE)
         procs.append(origin)
@@ -352,33 +352,61 @@ def main():
         procs.append(nginx_unbuf)
         conf = TMP / "gateway.yaml"
         conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, fast=ORIGIN_FAST, slow=ORIGIN_SLOW))
-        # The access log stays on, read through a pipe (as journald would), not a file: a file
-        # would show up as disk writes.
-        gw = subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / "target/release/asset-gateway"), "-c", str(conf)]),
-                              stderr=subprocess.PIPE, env={**os.environ, "RUST_LOG": "info"})
         log_lines = [0]
-        threading.Thread(target=lambda: [log_lines.__setitem__(0, log_lines[0] + 1) for _ in gw.stderr],
-                         daemon=True).start()
-        procs.append(gw)
-        # A minimal Pingora proxy (examples/minimal_proxy.rs): Pingora's own floor.
-        minimal = subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / "target/release/examples/minimal_proxy"),
-                                                       f"127.0.0.1:{MINIMAL}", f"127.0.0.1:{ORIGIN_FAST}"]),
-                                   stderr=subprocess.DEVNULL)
-        procs.append(minimal)
-        pristine = subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / "target/pristine/release/minimal_proxy_pristine"),
-                                                        f"127.0.0.1:{MINIMAL_PRISTINE}", f"127.0.0.1:{ORIGIN_FAST}"]),
-                                    stderr=subprocess.DEVNULL)
-        procs.append(pristine)
-        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, NGINX_UNBUFFERED, GATEWAY, MINIMAL, MINIMAL_PRISTINE):
+
+        def start_gateway():
+            # The access log stays on, read through a pipe (as journald would), not a file: a
+            # file would show up as disk writes.
+            p = subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / "target/release/asset-gateway"), "-c", str(conf)]),
+                                 stderr=subprocess.PIPE, env={**os.environ, "RUST_LOG": "info"})
+            threading.Thread(target=lambda: [log_lines.__setitem__(0, log_lines[0] + 1) for _ in p.stderr],
+                             daemon=True).start()
+            return p
+
+        def start_minimal(binary, port):
+            return subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / binary), f"127.0.0.1:{port}",
+                                                        f"127.0.0.1:{ORIGIN_FAST}"]), stderr=subprocess.DEVNULL)
+
+        # The Pingora-based proxies (the gateway, a minimal Pingora proxy on the patched and on
+        # the pristine Pingora) are restarted before each memory phase: RSS a process keeps
+        # from an earlier phase would be reused and hide what the phase costs.
+        starters = {
+            "gateway": (GATEWAY, start_gateway),
+            "pingora-minimal": (MINIMAL, lambda: start_minimal("target/release/examples/minimal_proxy", MINIMAL)),
+            "pingora-minimal-pristine": (MINIMAL_PRISTINE, lambda: start_minimal(
+                "target/pristine/release/minimal_proxy_pristine", MINIMAL_PRISTINE)),
+        }
+
+        def restart(name):
+            port, start = starters[name]
+            old = running.get(name)
+            if old is not None:
+                old.send_signal(signal.SIGINT)
+                old.wait(timeout=30)
+            running[name] = start()
+            wait_port(port, running[name])
+            for a in SIZES:
+                curl(f"http://127.0.0.1:{port}/content/v1/assets/{a}")
+
+        for name in starters:
+            restart(name)
+        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, NGINX_UNBUFFERED):
             wait_port(port)
         targets = [
             Target("direct", None, lambda: []),
-            Target("gateway", GATEWAY, lambda: [gw.pid]),
+            Target("gateway", GATEWAY, lambda: [running["gateway"].pid]),
             Target("nginx", NGINX, lambda: nginx_pids(nginx)),
             Target("nginx-unbuffered", NGINX_UNBUFFERED, lambda: nginx_pids(nginx_unbuf)),
         ]
-        floors = [Target("pingora-minimal", MINIMAL, lambda: [minimal.pid]),
-                  Target("pingora-minimal-pristine", MINIMAL_PRISTINE, lambda: [pristine.pid])]
+        floors = [Target("pingora-minimal", MINIMAL, lambda: [running["pingora-minimal"].pid]),
+                  Target("pingora-minimal-pristine", MINIMAL_PRISTINE,
+                         lambda: [running["pingora-minimal-pristine"].pid])]
+
+        def fresh(t):
+            if t.name in starters:
+                restart(t.name)
+            return t
+
         # Warm up connections and page cache.
         for t in targets + floors:
             for a in SIZES:
@@ -388,11 +416,12 @@ def main():
         results["ttfb_5mib_rate_limited"] = measure_ttfb(targets, 5 if QUICK else 15)
         results["small_8kib_32_conns"] = measure_small(targets + floors, 1 if QUICK else 3, 4 if QUICK else 6)
         results["large_100mib"] = measure_large(targets + floors, 2 if QUICK else 5)
-        results["slow_clients_64"] = {t.name: measure_slow_clients(t, 64, 8) for t in targets[1:] + floors}
-        results["idle_clients_2000"] = {t.name: measure_idle_clients(t, 2000) for t in targets[1:] + floors}
-        results["gateway_alive"] = gw.poll() is None
+        results["slow_clients_64"] = {t.name: measure_slow_clients(fresh(t), 64, 8) for t in targets[1:] + floors}
+        results["idle_clients_2000"] = {t.name: measure_idle_clients(fresh(t), 2000) for t in targets[1:] + floors}
+        results["gateway_alive"] = running["gateway"].poll() is None
         results["gateway_log_lines"] = log_lines[0]
     finally:
+        procs += list(running.values())
         for p in procs:
             p.send_signal(signal.SIGQUIT if "nginx" in p.args else signal.SIGINT)
         for p in procs:
