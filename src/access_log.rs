@@ -35,6 +35,8 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// What one access line says about a request.
 pub(crate) struct AccessRecord<'a> {
     pub client: Option<SocketAddr>,
+    /// `http/1.1`, `h2` or `http/1.0`.
+    pub proto: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     /// 0: no response was sent.
@@ -69,12 +71,13 @@ enum Value<'a> {
 
 impl AccessRecord<'_> {
     /// Every field, in order. `None` leaves the field out of the line.
-    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 13] {
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 14] {
         fn or_missing(v: Option<Value<'_>>) -> Option<Value<'_>> {
             Some(v.unwrap_or(Value::Missing))
         }
         [
             ("client", or_missing(self.client.map(Value::Addr))),
+            ("proto", Some(Value::Word(self.proto))),
             ("method", Some(Value::Word(self.method))),
             ("path", Some(Value::Quoted(self.path))),
             ("status", Some(Value::Int(self.status as u64))),
@@ -226,6 +229,7 @@ mod tests {
     fn record(error: Option<&str>) -> AccessRecord<'static> {
         AccessRecord {
             client: Some("10.0.0.1:4242".parse().unwrap()),
+            proto: "h2",
             method: "GET",
             path: "/content/v1/assets/x\"y",
             status: 200,
@@ -248,7 +252,7 @@ mod tests {
         assert!(prefix.ends_with(" INFO  access"), "{prefix}");
         assert_eq!(
             fields,
-            "client=10.0.0.1:4242 method=GET path=\"/content/v1/assets/x\\\"y\" status=200 bytes=189 upstream=- reused=true attempts=1 ttfb_ms=0.138 total_ms=0.452 request_id=req-1 error=\"client closed the connection: x\"\n"
+            "client=10.0.0.1:4242 proto=h2 method=GET path=\"/content/v1/assets/x\\\"y\" status=200 bytes=189 upstream=- reused=true attempts=1 ttfb_ms=0.138 total_ms=0.452 request_id=req-1 error=\"client closed the connection: x\"\n"
         );
     }
 
@@ -262,7 +266,7 @@ mod tests {
         let (_, rest) = line.split_once("\",").unwrap();
         assert_eq!(
             rest,
-            "\"client\":\"10.0.0.1:4242\",\"method\":\"GET\",\"path\":\"/content/v1/assets/x\\\"y\",\"status\":200,\"bytes\":189,\"upstream\":null,\"reused\":true,\"attempts\":1,\"ttfb_ms\":0.138,\"total_ms\":0.452,\"request_id\":\"req-1\"}\n"
+            "\"client\":\"10.0.0.1:4242\",\"proto\":\"h2\",\"method\":\"GET\",\"path\":\"/content/v1/assets/x\\\"y\",\"status\":200,\"bytes\":189,\"upstream\":null,\"reused\":true,\"attempts\":1,\"ttfb_ms\":0.138,\"total_ms\":0.452,\"request_id\":\"req-1\"}\n"
         );
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct Gateway {
     pub(crate) route_metrics: Vec<RouteMetrics>,
     /// Idle keep-alive timeout for client connections, in whole seconds (Pingora's unit).
     pub(crate) keepalive_secs: u64,
+    /// The longest one write to a client may wait.
+    pub(crate) write_timeout: std::time::Duration,
     pub(crate) limits: Limits,
     pub(crate) server_timing: bool,
     pub(crate) access_log: Option<AccessLogFormat>,
@@ -48,6 +50,7 @@ impl Gateway {
             upstreams: Arc::new(Upstreams::build(&s.upstreams)?),
             route_metrics,
             keepalive_secs: s.downstream.keepalive_secs(),
+            write_timeout: s.downstream.write_timeout,
             limits: s.downstream.limits,
             server_timing: s.server_timing,
             access_log: s.access_log,

@@ -22,6 +22,7 @@ use pingora::{Error, ErrorType, Result};
 use std::time::Instant;
 
 const HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
+const HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
 #[async_trait]
 impl ProxyHttp for Gateway {
@@ -37,7 +38,15 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if downstream::h2_stream_reset(session).await {
+            // Rapid reset: the client cancelled this stream before it was looked at. Nothing
+            // is answered (the stream is gone) and nothing goes upstream.
+            return Ok(true);
+        }
         ctx.request_id = RequestId::from_client(session.get_header("x-request-id"));
+        // Pingora sets no write timeout towards clients: a client that stops reading (or never
+        // opens its HTTP/2 window) would hold its request, and its upstream, forever.
+        session.set_write_timeout(Some(self.write_timeout));
         // Requests a client pipelines are answered in order (Pingora's default drops every
         // request after the first and closes). It carries over to the connection's next
         // requests.
@@ -197,7 +206,8 @@ impl ProxyHttp for Gateway {
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             req.insert_header("x-forwarded-for", headers::forwarded_for(req, ip))?;
         }
-        req.insert_header("x-forwarded-proto", HTTP)?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        req.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP })?;
         req.insert_header("x-request-id", ctx.request_id.header())?;
         // Hop-by-hop request headers are removed by Pingora's default upstream request
         // policy before this hook runs (those the client named in `Connection` already went
@@ -317,6 +327,11 @@ impl ProxyHttp for Gateway {
         let a = &ctx.attempts;
         let record = AccessRecord {
             client: session.client_addr().and_then(|c| c.as_inet()).copied(),
+            proto: match req.version {
+                http::Version::HTTP_2 => "h2",
+                http::Version::HTTP_10 => "http/1.0",
+                _ => "http/1.1",
+            },
             method: req.method.as_str(),
             path: req.uri.path(),
             status: status.unwrap_or(0),

@@ -35,6 +35,26 @@ pub(crate) fn in_flight() -> i64 {
     IN_FLIGHT.load(Relaxed)
 }
 
+/// Client connections of the proxy service that are open.
+static OPEN_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+
+/// Counts one client connection as open for as long as it lives. The exit waits for these
+/// too, so that an HTTP/2 connection gets its GOAWAY and close, not a cut.
+pub(crate) struct Connection(());
+
+impl Connection {
+    pub(crate) fn open() -> Connection {
+        OPEN_CONNECTIONS.fetch_add(1, Relaxed);
+        Connection(())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Relaxed);
+    }
+}
+
 pub(crate) struct ExitWhenDrained;
 
 #[async_trait]
@@ -59,9 +79,10 @@ impl BackgroundService for ExitWhenDrained {
                 let mut quiet = 0;
                 while quiet < 5 {
                     std::thread::sleep(Duration::from_millis(20));
-                    quiet = if in_flight() == 0 { quiet + 1 } else { 0 };
+                    let idle = in_flight() == 0 && OPEN_CONNECTIONS.load(Relaxed) == 0;
+                    quiet = if idle { quiet + 1 } else { 0 };
                 }
-                info!("graceful shutdown: no request in flight, exiting");
+                info!("graceful shutdown: no request in flight and no connection open, exiting");
                 std::process::exit(0);
             });
         if let Err(e) = spawned {

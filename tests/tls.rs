@@ -1,45 +1,14 @@
 //! Upstream TLS: a CA generated in the test signs the origin's certificate; the gateway
 //! verifies it with the configured SNI and CA, and presents a client certificate for mTLS.
-#![cfg(feature = "rustls")]
 
 mod common;
 
+use common::ca::{provider, Ca};
 use common::origin::{Origin, TlsAcceptor};
 use common::{client, simple_config, temp_dir, Gateway, BIN, ID};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::Path;
 use std::sync::Arc;
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        Ca {
-            cert: p.self_signed(&key).unwrap(),
-            key,
-        }
-    }
-
-    /// A leaf certificate for `name`, and its key.
-    fn issue(&self, name: &str) -> (rcgen::Certificate, KeyPair) {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        (p.signed_by(&key, &self.cert, &self.key).unwrap(), key)
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// A TLS origin for `assets.test`, optionally requiring a client certificate from `client_ca`.
 async fn tls_origin(server_ca: &Ca, client_ca: Option<&Ca>) -> Origin {

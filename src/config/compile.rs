@@ -22,17 +22,7 @@ pub(crate) const MAX_PARSABLE_URI: usize = u16::MAX as usize - 1;
 
 pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
     let mut p = Vec::new();
-    if g.listen.is_empty() {
-        p.push("gateway.listen: at least one address is required".to_string());
-    }
-    let mut listen: Vec<SocketAddr> = Vec::new();
-    for (i, addr) in g.listen.iter().enumerate() {
-        match addr.parse::<SocketAddr>() {
-            Err(_) => p.push(format!("gateway.listen[{i}]: {addr:?} is not an IP:port address")),
-            Ok(a) if listen.contains(&a) => p.push(format!("gateway.listen[{i}]: {addr:?} is listed twice")),
-            Ok(a) => listen.push(a),
-        }
-    }
+    let listen = listeners(&g, &mut p);
     let admin = g
         .admin
         .as_ref()
@@ -41,7 +31,7 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
                 p.push(format!("gateway.admin: {admin:?} is not an IP:port address"));
                 None
             }
-            Ok(a) if listen.contains(&a) => {
+            Ok(a) if listen.iter().any(|l| l.addr == a) => {
                 p.push(format!("gateway.admin: {admin:?} is also in gateway.listen"));
                 None
             }
@@ -63,13 +53,35 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
     if d.max_header_bytes.0 < 512 {
         p.push("gateway.downstream.max_header_bytes: must be at least 512 bytes".to_string());
     }
+    let h2 = &d.h2;
+    if h2.max_concurrent_streams == 0 {
+        p.push("gateway.downstream.h2.max_concurrent_streams: must be at least 1".to_string());
+    }
+    for (key, size) in [
+        ("max_header_list_size", h2.max_header_list_size.0),
+        ("max_send_buffer", h2.max_send_buffer.0),
+    ] {
+        if !(1024..=16 * 1024 * 1024).contains(&size) {
+            p.push(format!(
+                "gateway.downstream.h2.{key}: {size} bytes is outside 1KiB..=16MiB"
+            ));
+        }
+    }
     let downstream = Downstream {
         keepalive_timeout: d.keepalive_timeout.0,
         header_timeout: d.header_timeout.0,
+        write_timeout: d.write_timeout.0,
         limits: Limits {
             max_uri_bytes: d.max_uri_bytes.0 as usize,
             max_header_bytes: d.max_header_bytes.0 as usize,
             max_headers: d.max_headers,
+        },
+        h2: H2 {
+            max_concurrent_streams: h2.max_concurrent_streams,
+            max_header_list_size: h2.max_header_list_size.0.min(u32::MAX as u64) as u32,
+            max_send_buffer: h2.max_send_buffer.0 as usize,
+            idle_timeout: h2.idle_timeout.0,
+            max_pending_reset_streams: h2.max_pending_reset_streams,
         },
     };
 
@@ -114,6 +126,59 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         upstreams,
         routes,
     })
+}
+
+fn listeners(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Listener> {
+    if g.listen.is_empty() {
+        p.push("gateway.listen: at least one address is required".to_string());
+    }
+    let mut listen: Vec<Listener> = Vec::new();
+    for (i, l) in g.listen.iter().enumerate() {
+        let key = format!("gateway.listen[{i}]");
+        let addr = match l.addr.parse::<SocketAddr>() {
+            Err(_) => {
+                p.push(format!("{key}: {:?} is not an IP:port address", l.addr));
+                continue;
+            }
+            Ok(a) if listen.iter().any(|o| o.addr == a) => {
+                p.push(format!("{key}: {:?} is listed twice", l.addr));
+                continue;
+            }
+            Ok(a) => a,
+        };
+        let kind = match (&l.tls, l.h2c, l.http2) {
+            (Some(_), true, _) => {
+                p.push(format!("{key}: tls and h2c exclude each other (h2c is cleartext HTTP/2; with tls, http2 is on by default)"));
+                continue;
+            }
+            (None, _, Some(true)) => {
+                p.push(format!(
+                    "{key}.http2: needs tls (for cleartext HTTP/2 use h2c: true)"
+                ));
+                continue;
+            }
+            (None, true, _) => ListenerKind::H2c,
+            (None, false, _) => ListenerKind::Http1,
+            (Some(t), false, http2) => match tls::server_cert(&t.cert, &t.key) {
+                Ok(cert) => ListenerKind::Tls {
+                    cert,
+                    cert_path: t.cert.clone(),
+                    key_path: t.key.clone(),
+                    http2: http2.unwrap_or(true),
+                },
+                Err((which, e)) => {
+                    let field = match which {
+                        tls::Which::Cert => "cert",
+                        tls::Which::Key => "key",
+                    };
+                    p.push(format!("{key}.tls.{field}: {e}"));
+                    continue;
+                }
+            },
+        };
+        listen.push(Listener { addr, kind });
+    }
+    listen
 }
 
 fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {

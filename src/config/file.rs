@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GatewayFile {
-    pub listen: Vec<String>,
+    pub listen: Vec<ListenFile>,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); absent = none.
     #[serde(default)]
     pub admin: Option<String>,
@@ -59,14 +59,74 @@ pub(crate) enum AccessLogFormat {
     Json,
 }
 
+/// A listener: `"127.0.0.1:8080"` (plain HTTP/1.1) or
+/// `{addr, tls: {cert, key}, http2: true}` / `{addr, h2c: true}`.
+#[derive(Debug)]
+pub(super) struct ListenFile {
+    pub addr: String,
+    pub tls: Option<ListenTlsFile>,
+    pub http2: Option<bool>,
+    pub h2c: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenTlsFile {
+    pub cert: String,
+    pub key: String,
+}
+
+impl<'de> Deserialize<'de> for ListenFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            addr: String,
+            #[serde(default)]
+            tls: Option<ListenTlsFile>,
+            #[serde(default)]
+            http2: Option<bool>,
+            #[serde(default)]
+            h2c: bool,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ListenFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"IP:port\" or {addr: \"IP:port\", tls: {cert, key}, http2, h2c}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ListenFile, E> {
+                Ok(ListenFile {
+                    addr: s.to_string(),
+                    tls: None,
+                    http2: None,
+                    h2c: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ListenFile, A::Error> {
+                let f = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ListenFile {
+                    addr: f.addr,
+                    tls: f.tls,
+                    http2: f.http2,
+                    h2c: f.h2c,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct DownstreamFile {
     pub keepalive_timeout: Dur,
     pub header_timeout: Dur,
+    pub write_timeout: Dur,
     pub max_uri_bytes: Size,
     pub max_header_bytes: Size,
     pub max_headers: usize,
+    pub h2: H2File,
 }
 
 impl Default for DownstreamFile {
@@ -74,9 +134,34 @@ impl Default for DownstreamFile {
         DownstreamFile {
             keepalive_timeout: Dur(Duration::from_secs(60)),
             header_timeout: Dur(Duration::from_secs(10)),
+            write_timeout: Dur(Duration::from_secs(60)),
             max_uri_bytes: Size(8 * 1024),
             max_header_bytes: Size(32 * 1024),
             max_headers: 100,
+            h2: H2File::default(),
+        }
+    }
+}
+
+/// HTTP/2 server settings (listeners with `http2` or `h2c`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct H2File {
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: Size,
+    pub max_send_buffer: Size,
+    pub idle_timeout: Dur,
+    pub max_pending_reset_streams: usize,
+}
+
+impl Default for H2File {
+    fn default() -> Self {
+        H2File {
+            max_concurrent_streams: 100,
+            max_header_list_size: Size(64 * 1024),
+            max_send_buffer: Size(64 * 1024),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_pending_reset_streams: 20,
         }
     }
 }

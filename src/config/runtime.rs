@@ -5,11 +5,13 @@
 use super::file::{AccessLogFormat, Selection};
 use crate::downstream::Limits;
 use http::{HeaderName, HeaderValue};
+use pingora::tls::sign::CertifiedKey;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) struct Settings {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listener>,
     pub admin: Option<SocketAddr>,
     pub server_timing: bool,
     /// `None`: no access log.
@@ -21,13 +23,54 @@ pub(crate) struct Settings {
     pub routes: Vec<Route>,
 }
 
+pub(crate) struct Listener {
+    pub addr: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+pub(crate) enum ListenerKind {
+    /// Plain HTTP/1.1.
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (and HTTP/1.1 from clients that do not start
+    /// with the HTTP/2 preface).
+    H2c,
+    /// TLS, with ALPN `h2` and `http/1.1` (`http2`) or `http/1.1` only.
+    Tls {
+        /// Loaded and checked at start: parses, the key matches, not expired.
+        cert: Arc<CertifiedKey>,
+        /// The files as configured (for logs).
+        cert_path: String,
+        key_path: String,
+        http2: bool,
+    },
+}
+
 /// How the gateway treats its clients.
 pub(crate) struct Downstream {
     /// An idle keep-alive client connection is closed after this (Pingora keeps it forever).
     pub keepalive_timeout: Duration,
-    /// The longest a request head may take to arrive.
+    /// The longest a request head (on HTTP/2: the connection preface) may take to arrive.
     pub header_timeout: Duration,
+    /// The longest one write to a client may wait (a client that stops reading, or never
+    /// opens its HTTP/2 flow-control window, is cut after this).
+    pub write_timeout: Duration,
     pub limits: Limits,
+    pub h2: H2,
+}
+
+/// HTTP/2 server settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct H2 {
+    pub max_concurrent_streams: u32,
+    /// Larger header lists get the HTTP/2 layer's own 431 (no JSON body).
+    pub max_header_list_size: u32,
+    /// Response bytes buffered per stream beyond what the client's window allows.
+    pub max_send_buffer: usize,
+    /// A connection without a request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Streams a client may reset before the gateway accepts them, before the connection is
+    /// closed (ENHANCE_YOUR_CALM): the rapid-reset defence.
+    pub max_pending_reset_streams: usize,
 }
 
 impl Downstream {

@@ -3,7 +3,13 @@
 //! afterwards), so a client that sends a byte a second could hold a connection forever.
 //! [`Guarded`] wraps every accepted connection in [`HeaderDeadline`], which fails the read
 //! once a request head has been arriving for longer than `header_timeout`.
+//!
+//! On HTTP/2 (negotiated by TLS ALPN, or a cleartext prior-knowledge preface on an `h2c`
+//! listener, which `Guarded` detects per listener) the deadline covers the 24-byte connection
+//! preface only: after it, frames are binary and the HTTP/2 settings (idle timeout, flow
+//! control, write timeout) govern the connection.
 
+use crate::shutdown;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -14,6 +20,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,15 +32,29 @@ use tokio::time::{Instant, Sleep};
 pub(crate) struct Guarded<A> {
     pub inner: Arc<A>,
     pub header_timeout: Duration,
+    /// Listeners that take cleartext HTTP/2 with prior knowledge. (Pingora's own `h2c` option
+    /// would apply to every plain listener of the service.)
+    pub h2c: Vec<SocketAddr>,
+    /// Count this service's connections, for graceful shutdown.
+    pub count_connections: bool,
 }
+
+/// What an HTTP/2 connection starts with (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let _open = self.count_connections.then(shutdown::Connection::open);
         let stream: Stream = if stream.as_any().is::<HeaderDeadline>() {
             stream
         } else {
-            Box::new(HeaderDeadline::new(stream, self.header_timeout))
+            let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+            let mut guarded = HeaderDeadline::new(stream, self.header_timeout, h2);
+            if !h2 && self.on_h2c_listener(&guarded) {
+                guarded.detect_h2c().await;
+            }
+            Box::new(guarded)
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -44,14 +65,40 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 }
 
+impl<A> Guarded<A> {
+    fn on_h2c_listener(&self, stream: &HeaderDeadline) -> bool {
+        if self.h2c.is_empty() {
+            return false;
+        }
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
+        local.is_some_and(|local| {
+            self.h2c
+                .iter()
+                .any(|l| *l == local || (l.ip().is_unspecified() && l.port() == local.port()))
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for (the rest of) a request head: the deadline runs.
+    /// HTTP/1: waiting for (the rest of) a request head: the deadline runs.
     Head,
-    /// The head is complete and the response has not started.
+    /// HTTP/1: the head is complete and the response has not started.
     Request,
-    /// The response started; the next bytes read begin the next request head.
+    /// HTTP/1: the response started; the next bytes read begin the next request head.
     Response,
+    /// HTTP/2: waiting for the rest of the connection preface: the deadline runs.
+    H2Preface { left: u8 },
+    /// HTTP/2 after its preface.
+    H2,
+}
+
+impl Phase {
+    fn deadline_runs(self) -> bool {
+        matches!(self, Phase::Head | Phase::H2Preface { .. })
+    }
 }
 
 /// A client stream that errors a read once a request head has taken longer than the
@@ -64,16 +111,34 @@ pub(crate) struct HeaderDeadline {
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
     head_end: HeadEnd,
+    /// Cleartext HTTP/2 detected on an `h2c` listener: reported to Pingora as ALPN `h2`.
+    h2c: bool,
 }
 
 impl HeaderDeadline {
-    pub(crate) fn new(inner: Stream, timeout: Duration) -> HeaderDeadline {
+    pub(crate) fn new(inner: Stream, timeout: Duration, h2: bool) -> HeaderDeadline {
         HeaderDeadline {
             inner,
             timeout,
-            phase: Phase::Head,
+            phase: if h2 {
+                Phase::H2Preface { left: 24 }
+            } else {
+                Phase::Head
+            },
             deadline: Box::pin(tokio::time::sleep(timeout)),
             head_end: HeadEnd::default(),
+            h2c: false,
+        }
+    }
+
+    /// On an `h2c` listener: whether the client starts with the HTTP/2 preface (looked at
+    /// without consuming it, within the deadline). Otherwise it is served as HTTP/1.1.
+    async fn detect_h2c(&mut self) {
+        let mut first = [0u8; 24];
+        let peeked = tokio::time::timeout_at(self.deadline.deadline(), self.inner.try_peek(&mut first)).await;
+        if matches!(peeked, Ok(Ok(true))) && first == *H2_PREFACE {
+            self.phase = Phase::H2Preface { left: 24 };
+            self.h2c = true;
         }
     }
 }
@@ -118,20 +183,35 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
+        if this.phase == Phase::H2 {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.phase.deadline_runs() && this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(deadline_passed()));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
             let new = &buf.filled()[before..];
-            if this.phase == Phase::Response && !new.is_empty() {
-                this.phase = Phase::Head;
-                this.head_end = HeadEnd::default();
-                this.deadline.as_mut().reset(Instant::now() + this.timeout);
-            }
-            if this.phase == Phase::Head && this.head_end.feed(new) {
-                this.phase = Phase::Request;
+            match this.phase {
+                Phase::H2Preface { left } => {
+                    let left = left.saturating_sub(new.len().min(24) as u8);
+                    this.phase = if left == 0 {
+                        Phase::H2
+                    } else {
+                        Phase::H2Preface { left }
+                    };
+                }
+                Phase::Response if !new.is_empty() => {
+                    this.phase = Phase::Head;
+                    this.head_end = HeadEnd::default();
+                    this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                    if this.head_end.feed(new) {
+                        this.phase = Phase::Request;
+                    }
+                }
+                Phase::Head if this.head_end.feed(new) => this.phase = Phase::Request,
+                _ => {}
             }
         }
         result
@@ -140,9 +220,7 @@ impl AsyncRead for HeaderDeadline {
 
 impl AsyncWrite for HeaderDeadline {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        // A response being written means its request head was complete, even when the blank
-        // line was not seen here (a pipelined head split right inside it).
-        self.phase = Phase::Response;
+        self.response_started();
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -159,12 +237,22 @@ impl AsyncWrite for HeaderDeadline {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.phase = Phase::Response;
+        self.response_started();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+impl HeaderDeadline {
+    /// HTTP/1: a response being written means its request head was complete, even when the
+    /// blank line was not seen here (a pipelined head split right inside it).
+    fn response_started(&mut self) {
+        if matches!(self.phase, Phase::Head | Phase::Request) {
+            self.phase = Phase::Response;
+        }
     }
 }
 
@@ -191,6 +279,10 @@ impl Ssl for HeaderDeadline {
         self.inner.get_ssl_digest()
     }
     fn selected_alpn_proto(&self) -> Option<ALPN> {
+        // Pingora serves a connection as HTTP/2 when its ALPN says `h2`.
+        if self.h2c {
+            return Some(ALPN::H2);
+        }
         self.inner.selected_alpn_proto()
     }
 }
@@ -227,14 +319,21 @@ impl GetSocketDigest for HeaderDeadline {
 
 #[async_trait]
 impl Peek for HeaderDeadline {
+    /// The deadline applies to a peek as it does to a read.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if !self.phase.deadline_runs() {
+            return self.inner.try_peek(buf).await;
+        }
+        match tokio::time::timeout_at(self.deadline.deadline(), self.inner.try_peek(buf)).await {
+            Ok(peeked) => peeked,
+            Err(_) => Err(deadline_passed()),
+        }
     }
 
     /// Pingora waits here (with `h1_lazy_header_buf`) before it reads a request head: the
     /// deadline applies as it does to the read.
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.phase == Phase::Head && self.deadline.as_mut().poll(cx).is_ready() {
+        if self.phase.deadline_runs() && self.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(deadline_passed()));
         }
         self.inner.poll_read_ready(cx)

@@ -95,6 +95,18 @@ pub(crate) fn sanitize(req: &mut RequestHeader) -> Result<(), Reject> {
     Ok(())
 }
 
+/// An HTTP/2 stream the client has already reset (the rapid-reset pattern: open a stream,
+/// cancel it at once, repeat). Checked before any work for the request: the HTTP/2 layer still
+/// hands such streams over, and each would otherwise cost an upstream request. The HTTP/2
+/// layer itself closes a connection with too many such streams (`max_pending_reset_streams`).
+pub(crate) async fn h2_stream_reset(session: &mut pingora::proxy::Session) -> bool {
+    let Some(closed) = session.as_downstream_mut().watch_h2_stream_close() else {
+        return false;
+    };
+    // Ready (with the reset's reason, or an error) only when the stream is gone; never waits.
+    futures::FutureExt::now_or_never(closed).is_some()
+}
+
 /// Whether the client asked to keep its connection: HTTP/1.1 unless `Connection: close`,
 /// HTTP/1.0 only with `Connection: keep-alive` (Pingora's rule for the proxy; its `ServeHttp`
 /// apps ignore it).

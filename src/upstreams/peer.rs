@@ -143,7 +143,6 @@ fn http_peer(addr: SocketAddr, up: &config::Upstream, t: config::Timeouts) -> Ht
 
 /// The CA and client certificate, parsed at start by `config` (Pingora's rustls path panics
 /// on bytes it cannot parse).
-#[cfg(feature = "rustls")]
 fn apply_tls(peer: &mut HttpPeer, tls: &config::Tls) {
     use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
     if let Some(ca) = &tls.ca {
@@ -157,7 +156,3 @@ fn apply_tls(peer: &mut HttpPeer, tls: &config::Tls) {
         peer.client_cert_key = Some(Arc::new(CertKey::new(client.chain.clone(), client.key.clone())));
     }
 }
-
-/// Without TLS support `config` refuses any `tls:` key, so this is never reached.
-#[cfg(not(feature = "rustls"))]
-fn apply_tls(_peer: &mut HttpPeer, _tls: &config::Tls) {}

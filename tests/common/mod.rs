@@ -2,6 +2,7 @@
 //! config written to a temporary file, its log lines captured.
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod origin;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,579 @@
+//! TLS and HTTP/2 to clients: a test CA signs the gateway's certificate; real clients (reqwest
+//! with rustls, and the `h2` crate as a raw HTTP/2 client for what a browser would not do)
+//! talk to TLS (h2 and http/1.1 by ALPN) and h2c listeners.
+
+mod common;
+
+use bytes::Bytes;
+use common::ca::{provider, Ca};
+use common::origin::{pattern, Behavior, Origin};
+use common::{free_addr, simple_config, temp_dir, wait_listening, Gateway, BIN, EVENTUALLY, ID};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+const BIG: &str = "00000000-0000-4000-8000-0000000000b1";
+
+/// A gateway with a plain listener (`gw.addr`), a TLS listener and an h2c listener.
+struct H2Gateway {
+    gw: Gateway,
+    tls: SocketAddr,
+    h2c: SocketAddr,
+    ca_pem: String,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// Starts the gateway in front of `origin`; `extra` goes under `gateway:`.
+fn start(origin: &Origin, extra: &str) -> H2Gateway {
+    let ca = Ca::new("test ca");
+    let (cert, key) = ca.issue("gw.test");
+    let dir = temp_dir();
+    let cert = write(&dir, "gw.pem", &cert.pem());
+    let key = write(&dir, "gw.key", &key.serialize_pem());
+    let (tls, h2c) = (free_addr(), free_addr());
+    let listen = format!(
+        "[\"{{listen}}\", {{addr: \"{tls}\", tls: {{cert: {cert}, key: {key}}}}}, {{addr: \"{h2c}\", h2c: true}}]"
+    );
+    let yaml = simple_config(&[origin.addr], "")
+        .replace("[\"{listen}\"]", &listen)
+        .replace("  upstreams:", &format!("{extra}  upstreams:"));
+    let gw = Gateway::start(&yaml);
+    wait_listening(tls);
+    wait_listening(h2c);
+    H2Gateway {
+        gw,
+        tls,
+        h2c,
+        ca_pem: ca.cert.pem(),
+    }
+}
+
+/// A TLS client trusting the test CA, reaching the TLS listener as `gw.test`.
+fn tls_client(g: &H2Gateway, http1_only: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(g.ca_pem.as_bytes()).unwrap())
+        .resolve("gw.test", g.tls);
+    if http1_only {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// A raw HTTP/2 connection to the h2c listener.
+async fn raw_h2c(
+    addr: SocketAddr,
+    builder: h2::client::Builder,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = builder.handshake::<_, Bytes>(tcp).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+fn get(addr: SocketAddr, id: &str) -> http::Request<()> {
+    http::Request::get(format!("http://{addr}/content/v1/assets/{id}"))
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_h2_tls_http11_and_h2c_serve_like_plain_http11() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "first");
+    let g = start(&origin, "");
+    let url = format!("https://gw.test:{}/content/v1/assets/{ID}", g.tls.port());
+
+    let r = tls_client(&g, false)
+        .get(&url)
+        .header("x-request-id", "tls-h2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "tls-h2");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.text().await.unwrap(), "first");
+    let seen = origin.asset_requests().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("host"), Some("assets.internal"));
+
+    let r = tls_client(&g, true).get(&url).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.text().await.unwrap(), "first");
+
+    let h2c_url = format!("http://{}/content/v1/assets/{ID}", g.h2c);
+    let r = h2c_client()
+        .get(&h2c_url)
+        .header("x-request-id", "h2c-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "first");
+    assert_eq!(
+        origin.asset_requests().pop().unwrap().header("x-forwarded-proto"),
+        Some("http")
+    );
+    // An HTTP/1.1 client on the h2c listener is served too.
+    let r = common::client().get(&h2c_url).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+
+    // The gateway's own answers over HTTP/2: JSON, request id, Allow.
+    let c = h2c_client();
+    let r = c.get(format!("http://{}/nope", g.h2c)).send().await.unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 404)
+    );
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("\"error\":\"no route for this path\""));
+    let r = c
+        .get(format!("http://{}/content/v1/assets/not-a-uuid", g.h2c))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c.post(&h2c_url).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    let r = c.head(&h2c_url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "");
+
+    let h2_line = g.gw.access_line("tls-h2").await;
+    assert!(h2_line.contains(" proto=h2 "), "{h2_line}");
+    let h2c_line = g.gw.access_line("h2c-1").await;
+    assert!(h2c_line.contains(" proto=h2 "), "{h2c_line}");
+    assert!(g.gw.access_lines().iter().any(|l| l.contains(" proto=http/1.1 ")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_streams_on_one_connection_each_get_their_own_bytes() {
+    let origin = Origin::start().await;
+    let ids: Vec<String> = (0..40)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        origin.set(
+            id,
+            Behavior::Generated {
+                size: 1000 + 7919 * i as u64,
+            },
+        );
+    }
+    let g = start(&origin, "");
+    let (client, conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    let mut set = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut c = client.clone();
+        let req = get(g.h2c, id);
+        set.spawn(async move {
+            c = c.ready().await.unwrap();
+            let (resp, _) = c.send_request(req, true).unwrap();
+            let mut body = resp.await.unwrap().into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+                got.extend_from_slice(&chunk);
+            }
+            (i, got)
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = set.join_next().await {
+        let (i, got) = r.unwrap();
+        assert_eq!(got, pattern(0..1000 + 7919 * i as u64), "stream for asset {i}");
+        done += 1;
+    }
+    assert_eq!(done, 40);
+    assert!(!conn.is_finished(), "the connection carried all 40 streams");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_h2_reader_holds_back_the_origin() {
+    let origin = Origin::start().await;
+    origin.set(
+        BIG,
+        Behavior::Generated {
+            size: 256 * 1024 * 1024,
+        },
+    );
+    let g = start(&origin, "");
+    let (mut client, _conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(get(g.h2c, BIG), true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    // Read 4 MiB slowly; flow control must keep the origin close behind.
+    let mut consumed = 0usize;
+    let mut most_ahead = 0u64;
+    while consumed < 4 * 1024 * 1024 {
+        let chunk = body.data().await.unwrap().unwrap();
+        consumed += chunk.len();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        most_ahead = most_ahead.max(origin.body_bytes_written().saturating_sub(consumed as u64));
+    }
+    eprintln!("slow h2 reader: consumed {consumed}, the origin was at most {most_ahead} bytes ahead");
+    assert!(
+        most_ahead < 16 * 1024 * 1024,
+        "the origin ran {most_ahead} bytes ahead of a slow HTTP/2 reader"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_opens_its_window_is_cut_after_the_write_timeout() {
+    let origin = Origin::start().await;
+    origin.set(
+        BIG,
+        Behavior::Generated {
+            size: 64 * 1024 * 1024,
+        },
+    );
+    let g = start(&origin, "  downstream: {write_timeout: 1s}\n");
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(0);
+    let (mut client, _conn) = raw_h2c(g.h2c, b).await;
+    client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(get(g.h2c, BIG), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200, "HEADERS are not flow controlled");
+    let mut body = resp.into_body();
+    let end = tokio::time::timeout(EVENTUALLY, body.data())
+        .await
+        .expect("the stream was held open");
+    match end {
+        Some(Err(e)) => assert!(e.is_reset() || e.is_go_away(), "{e:?}"),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    // The upstream connection is dropped, not drained or pooled.
+    let start = Instant::now();
+    while origin.state.aborted_writes.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "the upstream connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(origin.body_bytes_written() < 32 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_costs_no_upstream_requests() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "first");
+    let g = start(&origin, "");
+    let (mut client, conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    let mut sent = 0;
+    for _ in 0..2000 {
+        client = match client.ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let Ok((_resp, mut stream)) = client.send_request(get(g.h2c, ID), true) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let upstream = origin.asset_requests().len();
+    eprintln!("rapid reset: {sent} streams opened and reset, {upstream} reached the origin, connection end: {ended:?}");
+    // If the gateway hung up, it said why (GOAWAY ENHANCE_YOUR_CALM), unless the client's
+    // writes raced the close and it saw the socket go first.
+    if let Ok(Ok(Err(e))) = &ended {
+        assert!(
+            e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+            "{e:?}"
+        );
+    }
+    assert!(sent >= 20, "the client could not send ({sent})");
+    assert!(
+        upstream * 10 <= sent,
+        "{upstream} upstream requests for {sent} reset streams"
+    );
+    // The gateway still serves.
+    let r = h2c_client()
+        .get(format!("http://{}/content/v1/assets/{ID}", g.h2c))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_and_header_limits_hold_on_h2() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "first");
+    let g = start(&origin, "  downstream: {h2: {max_concurrent_streams: 4}}\n");
+    let (client, _conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    let mut client = client.ready().await.unwrap();
+    // The limit is known once the server's SETTINGS frame is read (unlimited until then).
+    let start = Instant::now();
+    while client.current_max_send_streams() == usize::MAX && start.elapsed() < EVENTUALLY {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.current_max_send_streams(), 4, "advertised in SETTINGS");
+
+    // 40 KB of headers: over max_header_bytes (32 KiB), under the HTTP/2 limit: our JSON 431.
+    let req = http::Request::get(format!("http://{}/content/v1/assets/{ID}", g.h2c))
+        .header("x-big", "v".repeat(40_000))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 431);
+    // 100 KB: over the HTTP/2 header list limit (64 KiB): refused by the HTTP/2 layer.
+    client = client.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}/content/v1/assets/{ID}", g.h2c))
+        .header("x-big", "v".repeat(100_000))
+        .body(())
+        .unwrap();
+    let refused = match client.send_request(req, true) {
+        Ok((resp, _)) => match resp.await {
+            Ok(r) => r.status() == 431,
+            Err(e) => e.is_reset() || e.is_go_away(),
+        },
+        Err(_) => true,
+    };
+    assert!(refused);
+    assert!(
+        origin.asset_requests().is_empty(),
+        "an oversized head reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_silent_h2_connections_are_closed() {
+    let origin = Origin::start().await;
+    let g = start(
+        &origin,
+        "  downstream: {header_timeout: 1s, h2: {idle_timeout: 1s}}\n",
+    );
+    // An HTTP/2 connection that never sends a request.
+    let (_client, conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    let end = tokio::time::timeout(EVENTUALLY, conn).await;
+    assert!(end.is_ok(), "an idle HTTP/2 connection was kept");
+
+    // A connection that stops inside the HTTP/2 preface (h2c listener)...
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(g.h2c).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(EVENTUALLY, s.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+
+    // ... and a TLS connection that negotiates h2 and then says nothing.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut g.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(g.tls).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The server speaks first (its SETTINGS frame), then must hang up: read to the end.
+    let drained = tokio::time::timeout(EVENTUALLY, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "a silent TLS h2 connection was kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_slower_than_the_header_timeout_and_a_second_request_work_on_h2() {
+    // The head deadline must not apply to HTTP/2 frames after the preface.
+    let origin = Origin::start().await;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    origin.set(
+        BIG,
+        Behavior::HoldAfter {
+            first: 1024,
+            total: 4096,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    origin.set_body(ID, "first");
+    let g = start(&origin, "  downstream: {header_timeout: 1s}\n");
+    let (client, _conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    let mut c = client.clone().ready().await.unwrap();
+    let (resp, _) = c.send_request(get(g.h2c, BIG), true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let first = body.data().await.unwrap().unwrap();
+    body.flow_control().release_capacity(first.len()).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    release.notify_one();
+    let mut got = first.to_vec();
+    while let Some(chunk) = body.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, pattern(0..4096));
+    let mut c = client.ready().await.unwrap();
+    let (resp, _) = c.send_request(get(g.h2c, ID), true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    assert_eq!(body.data().await.unwrap().unwrap(), "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_goaway_and_lets_an_h2_download_finish() {
+    let origin = Origin::start().await;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    let total = 2 * 1024 * 1024;
+    origin.set(
+        BIG,
+        Behavior::HoldAfter {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let mut g = start(&origin, "");
+    let (client, _conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    let mut c = client.ready().await.unwrap();
+    let (resp, _) = c.send_request(get(g.h2c, BIG), true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut got = body.data().await.unwrap().unwrap().to_vec();
+    let start_wait = Instant::now();
+    while !held.load(Ordering::SeqCst) {
+        assert!(start_wait.elapsed() < EVENTUALLY);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    common::signal(g.gw.pid(), "TERM");
+    g.gw.wait_for_log(|l| l.contains("graceful shutdown: listeners closed"))
+        .await;
+    release.notify_one();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), total, "the download was cut by the shutdown");
+    assert_eq!(got, pattern(0..total as u64));
+    let (status, _) = g.gw.wait_exit();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_listener_certificates_are_refused_by_dash_t() {
+    let ca = Ca::new("test ca");
+    let dir = temp_dir();
+    let (cert, key) = ca.issue("gw.test");
+    let (_, other_key) = ca.issue("other.test");
+    let (expired, expired_key) = ca.issue_with("gw.test", |p| {
+        p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    });
+    let cert = write(&dir, "gw.pem", &cert.pem());
+    let key_file = write(&dir, "gw.key", &key.serialize_pem());
+    let other = write(&dir, "other.key", &other_key.serialize_pem());
+    let expired = write(&dir, "expired.pem", &expired.pem());
+    let expired_key = write(&dir, "expired.key", &expired_key.serialize_pem());
+    let cases = [
+        (
+            format!("{{cert: {cert}, key: /nonexistent/key.pem}}"),
+            "gateway.listen[1].tls.key: cannot read \"/nonexistent/key.pem\"",
+        ),
+        (
+            format!("{{cert: {cert}, key: {other}}}"),
+            "gateway.listen[1].tls.key: ",
+        ),
+        (
+            format!("{{cert: {expired}, key: {expired_key}}}"),
+            "gateway.listen[1].tls.cert: the certificate in",
+        ),
+        (
+            format!("{{cert: {key_file}, key: {key_file}}}"),
+            "gateway.listen[1].tls.cert: ",
+        ),
+    ];
+    for (tls, expected) in cases {
+        let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "").replace(
+            "[\"{listen}\"]",
+            &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {tls}}}]"),
+        );
+        let conf = write(&dir, "gw.yaml", &yaml);
+        let out = std::process::Command::new(BIN)
+            .args(["-t", "-c", &conf])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tls}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{tls}: expected {expected:?} in {stderr}"
+        );
+    }
+    let mismatch = {
+        let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "").replace(
+            "[\"{listen}\"]",
+            &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {cert}, key: {other}}}}}]"),
+        );
+        let conf = write(&dir, "gw.yaml", &yaml);
+        let out = std::process::Command::new(BIN)
+            .args(["-t", "-c", &conf])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(
+        mismatch.contains("does not match the certificate") || mismatch.contains("cannot be used"),
+        "{mismatch}"
+    );
+    let expired_msg = {
+        let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "").replace(
+            "[\"{listen}\"]",
+            &format!(
+                "[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {expired}, key: {expired_key}}}}}]"
+            ),
+        );
+        let conf = write(&dir, "gw.yaml", &yaml);
+        let out = std::process::Command::new(BIN)
+            .args(["-t", "-c", &conf])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(expired_msg.contains("expired on"), "{expired_msg}");
+}
