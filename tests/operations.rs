@@ -131,6 +131,43 @@ async fn metrics_count_known_traffic() {
         ),
         1.0,
     );
+    dashboard_queries_only_exported_metrics(&m);
+}
+
+/// Every metric the Grafana dashboard (deploy/grafana) queries is one this gateway exports:
+/// a `# TYPE` line in the scrape above (histogram series by their family's name).
+fn dashboard_queries_only_exported_metrics(scrape: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/asset-gateway.json");
+    let dashboard = std::fs::read_to_string(path).unwrap();
+    // The names as they appear in the JSON text: every query, template variable included.
+    let mut queried: Vec<&str> = dashboard
+        .match_indices("asset_gateway_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    queried.sort_unstable();
+    queried.dedup();
+    assert!(queried.len() >= 8, "too few metrics found in {path}: {queried:?}");
+    let exported: Vec<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for name in queried {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| exported.contains(f)))
+            .unwrap_or(name);
+        assert!(
+            exported.contains(&family),
+            "the dashboard queries {name}, which the gateway does not export; exported: {exported:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
