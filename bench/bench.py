@@ -37,6 +37,7 @@ QUICK = "--quick" in sys.argv
 PROXY_CORE, LOAD_CORE = "0", "1"
 ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX, MINIMAL = 18001, 18002, 18080, 18081, 18082
 NGINX_UNBUFFERED, MINIMAL_PRISTINE = 18083, 18084
+GATEWAY_H2, NGINX_H2 = 18443, 18444
 SMALL, IMAGE, LARGE = ("00000000-0000-4000-8000-000000000008", "00000000-0000-4000-8000-000000000005",
                        "00000000-0000-4000-8000-000000000100")
 SIZES = {SMALL: 8 * 1024, IMAGE: 5 * 1024 * 1024, LARGE: 100 * 1024 * 1024}
@@ -55,6 +56,10 @@ def pinned(core, cmd):
 # ---- processes ----------------------------------------------------------------------------
 
 def write_files():
+    (TMP / "tls").mkdir()
+    sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(TMP / "tls/key.pem"), "-out", str(TMP / "tls/cert.pem"), "-days", "2",
+        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
     www = TMP / "www/v1/assets"
     www.mkdir(parents=True)
     for name, size in SIZES.items():
@@ -109,16 +114,26 @@ PROXY_BODY = """
     {buffering}
     server {{
         listen 127.0.0.1:{port};
+        {tls}
         location /content/v1/assets/ {{ proxy_pass http://fast/v1/assets/; }}
         location /slow/v1/assets/ {{ proxy_pass http://slow/v1/assets/; }}
     }}
 """
 
+# The h2 phase: TLS 1.3 + ALPN h2 on both sides, the same certificate and key (ECDSA P-256).
+NGINX_TLS = """listen 127.0.0.1:{h2} ssl http2;
+        ssl_certificate {tmp}/tls/cert.pem;
+        ssl_certificate_key {tmp}/tls/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;"""
+
 GATEWAY_CONF = """threads: 1
 pid_file: {tmp}/gateway.pid
 upgrade_sock: {tmp}/gateway-upgrade.sock
 gateway:
-  listen: ["127.0.0.1:{port}"]
+  listen:
+    - "127.0.0.1:{port}"
+    - addr: "127.0.0.1:{h2}"
+      tls: {{cert: "{tmp}/tls/cert.pem", key: "{tmp}/tls/key.pem"}}
   upstreams:
     fast:
       peers: ["127.0.0.1:{fast}"]
@@ -258,6 +273,32 @@ def measure_small(targets, reps, seconds):
     return summary
 
 
+def measure_h2(targets, reps, seconds):
+    """8 KiB over TLS h2: 8 connections with 16 streams each (a browser page per connection)."""
+    res = {t.name: [] for t in targets}
+    for _ in range(reps):
+        for t in targets:
+            cpu0 = t.cpu()
+            out = sh(pinned(LOAD_CORE, ["h2load", "-c8", "-m16", "-t1", f"-D{seconds}", "--warm-up-time=1",
+                                        f"https://127.0.0.1:{t.h2_port}/content/v1/assets/{SMALL}"]))
+            cpu = t.cpu() - cpu0
+            done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out).group(2))
+            failed = int(re.search(r"(\d+) failed, (\d+) errored", out).group(1))
+            proto = re.search(r"Application protocol: (\S+)", out).group(1)
+            # --warm-up-time: the CPU counter also spans the warm-up second, so CPU per request
+            # is taken over warm-up + measured requests at the measured rate.
+            rps = done / seconds
+            res[t.name].append({"rps": rps, "cpu_us_per_req": cpu / (rps * (seconds + 1)) * 1e6,
+                                "errors": failed, "proto": proto})
+    summary = {}
+    for name, runs in res.items():
+        summary[name] = {k: statistics.median([r[k] for r in runs]) for k in ("rps", "cpu_us_per_req")}
+        summary[name]["errors"] = sum(r["errors"] for r in runs)
+        summary[name]["proto"] = runs[0]["proto"]
+        summary[name]["runs"] = runs
+    return summary
+
+
 def measure_large(targets, reps):
     res = {t.name: {"mbps": [], "cpu": [], "errors": 0} for t in targets}
     for _ in range(reps):
@@ -331,7 +372,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # cmake: pristine Pingora (the comparison column) still builds zlib-ng.
-    subprocess.run([str(ROOT / "scripts/install-deps"), "nginx", "wrk", "curl", "cmake"], check=True)
+    subprocess.run([str(ROOT / "scripts/install-deps"), "nginx", "wrk", "curl", "cmake", "openssl", "nghttp2-client"], check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "--bin", "asset-gateway", "--example", "minimal_proxy"],
                    cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path", "bench/pristine/Cargo.toml",
@@ -342,16 +383,17 @@ def main():
     try:
         origin = start_nginx("origin", ORIGIN_BODY.format(tmp=TMP, fast=ORIGIN_FAST, slow=ORIGIN_SLOW), LOAD_CORE)
         procs.append(origin)
-        nginx = start_nginx("proxy", PROXY_BODY.format(fast=ORIGIN_FAST, slow=ORIGIN_SLOW, port=NGINX, buffering=""),
+        nginx = start_nginx("proxy", PROXY_BODY.format(fast=ORIGIN_FAST, slow=ORIGIN_SLOW, port=NGINX, buffering="",
+                                             tls=NGINX_TLS.format(h2=NGINX_H2, tmp=TMP)),
                             PROXY_CORE)
         procs.append(nginx)
         nginx_unbuf = start_nginx("proxy-unbuffered", PROXY_BODY.format(fast=ORIGIN_FAST, slow=ORIGIN_SLOW,
                                                                          port=NGINX_UNBUFFERED,
-                                                                         buffering="proxy_buffering off;"),
+                                                                         buffering="proxy_buffering off;", tls=""),
                                   PROXY_CORE)
         procs.append(nginx_unbuf)
         conf = TMP / "gateway.yaml"
-        conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, fast=ORIGIN_FAST, slow=ORIGIN_SLOW))
+        conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, h2=GATEWAY_H2, fast=ORIGIN_FAST, slow=ORIGIN_SLOW))
         log_lines = [0]
 
         def start_gateway():
@@ -390,7 +432,7 @@ def main():
 
         for name in starters:
             restart(name)
-        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, NGINX_UNBUFFERED):
+        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, NGINX_UNBUFFERED, NGINX_H2, GATEWAY_H2):
             wait_port(port)
         targets = [
             Target("direct", None, lambda: []),
@@ -415,6 +457,9 @@ def main():
                    "gateway_access_log": "on (text, through a pipe)"}
         results["ttfb_5mib_rate_limited"] = measure_ttfb(targets, 5 if QUICK else 15)
         results["small_8kib_32_conns"] = measure_small(targets + floors, 1 if QUICK else 3, 4 if QUICK else 6)
+        h2_targets = [targets[1], targets[2]]
+        targets[1].h2_port, targets[2].h2_port = GATEWAY_H2, NGINX_H2
+        results["h2_tls_8kib"] = measure_h2(h2_targets, 1 if QUICK else 3, 4 if QUICK else 6)
         results["large_100mib"] = measure_large(targets + floors, 2 if QUICK else 5)
         results["slow_clients_64"] = {t.name: measure_slow_clients(fresh(t), 64, 8) for t in targets[1:] + floors}
         results["idle_clients_2000"] = {t.name: measure_idle_clients(fresh(t), 2000) for t in targets[1:] + floors}
@@ -439,6 +484,7 @@ def main():
 def table(r):
     t, s, l, sc, ic = (r["ttfb_5mib_rate_limited"], r["small_8kib_32_conns"], r["large_100mib"], r["slow_clients_64"],
                        r["idle_clients_2000"])
+    h = r["h2_tls_8kib"]
     g, n, u, d, m, p = "gateway", "nginx", "nginx-unbuffered", "direct", "pingora-minimal", "pingora-minimal-pristine"
 
     def best(figures, key, higher=True):
@@ -474,6 +520,10 @@ def table(r):
          "-", f"{s[g]['cpu_us_per_req'] / cpu_n:.2f} x nginx", "<= 1.6 x",
          f"{s[m]['cpu_us_per_req']:.1f} ({s[m]['cpu_us_per_req'] / cpu_n:.2f} x)",
          f"{s[p]['cpu_us_per_req']:.1f} ({s[p]['cpu_us_per_req'] / cpu_n:.2f} x)"),
+        ("8 KiB, TLS h2, 8 conns x 16 streams: requests/s", f"{h[g]['rps']:.0f}", f"{h[n]['rps']:.0f} / -", "-",
+         f"{h[g]['rps'] / h[n]['rps']:.2f} x nginx", ""),
+        ("8 KiB, TLS h2: proxy CPU per request (us)", f"{h[g]['cpu_us_per_req']:.1f}",
+         f"{h[n]['cpu_us_per_req']:.1f} / -", "-", f"{h[g]['cpu_us_per_req'] / h[n]['cpu_us_per_req']:.2f} x nginx", ""),
         ("100 MiB: throughput (MB/s)", f"{l[g]['mb_per_s']:.0f}", nginx_cell(l, "mb_per_s", "{:.0f}"),
          f"{l[d]['mb_per_s']:.0f}", f"{l[g]['mb_per_s'] / mbps_n:.2f} x nginx", ">= 1.0 x", f"{l[m]['mb_per_s']:.0f}",
          f"{l[p]['mb_per_s']:.0f}"),
@@ -501,8 +551,8 @@ def table(r):
         ("upstream connections opened / client connections (8 KiB)", f"{s[g]['upstream_connections']} / 32",
          f"{s[n]['upstream_connections']} / {s[u]['upstream_connections']}", f"{s[d]['upstream_connections']} / 32", "",
          "<= 32", f"{s[m]['upstream_connections']} / 32", f"{s[p]['upstream_connections']} / 32"),
-        ("errors (all phases)", str(t[g]["errors"] + s[g]["errors"] + l[g]["errors"]),
-         str(sum(x[k]["errors"] for x in (t, s, l) for k in (n, u))),
+        ("errors (all phases)", str(t[g]["errors"] + s[g]["errors"] + l[g]["errors"] + h[g]["errors"]),
+         str(sum(x[k]["errors"] for x in (t, s, l) for k in (n, u)) + h[n]["errors"]),
          str(t[d]["errors"] + s[d]["errors"] + l[d]["errors"]), "", "0"),
     ]
     head = ("| figure | gateway | nginx (buffered / unbuffered) | direct | ratio (against the better nginx) | target "
