@@ -558,7 +558,8 @@ fn bad_listener_certificates_are_refused_by_dash_t() {
         String::from_utf8_lossy(&out.stderr).to_string()
     };
     assert!(
-        mismatch.contains("does not match the certificate") || mismatch.contains("cannot be used"),
+        mismatch.contains("gateway.listen[1].tls.key: ")
+            && mismatch.contains("does not match the certificate"),
         "{mismatch}"
     );
     let expired_msg = {

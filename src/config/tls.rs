@@ -55,13 +55,17 @@ pub(super) fn server_cert(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, (W
     pingora::tls::install_default_crypto_provider();
     let provider =
         CryptoProvider::get_default().ok_or_else(|| (Which::Key, "no TLS crypto provider".to_string()))?;
-    let certified = CertifiedKey::from_der(chain, key_der, provider)
-        .map_err(|e| (Which::Key, format!("{key:?} cannot be used with {cert:?}: {e}")))?;
-    // `from_der` lets an undecidable match pass; the keys rustls loads always decide.
-    certified.keys_match().map_err(|e| {
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| (Which::Key, format!("{key:?}: unusable private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    // Not `CertifiedKey::from_der`: it lets a match it cannot decide pass. The keys rustls
+    // loads always know their public key, so here the comparison always decides.
+    certified.keys_match().map_err(|_| {
         (
             Which::Key,
-            format!("{key:?} does not match the certificate in {cert:?}: {e}"),
+            format!("{key:?} does not match the certificate in {cert:?}"),
         )
     })?;
     let leaf = certified
