@@ -4,12 +4,12 @@ unlike CPU time): the proxy runs under valgrind with instrumentation off, serves
 then instrumentation is switched on for exactly N requests of the 8 KiB asset on 4 kept-alive client
 connections (h2load --h1), and the user-space instructions are divided by N.
 
-    bench/callgrind [N] [--binary PATH] [--minimal] [--keep FILE] [--extra YAML] [--large]
+    bench/callgrind [N] [--binary PATH] [--minimal] [--keep FILE] [--extra YAML] [--large] [--h2]
 
 --minimal measures examples/minimal_proxy (Pingora's own floor) instead of the gateway;
 --keep copies the callgrind profile of the N requests to FILE (for callgrind_annotate);
 --large fetches the 100 MiB asset instead (N times, default 2) and reports instructions per
-MiB; --extra adds lines under `gateway:` (e.g. "  access_log: {enabled: false}"), to see what a
+MiB; --h2 sends the requests over TLS h2 (4 connections x 16 streams; the TLS work included); --extra adds lines under `gateway:` (e.g. "  access_log: {enabled: false}"), to see what a
 feature costs.
 Needs valgrind, nginx and h2load (nghttp2-client); installs them when missing.
 """
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from bench import (GATEWAY, GATEWAY_CONF, LARGE, LOAD_CORE, ORIGIN_BODY, ORIGIN_FAST, ORIGIN_SLOW, ROOT, SIZES,
+from bench import (GATEWAY, GATEWAY_CONF, GATEWAY_H2, LARGE, LOAD_CORE, ORIGIN_BODY, ORIGIN_FAST, ORIGIN_SLOW, ROOT, SIZES,
                    SMALL, TMP, start_nginx, wait_port, write_files)
 
 args = [a for i, a in enumerate(sys.argv[1:], 1)
@@ -29,6 +29,7 @@ large = "--large" in sys.argv
 N = int(args[0]) if args else (2 if large else 2000)
 ASSET = LARGE if large else SMALL
 minimal = "--minimal" in sys.argv
+h2 = "--h2" in sys.argv
 binary = sys.argv[sys.argv.index("--binary") + 1] if "--binary" in sys.argv else str(
     ROOT / ("target/release/examples/minimal_proxy" if minimal else "target/release/asset-gateway"))
 
@@ -42,7 +43,7 @@ def main():
     origin = start_nginx("origin", ORIGIN_BODY.format(tmp=TMP, fast=ORIGIN_FAST, slow=ORIGIN_SLOW), LOAD_CORE)
     conf = TMP / "gateway.yaml"
     extra = sys.argv[sys.argv.index("--extra") + 1] + "\n" if "--extra" in sys.argv else ""
-    conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, fast=ORIGIN_FAST, slow=ORIGIN_SLOW)
+    conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, h2=GATEWAY_H2, fast=ORIGIN_FAST, slow=ORIGIN_SLOW)
                     .replace("gateway:\n", "gateway:\n" + extra))
     target = [binary, f"127.0.0.1:{GATEWAY}", f"127.0.0.1:{ORIGIN_FAST}"] if minimal else [binary, "-c", str(conf)]
     out = TMP / "callgrind.out"
@@ -54,6 +55,10 @@ def main():
         wait_port(GATEWAY, proxy)
         url = f"http://127.0.0.1:{GATEWAY}/content/v1/assets/{ASSET}"
         h2load = ["h2load", "--h1", "-c", "1" if large else "4", "-m", "1"]
+        if h2:
+            wait_port(GATEWAY_H2, proxy)
+            url = f"https://127.0.0.1:{GATEWAY_H2}/content/v1/assets/{ASSET}"
+            h2load = ["h2load", "-c", "1" if large else "4", "-m", "1" if large else "16"]
         subprocess.run(h2load + ["-n", "4" if large else "400", url], check=True, capture_output=True)  # warm-up
         subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
         res = subprocess.run(h2load + ["-n", str(N), url], check=True, capture_output=True, text=True).stdout
@@ -78,7 +83,7 @@ def main():
     for line in (TMP / "callgrind.out.1").read_text(errors="replace").splitlines():
         if line.startswith("totals:"):
             total = int(line.split()[1])
-    who = "minimal Pingora" if minimal else "gateway"
+    who = ("minimal Pingora" if minimal else "gateway") + (" (TLS h2)" if h2 else "")
     if large:
         mib = N * SIZES[LARGE] / 2**20
         print(f"{who}: {total / mib / 1000:.0f} K instructions per MiB ({N} x 100 MiB, {total} instructions)")
