@@ -369,3 +369,45 @@ fn dash_t_checks_discovery_without_resolving() {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_selection_moves_only_the_removed_peers_ids() {
+    let (port, os) = origins_on_one_port(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
+    let ids: Vec<String> = (0..90u32)
+        .map(|i| format!("{i:08x}-9b4d-4e8a-8c21-5d6f7a8b9c0d"))
+        .collect();
+    for o in &os {
+        for id in &ids {
+            o.set_body(id, "asset");
+        }
+    }
+    let dns = TestDns::start(Answer::A(vec![])).await;
+    dns.set_a(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let (gw, admin) = gateway(dns.addr, port, "      selection: consistent\n");
+    eventually!("three peers known", peers_metric(admin).await == Some(3.0));
+    let served_by = |id: String| {
+        let url = gw.asset_url(&id);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-served-by"].to_str().unwrap().to_string()
+        }
+    };
+    let mut before = Vec::new();
+    for id in &ids {
+        before.push(served_by(id.clone()).await);
+    }
+    let removed = os[2].addr.to_string();
+    assert!(before.contains(&removed), "the peer to remove had a share");
+
+    dns.set_a(&["127.0.0.2", "127.0.0.3"]);
+    eventually!("two peers known", peers_metric(admin).await == Some(2.0));
+    for (id, was) in ids.iter().zip(&before) {
+        let now = served_by(id.clone()).await;
+        if *was == removed {
+            assert_ne!(now, removed, "{id} still on the removed peer");
+        } else {
+            assert_eq!(&now, was, "{id} moved from a surviving peer");
+        }
+    }
+}

@@ -247,3 +247,65 @@ fn build_resolver(nameserver: Option<SocketAddr>, interval: Duration) -> Result<
     o.attempts = 1;
     builder.build().map_err(|e| format!("building the resolver: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovery() -> DnsDiscovery {
+        let yaml = r#"
+gateway:
+  listen: ["127.0.0.1:8080"]
+  upstreams:
+    dns-unit:
+      discovery: {dns: "assets.test.:8080", interval: 1s}
+      host: assets.internal
+  routes:
+    - path: /content/v1/assets/{id}
+      upstream: dns-unit
+      rewrite: /v1/assets/{id}
+"#;
+        let c = crate::config::Config::from_yaml(yaml).unwrap_or_else(|p| panic!("{p:?}"));
+        let up = &c.gateway.upstreams[0];
+        DnsDiscovery::new(up, up.discovery.as_ref().unwrap()).unwrap()
+    }
+
+    fn ips(list: &[&str]) -> Result<Vec<IpAddr>, String> {
+        Ok(list.iter().map(|ip| ip.parse().unwrap()).collect())
+    }
+
+    /// An address that stays keeps its peer (ejection and health state) across updates;
+    /// an empty or failed answer changes nothing.
+    #[test]
+    fn peers_that_stay_are_kept_and_bad_answers_change_nothing() {
+        let d = discovery();
+        let mut st = State::default();
+        d.apply(&mut st, ips(&["10.0.0.1", "10.0.0.2"]));
+        assert!(d.status.resolved());
+        let first = st.known[&"10.0.0.2:8080".parse().unwrap()].clone();
+        assert_eq!(first.host, "assets.internal");
+        assert_eq!(first.label, "10.0.0.2:8080");
+
+        d.apply(&mut st, ips(&["10.0.0.2", "10.0.0.3", "fd00::1"]));
+        let keys: Vec<String> = st.known.keys().map(|a| a.to_string()).collect();
+        assert_eq!(keys, ["10.0.0.2:8080", "10.0.0.3:8080", "[fd00::1]:8080"]);
+        assert!(Arc::ptr_eq(&first, &st.known[&"10.0.0.2:8080".parse().unwrap()]));
+
+        d.apply(&mut st, ips(&[]));
+        assert_eq!(st.last, Some(Outcome::Empty));
+        d.apply(&mut st, Err("timeout".into()));
+        assert_eq!(st.last, Some(Outcome::Failed));
+        assert_eq!(st.known.len(), 3, "the last peers are kept");
+        assert!(Arc::ptr_eq(&first, &st.known[&"10.0.0.2:8080".parse().unwrap()]));
+    }
+
+    #[test]
+    fn never_resolved_until_a_peer_is_found() {
+        let d = discovery();
+        let mut st = State::default();
+        d.apply(&mut st, Err("refused".into()));
+        d.apply(&mut st, ips(&[]));
+        assert!(!d.status.resolved());
+        assert!(st.known.is_empty());
+    }
+}
