@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (every
-//! upstream has a usable peer). Anything else is 404. The main listener never serves these.
+//! upstream has a usable peer; a DNS upstream has resolved at least once). Anything else is 404. The main listener never serves these.
 //! Its clients get the main listener's protections: `app` wraps it in the same head deadline,
 //! and each request gets the same head checks and keep-alive rules.
 
@@ -59,21 +59,30 @@ impl ServeHttp for Admin {
                         .iter()
                         .map(|(peer, state)| (*upstream, peer.label.as_str(), *state == PeerState::Usable))
                 });
-                reply(200, "text/plain; version=0.0.4", metrics::scrape(peers))
+                let counts = self.upstreams.iter().map(|u| (u.name.as_str(), u.peer_count()));
+                reply(200, "text/plain; version=0.0.4", metrics::scrape(peers, counts))
             }
             "/healthz" => reply(200, "text/plain", "ok\n"),
             "/readyz" => {
-                let not_ready: Vec<String> = self
-                    .upstreams
-                    .iter()
-                    .filter(|u| !u.has_usable_peer())
-                    .map(|u| format!("{:?}", u.name))
-                    .collect();
-                if not_ready.is_empty() {
+                let names = |pick: &dyn Fn(&crate::upstreams::Upstream) -> bool| -> Vec<String> {
+                    self.upstreams
+                        .iter()
+                        .filter(|u| pick(u))
+                        .map(|u| format!("{:?}", u.name))
+                        .collect()
+                };
+                let unresolved = names(&|u| u.never_resolved());
+                let not_ready = names(&|u| !u.never_resolved() && !u.has_usable_peer());
+                if not_ready.is_empty() && unresolved.is_empty() {
                     reply(200, "application/json", "{\"ready\":true}\n")
                 } else {
+                    // The DNS field only when it applies (the body stays as before without DNS).
+                    let unresolved = match unresolved.is_empty() {
+                        true => String::new(),
+                        false => format!(",\"upstreams_never_resolved\":[{}]", unresolved.join(",")),
+                    };
                     let body = format!(
-                        "{{\"ready\":false,\"upstreams_without_healthy_peer\":[{}]}}\n",
+                        "{{\"ready\":false,\"upstreams_without_healthy_peer\":[{}]{unresolved}}}\n",
                         not_ready.join(",")
                     );
                     reply(503, "application/json", body)

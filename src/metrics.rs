@@ -26,6 +26,8 @@ struct Families {
     connect_failures: IntCounterVec,
     active: IntGauge,
     peer_healthy: IntGaugeVec,
+    upstream_peers: IntGaugeVec,
+    dns_resolutions: IntCounterVec,
 }
 
 static FAMILIES: OnceLock<Families> = OnceLock::new();
@@ -63,6 +65,14 @@ impl Families {
             &["upstream", "peer"],
         )?;
         register(Box::new(peer_healthy.clone()));
+        let upstream_peers = IntGaugeVec::new(
+            Opts::new(
+                "asset_gateway_upstream_peers",
+                "Peers currently known for the upstream (configured, or last resolved from DNS).",
+            ),
+            &["upstream"],
+        )?;
+        register(Box::new(upstream_peers.clone()));
         Ok(Families {
             requests: counter(
                 "asset_gateway_requests_total",
@@ -106,8 +116,14 @@ impl Families {
                 "Failed connection attempts to upstream peers.",
                 &["upstream", "peer"],
             )?,
+            dns_resolutions: counter(
+                "asset_gateway_dns_resolutions_total",
+                "DNS discovery polls by outcome: ok (peers found), empty (no A/AAAA record; the last peers are kept), error (lookup failed; the last peers are kept).",
+                &["upstream", "result"],
+            )?,
             active,
             peer_healthy,
+            upstream_peers,
         })
     }
 }
@@ -192,11 +208,49 @@ impl UpstreamMetrics {
     }
 }
 
+/// One DNS-discovered upstream's poll counters.
+pub(crate) struct DnsMetrics {
+    pub(crate) ok: IntCounter,
+    pub(crate) empty: IntCounter,
+    pub(crate) error: IntCounter,
+}
+
+impl DnsMetrics {
+    pub(crate) fn new(upstream: &str) -> Result<DnsMetrics, String> {
+        let f = families()?;
+        let c = |result| f.dns_resolutions.with_label_values(&[upstream, result]);
+        Ok(DnsMetrics {
+            ok: c("ok"),
+            empty: c("empty"),
+            error: c("error"),
+        })
+    }
+}
+
+/// Drops a peer's per-peer series once DNS no longer lists it (pod addresses come and go;
+/// keeping each one forever would grow the scrape without bound).
+pub(crate) fn forget_peer(upstream: &str, peer: &str) {
+    if let Some(f) = FAMILIES.get() {
+        let _ = f.connect_failures.remove_label_values(&[upstream, peer]);
+    }
+}
+
 /// Refreshes the gauges that are read off live state, then encodes every metric in the
-/// Prometheus text format.
-pub(crate) fn scrape<'a>(peer_health: impl Iterator<Item = (&'a str, &'a str, bool)>) -> Vec<u8> {
+/// Prometheus text format. `peer_health` is every current peer, `peer_counts` every upstream.
+pub(crate) fn scrape<'a>(
+    peer_health: impl Iterator<Item = (&'a str, &'a str, bool)>,
+    peer_counts: impl Iterator<Item = (&'a str, usize)>,
+) -> Vec<u8> {
+    // Two scrapes at once must not see each other's reset gauges.
+    static SCRAPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SCRAPING.lock();
     if let Some(f) = FAMILIES.get() {
         f.active.set(crate::shutdown::in_flight());
+        for (upstream, count) in peer_counts {
+            f.upstream_peers.with_label_values(&[upstream]).set(count as i64);
+        }
+        // Peers that DNS removed disappear from the scrape.
+        f.peer_healthy.reset();
         for (upstream, peer, healthy) in peer_health {
             f.peer_healthy
                 .with_label_values(&[upstream, peer])

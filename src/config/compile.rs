@@ -2,13 +2,14 @@
 //! peer names resolved, TLS files read, `${VAR}` expanded. Every problem is collected with
 //! its key path and all are reported together; nothing is returned half-built.
 
-use super::file::{GatewayFile, QueryPolicy, TlsFile, UpstreamFile};
+use super::file::{DiscoveryFile, GatewayFile, PeerFile, QueryPolicy, TlsFile, UpstreamFile};
 use super::runtime::*;
 use super::tls;
 use crate::downstream::Limits;
 use http::{HeaderName, HeaderValue};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 /// `streaming.read_size` and `streaming.queue_depth` by default (chosen by measurement, see
 /// the README's performance section), and their bounds.
@@ -37,6 +38,15 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
             }
             Ok(a) => Some(a),
         });
+    let resolver = g.resolver.as_ref().and_then(|r| match r.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(format!(
+                "gateway.resolver: {r:?} is not an IP:port address (one nameserver, e.g. \"10.96.0.10:53\")"
+            ));
+            None
+        }
+    });
 
     let d = &g.downstream;
     if d.max_headers == 0 {
@@ -109,7 +119,7 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
     let upstreams: Vec<Upstream> = g
         .upstreams
         .iter()
-        .filter_map(|(name, u)| upstream(name, u, streaming.read_size, &mut p))
+        .filter_map(|(name, u)| upstream(name, u, streaming.read_size, resolver, &mut p))
         .collect();
     let routes = routes(&g, &mut p);
 
@@ -223,7 +233,13 @@ fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
 }
 
 /// One upstream, or `None` with its problems added to `p`.
-fn upstream(name: &str, u: &UpstreamFile, body_read_size: usize, p: &mut Vec<String>) -> Option<Upstream> {
+fn upstream(
+    name: &str,
+    u: &UpstreamFile,
+    body_read_size: usize,
+    resolver: Option<SocketAddr>,
+    p: &mut Vec<String>,
+) -> Option<Upstream> {
     let key = format!("gateway.upstreams.{name}");
     let before = p.len();
     if name.is_empty()
@@ -245,7 +261,16 @@ fn upstream(name: &str, u: &UpstreamFile, body_read_size: usize, p: &mut Vec<Str
                 None
             }
         });
-    let peers = peers(&key, u, host, p);
+    let (peers, discovery) = match (&u.peers, &u.discovery) {
+        (Some(_), Some(_)) => {
+            p.push(format!(
+                "{key}: peers and discovery exclude each other (fixed peers, or peers from DNS)"
+            ));
+            (Vec::new(), None)
+        }
+        (None, Some(d)) => (Vec::new(), discovery(&key, d, host, resolver, p)),
+        (list, None) => (peers(&key, list.as_deref().unwrap_or_default(), host, p), None),
+    };
     let health_check = u.health_check.as_ref().map(|hc| {
         let key = format!("{key}.health_check");
         if !hc.path.starts_with('/') || !hc.path.bytes().all(|b| b.is_ascii_graphic()) {
@@ -302,6 +327,7 @@ fn upstream(name: &str, u: &UpstreamFile, body_read_size: usize, p: &mut Vec<Str
     (p.len() == before).then(|| Upstream {
         name: name.to_string(),
         peers,
+        discovery,
         timeouts: Timeouts {
             connect: u.connect_timeout.0,
             read: u.read_timeout.0,
@@ -322,13 +348,15 @@ fn upstream(name: &str, u: &UpstreamFile, body_read_size: usize, p: &mut Vec<Str
 }
 
 /// Checks each `host:port` and resolves it (a name may give several addresses).
-fn peers(key: &str, u: &UpstreamFile, host: Option<HeaderValue>, p: &mut Vec<String>) -> Vec<Peer> {
-    if u.peers.is_empty() {
-        p.push(format!("{key}.peers: at least one peer is required"));
+fn peers(key: &str, list: &[PeerFile], host: Option<HeaderValue>, p: &mut Vec<String>) -> Vec<Peer> {
+    if list.is_empty() {
+        p.push(format!(
+            "{key}.peers: at least one peer is required (or discovery: {{dns: \"name:port\"}})"
+        ));
     }
     let mut labels = BTreeSet::new();
     let mut peers: Vec<Peer> = Vec::new();
-    for (i, pc) in u.peers.iter().enumerate() {
+    for (i, pc) in list.iter().enumerate() {
         let key = format!("{key}.peers[{i}]");
         if pc.weight == 0 {
             p.push(format!("{key}.weight: must be at least 1"));
@@ -367,6 +395,69 @@ fn peers(key: &str, u: &UpstreamFile, host: Option<HeaderValue>, p: &mut Vec<Str
         }
     }
     peers
+}
+
+/// The shortest `discovery.interval`: each poll is a DNS query per address family.
+const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks `discovery` (syntax only: nothing is resolved here, so `-t` and start-up never wait
+/// on DNS).
+fn discovery(
+    key: &str,
+    d: &DiscoveryFile,
+    host: Option<HeaderValue>,
+    resolver: Option<SocketAddr>,
+    p: &mut Vec<String>,
+) -> Option<Discovery> {
+    let key = format!("{key}.discovery");
+    let before = p.len();
+    if d.interval.0 < MIN_DISCOVERY_INTERVAL {
+        p.push(format!(
+            "{key}.interval: must be at least 1s (each poll queries the nameserver)"
+        ));
+    }
+    let parsed = check_dns_name_port(&d.dns).map_err(|e| p.push(format!("{key}.dns: {e}")));
+    let (name, port) = parsed.ok()?;
+    let own = format!("{}:{port}", name.trim_end_matches('.'));
+    let host = host.or_else(|| HeaderValue::from_str(&own).ok())?;
+    (p.len() == before).then(|| Discovery {
+        name: name.to_string(),
+        port,
+        interval: d.interval.0,
+        host,
+        resolver,
+    })
+}
+
+/// `name:port` where `name` is a DNS name (an IP literal is refused: that is a fixed peer)
+/// and the port is 1 to 65535. A trailing dot (fully qualified) is kept.
+fn check_dns_name_port(s: &str) -> Result<(&str, u16), String> {
+    let (name, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not name:port (the port is required)"))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{s:?}: the port must be 1 to 65535"))?;
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() || name.contains(':') {
+        return Err(format!(
+            "{s:?}: {name:?} is an IP address, not a DNS name (use peers for fixed addresses)"
+        ));
+    }
+    let labels = name.strip_suffix('.').unwrap_or(name);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if labels.is_empty() || labels.len() > 253 || !labels.split('.').all(label_ok) {
+        return Err(format!("{s:?}: {name:?} is not a valid DNS name"));
+    }
+    Ok((name, port))
 }
 
 fn tls_settings(key: &str, t: &TlsFile, p: &mut Vec<String>) -> Option<Tls> {

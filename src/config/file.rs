@@ -16,6 +16,9 @@ pub(super) struct GatewayFile {
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); absent = none.
     #[serde(default)]
     pub admin: Option<String>,
+    /// The one nameserver (`IP:port`) for `discovery.dns`; absent = `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolver: Option<String>,
     /// Adds `Server-Timing` (upstream time to first byte, the gateway's own share).
     #[serde(default = "yes")]
     pub server_timing: bool,
@@ -185,7 +188,12 @@ impl Default for StreamingFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpstreamFile {
-    pub peers: Vec<PeerFile>,
+    /// Fixed peers; excludes `discovery`.
+    #[serde(default)]
+    pub peers: Option<Vec<PeerFile>>,
+    /// Peers from DNS; excludes `peers`.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryFile>,
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default = "one_second")]
@@ -208,6 +216,15 @@ pub(super) struct UpstreamFile {
     pub tls: Option<TlsFile>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// `discovery: {dns: "name:port", interval: 5s}`: every A/AAAA record of the name is a peer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DiscoveryFile {
+    pub dns: String,
+    #[serde(default = "five_seconds")]
+    pub interval: Dur,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]

@@ -90,10 +90,13 @@ pub(crate) struct Streaming {
     pub queue_depth: usize,
 }
 
+#[derive(Clone)]
 pub(crate) struct Upstream {
     pub name: String,
-    /// One per resolved address (a name may resolve to several).
+    /// One per resolved address (a name may resolve to several). Empty with `discovery`.
     pub peers: Vec<Peer>,
+    /// Peers found in DNS instead of `peers`.
+    pub discovery: Option<Discovery>,
     pub timeouts: Timeouts,
     /// [`Streaming::read_size`], which Pingora sets per peer.
     pub body_read_size: usize,
@@ -108,6 +111,21 @@ pub(crate) struct Upstream {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// DNS discovery: every A and AAAA record of `name` is a peer on `port`. Checked for syntax
+/// only; nothing is resolved before the gateway runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Discovery {
+    /// As configured (a trailing dot makes it fully qualified: no search domains).
+    pub name: String,
+    pub port: u16,
+    pub interval: Duration,
+    /// `Host` sent to every peer: the upstream's `host`, or `name:port` (without the dot).
+    pub host: HeaderValue,
+    /// `None`: the system's resolver configuration.
+    pub resolver: Option<SocketAddr>,
+}
+
+#[derive(Clone)]
 pub(crate) struct Peer {
     pub addr: SocketAddr,
     /// The address as configured (for logs and metrics).
@@ -127,6 +145,7 @@ pub(crate) struct Timeouts {
     pub idle: Duration,
 }
 
+#[derive(Clone)]
 pub(crate) struct HealthCheck {
     pub path: String,
     pub interval: Duration,
@@ -145,6 +164,7 @@ pub(crate) struct Ejection {
 }
 
 /// Upstream TLS, with the files already read and parsed (DER).
+#[derive(Clone)]
 pub(crate) struct Tls {
     pub sni: String,
     /// `None`: the system roots.
@@ -152,6 +172,7 @@ pub(crate) struct Tls {
     pub client: Option<ClientCert>,
 }
 
+#[derive(Clone)]
 pub(crate) struct ClientCert {
     pub chain: Vec<Vec<u8>>,
     pub key: Vec<u8>,

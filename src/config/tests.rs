@@ -325,3 +325,81 @@ fn streaming_keys() {
         "{p}"
     );
 }
+
+const PEERS: &str = r#"peers: ["127.0.0.1:9001", {addr: "127.0.0.1:9002", weight: 2}]
+      host: assets.internal"#;
+
+#[test]
+fn dns_discovery_loads_without_resolving() {
+    let yaml = VALID
+        .replace(
+            PEERS,
+            "discovery: {dns: \"assets.media.svc.cluster.local.:8080\"}",
+        )
+        .replace("  upstreams:", "  resolver: \"127.0.0.1:5353\"\n  upstreams:");
+    let c = Config::from_yaml(&yaml).unwrap();
+    let up = &c.gateway.upstreams[0];
+    assert!(up.peers.is_empty());
+    let d = up.discovery.as_ref().unwrap();
+    assert_eq!(d.name, "assets.media.svc.cluster.local.");
+    assert_eq!(d.port, 8080);
+    assert_eq!(d.interval, Duration::from_secs(5));
+    // The Host defaults to the name (without the root dot), never an address.
+    assert_eq!(d.host, "assets.media.svc.cluster.local:8080");
+    assert_eq!(d.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+
+    let yaml = VALID.replace(
+        PEERS,
+        "discovery: {dns: \"assets:8080\", interval: 2s}\n      host: assets.internal",
+    );
+    let c = Config::from_yaml(&yaml).unwrap();
+    let d = c.gateway.upstreams[0].discovery.as_ref().unwrap();
+    assert_eq!(
+        (d.interval, d.host.to_str().unwrap()),
+        (Duration::from_secs(2), "assets.internal")
+    );
+    assert_eq!(d.resolver, None);
+}
+
+#[test]
+fn dns_discovery_checks_are_named_by_key() {
+    let p = problems(&VALID.replace(
+        "      host: assets.internal",
+        "      discovery: {dns: \"assets:8080\"}",
+    ));
+    assert!(
+        p.contains("gateway.upstreams.assets: peers and discovery exclude each other"),
+        "{p}"
+    );
+    for (dns, expected) in [
+        ("10.0.0.1:8080", "is an IP address, not a DNS name"),
+        ("[::1]:8080", "is an IP address, not a DNS name"),
+        ("assets", "is not name:port"),
+        ("assets:0", "the port must be 1 to 65535"),
+        ("assets:http", "the port must be 1 to 65535"),
+        ("-assets.test:80", "is not a valid DNS name"),
+        ("a..b:80", "is not a valid DNS name"),
+        (":80", "is not a valid DNS name"),
+    ] {
+        let p = problems(&VALID.replace(PEERS, &format!("discovery: {{dns: \"{dns}\"}}")));
+        assert!(
+            p.contains(&format!("gateway.upstreams.assets.discovery.dns: \"{dns}\"")) && p.contains(expected),
+            "{dns}: {p}"
+        );
+    }
+    let p = problems(&VALID.replace(PEERS, "discovery: {dns: \"assets:80\", interval: 999ms}"));
+    assert!(
+        p.contains("gateway.upstreams.assets.discovery.interval: must be at least 1s"),
+        "{p}"
+    );
+    let p = problems(&VALID.replace("  upstreams:", "  resolver: \"localhost:53\"\n  upstreams:"));
+    assert!(
+        p.contains("gateway.resolver: \"localhost:53\" is not an IP:port address"),
+        "{p}"
+    );
+    let p = problems(&VALID.replace(PEERS, "host: assets.internal"));
+    assert!(
+        p.contains("gateway.upstreams.assets.peers: at least one peer is required"),
+        "{p}"
+    );
+}

@@ -4,8 +4,10 @@
 //!
 //! - `peer`: one peer's prepared connection options and state, kept in `Backend.ext`;
 //! - `ejection`: the passive-ejection state machine;
-//! - `health`: the active checks Pingora runs.
+//! - `health`: the active checks Pingora runs;
+//! - `dns`: peers from DNS (`discovery.dns`), re-resolved by the balancer's background service.
 
+mod dns;
 mod ejection;
 mod health;
 mod peer;
@@ -14,9 +16,10 @@ pub(crate) use peer::Peer;
 
 use crate::config::{self, Selection};
 use crate::metrics::UpstreamMetrics;
+use dns::{DnsDiscovery, DnsStatus};
 use futures::FutureExt;
 use log::{info, warn};
-use pingora::lb::discovery::Static;
+use pingora::lb::discovery::{ServiceDiscovery, Static};
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -51,13 +54,14 @@ impl Upstreams {
         self.list.iter()
     }
 
-    /// Background services that run active health checks, one per upstream that has them.
-    /// (A Pingora `LoadBalancer` only checks health when it runs as a background service.)
+    /// Background services that run active health checks and DNS discovery, one per
+    /// upstream that has either. (A Pingora `LoadBalancer` only checks health and re-runs
+    /// discovery when it runs as a background service.)
     pub(crate) fn services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
         self.list
             .iter()
-            .filter(|u| u.checked)
-            .map(|u| u.balancer.service(format!("health check {}", u.name)))
+            .filter(|u| u.checked || u.dns.is_some())
+            .map(|u| u.balancer.service(format!("upstream {}", u.name)))
             .collect()
     }
 }
@@ -74,6 +78,8 @@ pub(crate) struct Upstream {
     authorities: Vec<String>,
     /// Whether active health checks run.
     checked: bool,
+    /// Peers from DNS: the name as configured, and whether it has resolved yet.
+    dns: Option<(String, Arc<DnsStatus>)>,
     pub metrics: UpstreamMetrics,
 }
 
@@ -85,6 +91,14 @@ impl Upstream {
             .zip(&spec.peers)
             .map(|(peer, p)| peer.clone().backend(p.weight))
             .collect();
+        let (discovery, dns): (Box<dyn ServiceDiscovery + Send + Sync>, _) = match &spec.discovery {
+            None => (Static::new(backends), None),
+            Some(d) => {
+                let discovery = DnsDiscovery::new(spec, d)?;
+                let status = discovery.status();
+                (Box::new(discovery), Some((d, status)))
+            }
+        };
         let checks = spec.health_check.as_ref().map(|hc| {
             let checks = health::Checks {
                 upstream: spec.name.clone(),
@@ -96,6 +110,16 @@ impl Upstream {
                 hc.interval,
             )
         });
+        // A DNS upstream's addresses change: they are matched against the current peers
+        // (`is_peer_authority`); its name is fixed.
+        let dns_names = dns.iter().flat_map(|(d, _)| {
+            let bare = d.name.trim_end_matches('.');
+            [
+                format!("{}:{}", d.name, d.port),
+                format!("{bare}:{}", d.port),
+                d.host.to_str().unwrap_or_default().to_string(),
+            ]
+        });
         let mut authorities: Vec<String> = spec
             .peers
             .iter()
@@ -103,6 +127,7 @@ impl Upstream {
                 let host = p.host.to_str().unwrap_or_default();
                 [p.addr.to_string(), p.label.clone(), host.to_string()]
             })
+            .chain(dns_names)
             .filter(|a| !a.is_empty())
             .map(|a| a.to_ascii_lowercase())
             .collect();
@@ -111,7 +136,13 @@ impl Upstream {
         Ok(Upstream {
             name: spec.name.clone(),
             checked: checks.is_some(),
-            balancer: Balancer::new(spec.selection, backends, checks),
+            balancer: Balancer::new(
+                spec.selection,
+                discovery,
+                spec.discovery.as_ref().map(|d| d.interval),
+                checks,
+            ),
+            dns: dns.map(|(d, status)| (d.name.clone(), status)),
             retries: spec.retries,
             headers: spec.headers.clone(),
             authorities,
@@ -119,12 +150,14 @@ impl Upstream {
         })
     }
 
-    /// Picks a peer that is healthy, not ejected and not in `exclude` (the peers this request
-    /// could not connect to).
+    /// Picks a peer that is healthy (a peer from DNS: has passed a check), not ejected and
+    /// not in `exclude` (the peers this request could not connect to).
     pub(crate) fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Arc<Peer>> {
         let now = Instant::now();
         let backend = self.balancer.select_with(key, |b, healthy| {
-            healthy && Peer::of(b).is_some_and(|p| !exclude.contains(&p.addr) && !p.ejection.is_ejected(now))
+            healthy
+                && Peer::of(b)
+                    .is_some_and(|p| p.warm() && !exclude.contains(&p.addr) && !p.ejection.is_ejected(now))
         })?;
         Peer::of(&backend).cloned()
     }
@@ -162,6 +195,8 @@ impl Upstream {
                 let peer = Peer::of(b)?.clone();
                 let state = if !self.balancer.ready(b) {
                     PeerState::FailedHealthCheck
+                } else if !peer.warm() {
+                    PeerState::Warming
                 } else if peer.ejection.is_ejected(now) {
                     PeerState::Ejected
                 } else {
@@ -177,8 +212,16 @@ impl Upstream {
         self.peer_states().iter().any(|(_, s)| *s == PeerState::Usable)
     }
 
+    /// A DNS upstream whose name has never resolved to a peer (not ready: it has none).
+    pub(crate) fn never_resolved(&self) -> bool {
+        self.dns.as_ref().is_some_and(|(_, status)| !status.resolved())
+    }
+
     /// Why each peer is unusable right now, as one line (for the all-peers-down answer).
     pub(crate) fn down_reasons(&self) -> String {
+        if let (Some((name, _)), true) = (&self.dns, self.never_resolved()) {
+            return format!("{name} has not resolved to any peer yet");
+        }
         let mut reasons: Vec<String> = self
             .peer_states()
             .iter()
@@ -189,6 +232,9 @@ impl Upstream {
                         peer.last_check_error().unwrap_or_else(|| "no detail".into())
                     ),
                     PeerState::Ejected => "ejected after repeated connect failures".to_string(),
+                    PeerState::Warming => {
+                        "new from DNS, waiting for its first passing health check".to_string()
+                    }
                     PeerState::Usable => "available".to_string(),
                 };
                 format!("{}: {reason}", peer.label)
@@ -200,7 +246,15 @@ impl Upstream {
 
     /// Whether `authority` (from a URL the upstream sent) names one of this upstream's peers.
     pub(crate) fn is_peer_authority(&self, authority: &str) -> bool {
-        crate::response::authority_matches(authority, &self.authorities)
+        if crate::response::authority_matches(authority, &self.authorities) {
+            return true;
+        }
+        // Peers from DNS come and go: their addresses now (only for responses with a
+        // `Location`, so building the list here is fine).
+        self.dns.is_some() && {
+            let current: Vec<String> = self.peer_states().iter().map(|(p, _)| p.label.clone()).collect();
+            crate::response::authority_matches(authority, &current)
+        }
     }
 
     pub(crate) fn peer_count(&self) -> usize {
@@ -213,6 +267,8 @@ pub(crate) enum PeerState {
     Usable,
     FailedHealthCheck,
     Ejected,
+    /// From DNS, not yet passed a health check.
+    Warming,
 }
 
 /// Pingora's load balancer for either selection algorithm.
@@ -222,20 +278,24 @@ enum Balancer {
 }
 
 impl Balancer {
+    /// `rediscover`: how often discovery runs again (DNS); `None` for fixed peers, which are
+    /// published here at once.
     fn new(
         selection: Selection,
-        backends: BTreeSet<Backend>,
+        discovery: Box<dyn ServiceDiscovery + Send + Sync>,
+        rediscover: Option<Duration>,
         checks: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
     ) -> Balancer {
         fn build<S>(
-            backends: BTreeSet<Backend>,
+            discovery: Box<dyn ServiceDiscovery + Send + Sync>,
+            rediscover: Option<Duration>,
             checks: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
         ) -> Arc<LoadBalancer<S>>
         where
             S: BackendSelection + Send + Sync + 'static,
             S::Iter: BackendIter,
         {
-            let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(backends)));
+            let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery));
             if let Some((check, every)) = checks {
                 lb.set_health_check(check);
                 // Health checks only run when the balancer is a background service with a
@@ -243,14 +303,21 @@ impl Balancer {
                 lb.health_check_frequency = Some(every);
                 lb.parallel_health_check = true;
             }
-            // Static discovery completes at once (Pingora's `try_from_iter` does the same);
-            // this publishes the peer set.
-            let _ = lb.update().now_or_never();
+            match rediscover {
+                // DNS: the background service resolves (first at its start, then every
+                // `interval`), so neither start-up nor `-t` waits on DNS.
+                Some(every) => lb.update_frequency = Some(every),
+                // Static discovery completes at once (Pingora's `try_from_iter` does the
+                // same); this publishes the peer set.
+                None => {
+                    let _ = lb.update().now_or_never();
+                }
+            }
             Arc::new(lb)
         }
         match selection {
-            Selection::RoundRobin => Balancer::RoundRobin(build(backends, checks)),
-            Selection::Consistent => Balancer::Consistent(build(backends, checks)),
+            Selection::RoundRobin => Balancer::RoundRobin(build(discovery, rediscover, checks)),
+            Selection::Consistent => Balancer::Consistent(build(discovery, rediscover, checks)),
         }
     }
 
@@ -280,6 +347,69 @@ impl Balancer {
         match self {
             Balancer::RoundRobin(lb) => Box::new(GenBackgroundService::new(name, lb.clone())),
             Balancer::Consistent(lb) => Box::new(GenBackgroundService::new(name, lb.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A discovery whose answer the test changes, as DNS would.
+    struct Changing(Arc<Mutex<BTreeSet<Backend>>>);
+
+    #[async_trait]
+    impl ServiceDiscovery for Changing {
+        async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+            Ok((self.0.lock().unwrap().clone(), HashMap::new()))
+        }
+    }
+
+    fn set(hosts: &[u8]) -> BTreeSet<Backend> {
+        hosts
+            .iter()
+            .map(|h| Backend::new(&format!("127.0.0.{h}:8080")).unwrap())
+            .collect()
+    }
+
+    /// With `selection: consistent`, a peer that leaves DNS moves only its own keys: Pingora
+    /// rebuilds the ketama ring from the new set, and a peer's points depend only on its
+    /// address and weight, so the survivors' points stay where they were.
+    #[test]
+    fn consistent_selection_moves_only_the_removed_peers_keys() {
+        let answer = Arc::new(Mutex::new(set(&[2, 3, 4])));
+        let lb = LoadBalancer::<Consistent>::from_backends(Backends::new(Box::new(Changing(answer.clone()))));
+        lb.update().now_or_never().unwrap().unwrap();
+        let picks = |keys: &[String]| -> Vec<String> {
+            keys.iter()
+                .map(|k| {
+                    lb.select(k.as_bytes(), MAX_SELECT_ITERATIONS)
+                        .unwrap()
+                        .addr
+                        .to_string()
+                })
+                .collect()
+        };
+        let keys: Vec<String> = (0..3000).map(|i| format!("asset-{i}")).collect();
+        let before = picks(&keys);
+        let removed = "127.0.0.4:8080";
+        assert!(
+            before.iter().filter(|p| *p == removed).count() > 500,
+            "an even share"
+        );
+
+        *answer.lock().unwrap() = set(&[2, 3]);
+        lb.update().now_or_never().unwrap().unwrap();
+        let after = picks(&keys);
+        for ((key, b), a) in keys.iter().zip(&before).zip(&after) {
+            if b == removed {
+                assert_ne!(a, removed, "{key} still on the removed peer");
+            } else {
+                assert_eq!(a, b, "{key} moved from a surviving peer");
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use pingora::lb::Backend;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora::{Error, ErrorType};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub(crate) struct Peer {
@@ -22,6 +23,9 @@ pub(crate) struct Peer {
     http: HttpPeer,
     pub ejection: Ejection,
     check: Option<Check>,
+    /// `Some` for a peer found in DNS on a checked upstream: it takes no request before its
+    /// first passing check (Pingora counts a new backend as healthy from the start).
+    passed_first_check: Option<AtomicBool>,
 }
 
 /// An active health check of one peer (with the peer's `Host` and TLS), and why it last
@@ -71,6 +75,7 @@ impl Peer {
             host: spec.host.clone(),
             http: http_peer(spec.addr, up, up.timeouts),
             ejection: Ejection::new(up.ejection),
+            passed_first_check: (up.discovery.is_some() && check.is_some()).then(|| AtomicBool::new(false)),
             check,
         }
     }
@@ -103,10 +108,20 @@ impl Peer {
             return Ok(());
         };
         let result = check.http.check(target).await;
+        if let (Ok(()), Some(passed)) = (&result, &self.passed_first_check) {
+            passed.store(true, Ordering::Relaxed);
+        }
         if let Ok(mut last) = check.last_error.lock() {
             *last = result.as_ref().err().map(|e| e.to_string());
         }
         result
+    }
+
+    /// False while a peer found in DNS waits for its first passing health check.
+    pub(crate) fn warm(&self) -> bool {
+        self.passed_first_check
+            .as_ref()
+            .is_none_or(|p| p.load(Ordering::Relaxed))
     }
 
     pub(crate) fn last_check_error(&self) -> Option<String> {
