@@ -3,9 +3,10 @@
 
 mod common;
 
+use common::dns::{Answer, TestDns};
 use common::origin::{pattern, Behavior, Origin};
 use common::{client, free_addr, signal, simple_config, Gateway, RawConn, EVENTUALLY, ID};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,11 +132,66 @@ async fn metrics_count_known_traffic() {
         ),
         1.0,
     );
-    dashboard_queries_only_exported_metrics(&m);
 }
 
-/// Every metric the Grafana dashboard (deploy/grafana) queries is one this gateway exports:
-/// a `# TYPE` line in the scrape above (histogram series by their family's name).
+/// Every metric the Grafana dashboard (deploy/grafana) queries is one a gateway with every
+/// feature on exports (a `# TYPE` line of its scrape; histogram series by their family).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
+    let origin = Origin::start().await;
+    origin.set_body(ID, "asset");
+    let dns = TestDns::start(Answer::A(vec![Ipv4Addr::LOCALHOST])).await;
+    let (dead, admin) = (free_addr(), free_addr());
+    let yaml = format!(
+        r#"threads: 2
+gateway:
+  listen: ["{{listen}}"]
+  admin: "{admin}"
+  resolver: "{dns}"
+  upstreams:
+    assets:
+      peers: ["{dead}", "{origin}"]
+      retries: 1
+    discovered:
+      discovery: {{dns: "assets.test.:{port}", interval: 1s}}
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+    - path: /content/v2/assets/{{id}}
+      upstream: discovered
+      rewrite: /v1/assets/{{id}}
+"#,
+        dns = dns.addr,
+        origin = origin.addr,
+        port = origin.addr.port()
+    );
+    let gw = Gateway::start(&yaml);
+    common::wait_listening(admin);
+    let c = client();
+    for path in ["/content/v1/assets", "/content/v2/assets"] {
+        let start = Instant::now();
+        // The discovered upstream has peers once the first lookup is in.
+        while c
+            .get(gw.url(&format!("{path}/{ID}")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != 200
+        {
+            assert!(start.elapsed() < common::EVENTUALLY, "{path} never served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Round robin: the dead peer is met (connect failure, failover) within two requests.
+    for _ in 0..2 {
+        let r = c.get(gw.asset_url(ID)).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "asset");
+    }
+    dashboard_queries_only_exported_metrics(&scrape(admin).await);
+}
+
 fn dashboard_queries_only_exported_metrics(scrape: &str) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/asset-gateway.json");
     let dashboard = std::fs::read_to_string(path).unwrap();
