@@ -62,6 +62,14 @@ struct State {
     known: BTreeMap<SocketAddr, Arc<Peer>>,
     /// The last poll's outcome: a warning is logged when it changes, not at every poll.
     last: Option<Outcome>,
+    /// One address family's lookup failing while the other answered (logged on change).
+    family_failed: Option<String>,
+}
+
+/// One poll's answer per address family.
+struct Families {
+    v4: Result<Vec<IpAddr>, String>,
+    v6: Result<Vec<IpAddr>, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,24 +111,53 @@ impl DnsDiscovery {
         Ok(r)
     }
 
-    /// Every address of the name. A and AAAA are asked separately: a family without records
-    /// is empty, any other failure (timeout, SERVFAIL, refused) fails the whole poll, so a
-    /// blip on one family never drops the peers of the other.
-    async fn resolve(&self) -> Result<Vec<IpAddr>, String> {
+    /// Every address of the name, A and AAAA asked separately: a family without records is
+    /// empty, any other failure of a family (timeout, SERVFAIL, refused) is that family's
+    /// `Err`, so a blip on one family never drops the peers of the other.
+    async fn resolve(&self) -> Result<Families, String> {
         let resolver = self.resolver()?;
         // Every poll asks the nameserver: the poll interval is the refresh rate.
         resolver.clear_cache();
         let name = self.discovery.name.as_str();
         let (v4, v6) = futures::join!(resolver.ipv4_lookup(name), resolver.ipv6_lookup(name));
-        let mut ips = Vec::new();
-        for family in [v4, v6] {
-            match family {
-                Ok(lookup) => ips.extend(LookupIp::from(lookup).iter()),
-                Err(e) if e.is_no_records_found() => {}
-                Err(e) => return Err(e.to_string()),
+        let family = |r: Result<_, hickory_resolver::net::NetError>| match r {
+            Ok(lookup) => Ok(LookupIp::from(lookup).iter().collect()),
+            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(Families {
+            v4: family(v4),
+            v6: family(v6),
+        })
+    }
+
+    /// One poll's addresses: each family as answered, or, when its lookup failed, as last
+    /// known (a local resolver such as dnsmasq refuses AAAA for a name it only has A records
+    /// for; that must not stop discovery). `Err` when both failed. The failed family, if any,
+    /// is returned for the log.
+    fn merge(st: &State, answer: Families) -> (Result<Vec<IpAddr>, String>, Option<String>) {
+        match (answer.v4, answer.v6) {
+            (Err(e), Err(_)) => (Err(e), None),
+            (v4, v6) => {
+                let mut failed = None;
+                let mut ips = Vec::new();
+                for (result, v6_family, record) in [(v4, false, "A"), (v6, true, "AAAA")] {
+                    match result {
+                        Ok(found) => ips.extend(found),
+                        Err(e) => {
+                            failed = Some(format!("{record} lookup failed ({e})"));
+                            ips.extend(
+                                st.known
+                                    .keys()
+                                    .map(|a| a.ip())
+                                    .filter(|ip| ip.is_ipv6() == v6_family),
+                            );
+                        }
+                    }
+                }
+                (Ok(ips), failed)
             }
         }
-        Ok(ips)
     }
 
     fn new_peer(&self, addr: SocketAddr) -> Arc<Peer> {
@@ -134,8 +171,18 @@ impl DnsDiscovery {
     }
 
     /// Applies one poll's result to the known peers, logging and counting it.
-    fn apply(&self, st: &mut State, result: Result<Vec<IpAddr>, String>) {
+    fn apply(&self, st: &mut State, answer: Result<Families, String>) {
         let (up, name) = (&self.upstream.name, &self.discovery.name);
+        let (result, family_failed) = match answer {
+            Ok(families) => Self::merge(st, families),
+            Err(e) => (Err(e), None),
+        };
+        if family_failed != st.family_failed {
+            if let Some(why) = &family_failed {
+                warn!("upstream {up}: {name}: {why}; that family keeps its last known peers");
+            }
+            st.family_failed = family_failed;
+        }
         let outcome = match result {
             Ok(ips) if !ips.is_empty() => {
                 self.metrics.ok.inc();
@@ -270,8 +317,13 @@ gateway:
         DnsDiscovery::new(up, up.discovery.as_ref().unwrap()).unwrap()
     }
 
-    fn ips(list: &[&str]) -> Result<Vec<IpAddr>, String> {
-        Ok(list.iter().map(|ip| ip.parse().unwrap()).collect())
+    /// An answer where both families were looked up successfully.
+    fn ips(list: &[&str]) -> Result<Families, String> {
+        let all: Vec<IpAddr> = list.iter().map(|ip| ip.parse().unwrap()).collect();
+        Ok(Families {
+            v4: Ok(all.iter().copied().filter(IpAddr::is_ipv4).collect()),
+            v6: Ok(all.iter().copied().filter(IpAddr::is_ipv6).collect()),
+        })
     }
 
     /// An address that stays keeps its peer (ejection and health state) across updates;
@@ -297,6 +349,50 @@ gateway:
         assert_eq!(st.last, Some(Outcome::Failed));
         assert_eq!(st.known.len(), 3, "the last peers are kept");
         assert!(Arc::ptr_eq(&first, &st.known[&"10.0.0.2:8080".parse().unwrap()]));
+    }
+
+    /// One family failing keeps that family's last peers and takes the other's answer.
+    #[test]
+    fn a_failed_family_keeps_its_peers_and_the_other_family_is_current() {
+        let d = discovery();
+        let mut st = State::default();
+        d.apply(&mut st, ips(&["10.0.0.1", "fd00::1"]));
+        let refused = || Err("refused".to_string());
+        let v4 = |list: &[&str]| Ok(list.iter().map(|ip| ip.parse().unwrap()).collect());
+        d.apply(
+            &mut st,
+            Ok(Families {
+                v4: v4(&["10.0.0.2"]),
+                v6: refused(),
+            }),
+        );
+        let keys: Vec<String> = st.known.keys().map(|a| a.to_string()).collect();
+        assert_eq!(keys, ["10.0.0.2:8080", "[fd00::1]:8080"]);
+        assert_eq!(st.last, Some(Outcome::Ok));
+        assert!(st
+            .family_failed
+            .as_deref()
+            .unwrap()
+            .starts_with("AAAA lookup failed"));
+        // A first poll where only A answers (dnsmasq refusing AAAA): the A peers are used.
+        let mut fresh = State::default();
+        d.apply(
+            &mut fresh,
+            Ok(Families {
+                v4: v4(&["10.0.0.9"]),
+                v6: refused(),
+            }),
+        );
+        assert_eq!(fresh.known.len(), 1);
+        // Both failing is a failed poll: everything is kept.
+        d.apply(
+            &mut st,
+            Ok(Families {
+                v4: refused(),
+                v6: refused(),
+            }),
+        );
+        assert_eq!((st.last, st.known.len()), (Some(Outcome::Failed), 2));
     }
 
     #[test]
