@@ -38,6 +38,10 @@ PROXY_CORE, LOAD_CORE = "0", "1"
 ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX, MINIMAL = 18001, 18002, 18080, 18081, 18082
 NGINX_UNBUFFERED, MINIMAL_PRISTINE = 18083, 18084
 GATEWAY_H2, NGINX_H2 = 18443, 18444
+GATEWAY_CACHE, NGINX_CACHE = 18085, 18086
+# Cold 5 MiB assets for the herd phase, one per repetition and target.
+HERD = [f"00000000-0000-4000-8000-0000000002{i:02d}" for i in range(8)]
+HERD_CLIENTS = 50
 SMALL, IMAGE, LARGE = ("00000000-0000-4000-8000-000000000008", "00000000-0000-4000-8000-000000000005",
                        "00000000-0000-4000-8000-000000000100")
 SIZES = {SMALL: 8 * 1024, IMAGE: 5 * 1024 * 1024, LARGE: 100 * 1024 * 1024}
@@ -62,7 +66,7 @@ def write_files():
         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
     www = TMP / "www/v1/assets"
     www.mkdir(parents=True)
-    for name, size in SIZES.items():
+    for name, size in list(SIZES.items()) + [(h, SIZES[IMAGE]) for h in HERD]:
         with open(www / name, "wb") as f:
             block = bytes(range(256)) * 4096  # 1 MiB
             left = size
@@ -125,6 +129,49 @@ NGINX_TLS = """listen 127.0.0.1:{h2} ssl http2;
         ssl_certificate {tmp}/tls/cert.pem;
         ssl_certificate_key {tmp}/tls/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;"""
+
+# nginx as a caching proxy, as its users set it up for assets: a disk cache (served from the
+# page cache once warm) with a lock so concurrent misses make one upstream request.
+NGINX_CACHE_BODY = """
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    upstream fast {{ server 127.0.0.1:{fast}; keepalive 64; }}
+    upstream slow {{ server 127.0.0.1:{slow}; keepalive 64; }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_cache_path {tmp}/nginx-cache levels=1:2 keys_zone=assets:16m max_size=2g inactive=1h use_temp_path=off;
+    proxy_cache assets;
+    proxy_cache_valid 200 1h;
+    proxy_cache_lock on;
+    proxy_cache_lock_timeout 30s;
+    server {{
+        listen 127.0.0.1:{port};
+        location /content/v1/assets/ {{ proxy_pass http://fast/v1/assets/; }}
+        location /slow/v1/assets/ {{ proxy_pass http://slow/v1/assets/; }}
+    }}
+"""
+
+GATEWAY_CACHE_CONF = """threads: 1
+pid_file: {tmp}/gateway-cache.pid
+upgrade_sock: {tmp}/gateway-cache-upgrade.sock
+gateway:
+  listen: ["127.0.0.1:{port}"]
+  cache:
+    memory: 512MiB
+  upstreams:
+    fast:
+      peers: ["127.0.0.1:{fast}"]
+    slow:
+      peers: ["127.0.0.1:{slow}"]
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: fast
+      rewrite: /v1/assets/{{id}}
+    - path: /slow/v1/assets/{{id}}
+      upstream: slow
+      rewrite: /v1/assets/{{id}}
+"""
 
 GATEWAY_CONF = """threads: 1
 pid_file: {tmp}/gateway.pid
@@ -299,6 +346,59 @@ def measure_h2(targets, reps, seconds):
     return summary
 
 
+def measure_cache_hits(targets, reps, seconds):
+    """The 8 KiB asset served from the cache (filled first): TTFB on a new connection (median
+    of 31 per repetition), then requests/s and proxy CPU per request with 32 connections."""
+    for t in targets:
+        curl(t.url(SMALL))
+        time.sleep(0.3)  # the fill commits after the response
+    ttfb = {t.name: [] for t in targets}
+    for _ in range(reps * 31):
+        for t in targets:
+            code, first, _, size = curl(t.url(SMALL))
+            if code == 200 and size == SIZES[SMALL]:
+                ttfb[t.name].append(first * 1000)
+    before = len(origin_log_lines())
+    load = measure_small(targets, reps, seconds)
+    origin = sum(1 for l in origin_log_lines()[before:] if SMALL in l)
+    return {t.name: {"hit_ttfb_ms": statistics.median(ttfb[t.name]), "rps": load[t.name]["rps"],
+                     "cpu_us_per_req": load[t.name]["cpu_us_per_req"], "errors": load[t.name]["errors"],
+                     "origin_requests_during_load": origin if t.name != "direct" else None}
+            for t in targets}
+
+
+def measure_herd(targets, reps):
+    """HERD_CLIENTS clients at once on a cold 5 MiB asset behind the rate-limited origin
+    (~400 ms per copy): how many requests reach the origin, and when the clients get their
+    first byte (a cache that streams the fill to every waiter gives all of them the first
+    byte early; one that makes waiters wait for the whole object does not)."""
+    res = {t.name: [] for t in targets}
+    assets = iter(HERD)
+    for _ in range(reps):
+        for t in targets:
+            asset = next(assets)
+            before = len(origin_log_lines())
+            procs = [subprocess.Popen(pinned(LOAD_CORE, ["curl", "-s", "-o", "/dev/null", "-w",
+                                                         "%{http_code} %{time_starttransfer} %{time_total} %{size_download}",
+                                                         t.url(asset, slow=True)]), stdout=subprocess.PIPE, text=True)
+                     for _ in range(HERD_CLIENTS)]
+            outs = [p.communicate()[0].split() for p in procs]
+            ok = [o for o in outs if o[0] == "200" and int(o[3]) == SIZES[IMAGE]]
+            time.sleep(0.5)
+            origin = sum(1 for l in origin_log_lines()[before:] if asset in l)
+            firsts = sorted(float(o[1]) * 1000 for o in ok)
+            res[t.name].append({"origin_requests": origin, "ok": len(ok),
+                                "ttfb_median_ms": statistics.median(firsts) if firsts else None,
+                                "ttfb_max_ms": firsts[-1] if firsts else None,
+                                "total_max_ms": max(float(o[2]) for o in ok) * 1000 if ok else None})
+    return {name: {"origin_requests": max(r["origin_requests"] for r in runs),
+                   "errors": sum(HERD_CLIENTS - r["ok"] for r in runs),
+                   "ttfb_median_ms": statistics.median(r["ttfb_median_ms"] for r in runs),
+                   "ttfb_max_ms": statistics.median(r["ttfb_max_ms"] for r in runs),
+                   "total_max_ms": statistics.median(r["total_max_ms"] for r in runs), "runs": runs}
+            for name, runs in res.items()}
+
+
 def measure_large(targets, reps):
     res = {t.name: {"mbps": [], "cpu": [], "errors": 0} for t in targets}
     for _ in range(reps):
@@ -392,6 +492,15 @@ def main():
                                                                          buffering="proxy_buffering off;", tls=""),
                                   PROXY_CORE)
         procs.append(nginx_unbuf)
+        nginx_cache = start_nginx("proxy-cache", NGINX_CACHE_BODY.format(fast=ORIGIN_FAST, slow=ORIGIN_SLOW,
+                                                                         port=NGINX_CACHE, tmp=TMP), PROXY_CORE)
+        procs.append(nginx_cache)
+        cache_conf = TMP / "gateway-cache.yaml"
+        cache_conf.write_text(GATEWAY_CACHE_CONF.format(tmp=TMP, port=GATEWAY_CACHE, fast=ORIGIN_FAST,
+                                                        slow=ORIGIN_SLOW))
+        gateway_cache = subprocess.Popen(pinned(PROXY_CORE, [str(ROOT / "target/release/asset-gateway"), "-c",
+                                                             str(cache_conf)]), stderr=subprocess.DEVNULL)
+        procs.append(gateway_cache)
         conf = TMP / "gateway.yaml"
         conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, h2=GATEWAY_H2, fast=ORIGIN_FAST, slow=ORIGIN_SLOW))
         log_lines = [0]
@@ -432,7 +541,8 @@ def main():
 
         for name in starters:
             restart(name)
-        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, NGINX_UNBUFFERED, NGINX_H2, GATEWAY_H2):
+        for port in (ORIGIN_FAST, ORIGIN_SLOW, NGINX, NGINX_UNBUFFERED, NGINX_H2, GATEWAY_H2, NGINX_CACHE,
+                     GATEWAY_CACHE):
             wait_port(port)
         targets = [
             Target("direct", None, lambda: []),
@@ -460,6 +570,10 @@ def main():
         h2_targets = [targets[1], targets[2]]
         targets[1].h2_port, targets[2].h2_port = GATEWAY_H2, NGINX_H2
         results["h2_tls_8kib"] = measure_h2(h2_targets, 1 if QUICK else 3, 4 if QUICK else 6)
+        cached = [targets[0], Target("gateway-cache", GATEWAY_CACHE, lambda: [gateway_cache.pid]),
+                  Target("nginx-cache", NGINX_CACHE, lambda: nginx_pids(nginx_cache))]
+        results["cache_hits_8kib"] = measure_cache_hits(cached, 1 if QUICK else 3, 4 if QUICK else 6)
+        results["cache_herd_5mib"] = measure_herd(cached[1:], 1 if QUICK else 3)
         results["large_100mib"] = measure_large(targets + floors, 2 if QUICK else 5)
         results["slow_clients_64"] = {t.name: measure_slow_clients(fresh(t), 64, 8) for t in targets[1:] + floors}
         results["idle_clients_2000"] = {t.name: measure_idle_clients(fresh(t), 2000) for t in targets[1:] + floors}
@@ -485,6 +599,7 @@ def table(r):
     t, s, l, sc, ic = (r["ttfb_5mib_rate_limited"], r["small_8kib_32_conns"], r["large_100mib"], r["slow_clients_64"],
                        r["idle_clients_2000"])
     h = r["h2_tls_8kib"]
+    ch, hd = r["cache_hits_8kib"], r["cache_herd_5mib"]
     g, n, u, d, m, p = "gateway", "nginx", "nginx-unbuffered", "direct", "pingora-minimal", "pingora-minimal-pristine"
 
     def best(figures, key, higher=True):
@@ -524,6 +639,21 @@ def table(r):
          f"{h[g]['rps'] / h[n]['rps']:.2f} x nginx", ""),
         ("8 KiB, TLS h2: proxy CPU per request (us)", f"{h[g]['cpu_us_per_req']:.1f}",
          f"{h[n]['cpu_us_per_req']:.1f} / -", "-", f"{h[g]['cpu_us_per_req'] / h[n]['cpu_us_per_req']:.2f} x nginx", ""),
+        ("8 KiB cache hit, new connection: TTFB (ms)", f"{ch['gateway-cache']['hit_ttfb_ms']:.2f}",
+         f"{ch['nginx-cache']['hit_ttfb_ms']:.2f} (proxy_cache)", f"{ch['direct']['hit_ttfb_ms']:.2f}",
+         f"{ch['gateway-cache']['hit_ttfb_ms'] - ch['nginx-cache']['hit_ttfb_ms']:+.2f} ms vs nginx", ""),
+        ("8 KiB cache hit, 32 conns: requests/s", f"{ch['gateway-cache']['rps']:.0f}",
+         f"{ch['nginx-cache']['rps']:.0f} (proxy_cache)", f"{ch['direct']['rps']:.0f}",
+         f"{ch['gateway-cache']['rps'] / ch['nginx-cache']['rps']:.2f} x nginx", ""),
+        ("8 KiB cache hit: proxy CPU per request (us)", f"{ch['gateway-cache']['cpu_us_per_req']:.1f}",
+         f"{ch['nginx-cache']['cpu_us_per_req']:.1f} (proxy_cache)", "-",
+         f"{ch['gateway-cache']['cpu_us_per_req'] / ch['nginx-cache']['cpu_us_per_req']:.2f} x nginx", ""),
+        (f"herd: {HERD_CLIENTS} clients on a cold 5 MiB asset: origin requests",
+         str(hd['gateway-cache']['origin_requests']), f"{hd['nginx-cache']['origin_requests']} (proxy_cache_lock)",
+         f"{HERD_CLIENTS}", "", "1"),
+        ("herd: clients' TTFB median / max (ms)",
+         f"{hd['gateway-cache']['ttfb_median_ms']:.0f} / {hd['gateway-cache']['ttfb_max_ms']:.0f}",
+         f"{hd['nginx-cache']['ttfb_median_ms']:.0f} / {hd['nginx-cache']['ttfb_max_ms']:.0f}", "-", "", ""),
         ("100 MiB: throughput (MB/s)", f"{l[g]['mb_per_s']:.0f}", nginx_cell(l, "mb_per_s", "{:.0f}"),
          f"{l[d]['mb_per_s']:.0f}", f"{l[g]['mb_per_s'] / mbps_n:.2f} x nginx", ">= 1.0 x", f"{l[m]['mb_per_s']:.0f}",
          f"{l[p]['mb_per_s']:.0f}"),
@@ -551,8 +681,10 @@ def table(r):
         ("upstream connections opened / client connections (8 KiB)", f"{s[g]['upstream_connections']} / 32",
          f"{s[n]['upstream_connections']} / {s[u]['upstream_connections']}", f"{s[d]['upstream_connections']} / 32", "",
          "<= 32", f"{s[m]['upstream_connections']} / 32", f"{s[p]['upstream_connections']} / 32"),
-        ("errors (all phases)", str(t[g]["errors"] + s[g]["errors"] + l[g]["errors"] + h[g]["errors"]),
-         str(sum(x[k]["errors"] for x in (t, s, l) for k in (n, u)) + h[n]["errors"]),
+        ("errors (all phases)", str(t[g]["errors"] + s[g]["errors"] + l[g]["errors"] + h[g]["errors"] + ch["gateway-cache"]["errors"]
+             + hd["gateway-cache"]["errors"]),
+         str(sum(x[k]["errors"] for x in (t, s, l) for k in (n, u)) + h[n]["errors"] + ch["nginx-cache"]["errors"]
+             + hd["nginx-cache"]["errors"]),
          str(t[d]["errors"] + s[d]["errors"] + l[d]["errors"]), "", "0"),
     ]
     head = ("| figure | gateway | nginx (buffered / unbuffered) | direct | ratio (against the better nginx) | target "
