@@ -21,6 +21,22 @@ pub(crate) struct Settings {
     /// Routes refer to these by index.
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// `None`: no cache.
+    pub cache: Option<CacheSettings>,
+}
+
+/// `gateway.cache`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheSettings {
+    /// The memory tier's bound, in bytes.
+    pub memory: usize,
+    /// Larger responses (by Content-Length) stream through uncached.
+    pub max_object_size: usize,
+    /// Freshness of a 200 without explicit freshness.
+    pub default_ttl: Duration,
+    /// How long a request waits for another one's fill to start before going upstream itself
+    /// (uncached), and how long a writer may hold the lock before waiters compete again.
+    pub lock_timeout: Duration,
 }
 
 pub(crate) struct Listener {
@@ -164,4 +180,6 @@ pub(crate) struct Route {
     /// Index into [`Settings::upstreams`].
     pub upstream: usize,
     pub forward_query: bool,
+    /// Responses go through the cache (only when `Settings::cache` is set).
+    pub cache: bool,
 }

@@ -1,0 +1,465 @@
+//! The response cache: coalescing of a cold herd, hits without the origin, a client leaving
+//! mid-fill, an origin failing mid-fill (#932), purge, what is not stored, Range/304/HEAD from
+//! the cache, eviction, Cache-Status, metrics and the access log. Real gateway process, real
+//! origin, real client; no test asserts on time.
+
+mod common;
+
+use common::origin::{pattern, Behavior, Origin};
+use common::{client, free_addr, wait_listening, Gateway, RawConn, EVENTUALLY};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Distinct asset ids (each test uses its own, so none sees another's objects).
+const A: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c01";
+const B: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c02";
+const C: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c03";
+const D: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c04";
+
+struct Setup {
+    origin: Origin,
+    gw: Gateway,
+    admin: SocketAddr,
+}
+
+/// A gateway with a cache (`cache_extra` lines go under `gateway.cache`) and an admin
+/// listener, in front of a fresh origin.
+async fn setup(memory: &str, cache_extra: &str) -> Setup {
+    let origin = Origin::start().await;
+    let admin = free_addr();
+    let yaml = format!(
+        r#"threads: 2
+gateway:
+  listen: ["{{listen}}"]
+  admin: "{admin}"
+  cache:
+    memory: {memory}
+{cache_extra}
+  upstreams:
+    assets:
+      peers: ["{}"]
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+    - path: /content/v1/nocache/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+      cache: false
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start(&yaml);
+    wait_listening(admin);
+    Setup { origin, gw, admin }
+}
+
+fn asset_requests(origin: &Origin, id: &str) -> usize {
+    origin
+        .asset_requests()
+        .iter()
+        .filter(|r| r.target.ends_with(id))
+        .count()
+}
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// GETs `url`; returns status, Cache-Status and the whole body.
+async fn get(url: &str) -> (u16, String, Vec<u8>) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let cs = cache_status(&r);
+    (status, cs, r.bytes().await.unwrap().to_vec())
+}
+
+/// Waits until `cond` holds (it only guards against hanging; nothing is timed).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn admin_json(admin: SocketAddr, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .request(method, format!("http://{admin}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap())
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// 50 clients ask for a cold 4 MiB asset at once while the origin holds it after its first
+/// 64 KiB: the origin sees one request, every client gets every byte, and the next request is
+/// a hit the origin never sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_herd_makes_one_origin_request() {
+    let s = setup("64MiB", "").await;
+    let total = 4 * 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::HoldAfter {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let headers = Arc::new(AtomicUsize::new(0));
+    let url = s.gw.asset_url(A);
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let (url, headers) = (url.clone(), headers.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).send().await.unwrap();
+                headers.fetch_add(1, Ordering::SeqCst);
+                let status = r.status().as_u16();
+                let cs = cache_status(&r);
+                (status, cs, r.bytes().await.unwrap().to_vec())
+            })
+        })
+        .collect();
+    // Every client has its response head (from the one fill) before the origin sends more.
+    eventually("all 50 response heads", || headers.load(Ordering::SeqCst) == 50).await;
+    assert!(held.load(Ordering::SeqCst));
+    release.notify_one();
+    let want = pattern(0..total as u64);
+    let mut statuses = Vec::new();
+    for c in clients {
+        let (status, cs, body) = c.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == want, "a client got {} bytes, not the asset", body.len());
+        statuses.push(cs);
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1, "the herd was not coalesced");
+    let stored = statuses.iter().filter(|c| *c == "asset-gateway; fwd=uri-miss; stored").count();
+    let collapsed = statuses.iter().filter(|c| *c == "asset-gateway; fwd=uri-miss; collapsed").count();
+    assert_eq!((stored, collapsed), (1, 49), "{statuses:?}");
+
+    let (status, cs, body) = get(&url).await;
+    assert_eq!(status, 200);
+    assert!(cs.starts_with("asset-gateway; hit; ttl="), "{cs}");
+    assert!(body == want);
+    assert_eq!(asset_requests(&s.origin, A), 1, "a hit went to the origin");
+
+    let m = metrics(s.admin).await;
+    assert_eq!(metric(&m, "asset_gateway_cache_lookups_total{result=\"coalesced\"}"), 49.0);
+    assert_eq!(metric(&m, "asset_gateway_cache_lookups_total{result=\"miss\"}"), 1.0);
+    assert_eq!(metric(&m, "asset_gateway_cache_lookups_total{result=\"hit\"}"), 1.0);
+    assert_eq!(metric(&m, "asset_gateway_cache_stored_bytes_total"), total as f64);
+    assert_eq!(metric(&m, "asset_gateway_cache_hit_bytes_total"), (50 * total) as f64);
+    assert!(metric(&m, "asset_gateway_cache_memory_bytes") >= total as f64);
+}
+
+/// The client whose request fills the cache leaves mid-body: the fill goes on, the others get
+/// every byte, and the object is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fill_survives_its_client_leaving() {
+    let s = setup("64MiB", "").await;
+    let total = 2 * 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::HoldAfter {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let mut first = RawConn::connect(s.gw.addr).await;
+    first
+        .send(format!("GET /content/v1/assets/{A} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await;
+    let head = first.read_chunk().await.expect("the first client got nothing");
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    eventually("the origin holding", || held.load(Ordering::SeqCst)).await;
+
+    let url = s.gw.asset_url(A);
+    let others: Vec<_> = (0..5).map(|_| tokio::spawn(get_owned(url.clone()))).collect();
+    // The first client goes away before the origin sends the rest.
+    drop(first);
+    release.notify_one();
+    for o in others {
+        let (status, _, body) = o.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == pattern(0..total as u64), "got {} bytes", body.len());
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.contains("; hit"), "not stored: {cs}");
+    assert_eq!(body.len(), total);
+    assert_eq!(asset_requests(&s.origin, A), 1);
+}
+
+async fn get_owned(url: String) -> (u16, String, Vec<u8>) {
+    get(&url).await
+}
+
+/// The origin fails mid-body: the client of the fill and every client following it see an
+/// incomplete response (an error, never a clean short body), nothing is stored, and the next
+/// request refills from the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_failing_mid_fill_fails_every_reader() {
+    let s = setup("64MiB", "").await;
+    let total = 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::FailAfterHold {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let url = s.gw.asset_url(A);
+    let headers = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let (url, headers) = (url.clone(), headers.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).send().await.unwrap();
+                headers.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(r.status(), 200);
+                r.bytes().await
+            })
+        })
+        .collect();
+    eventually("all 10 response heads", || headers.load(Ordering::SeqCst) == 10).await;
+    release.notify_one();
+    for c in clients {
+        match c.await.unwrap() {
+            Err(_) => {}
+            Ok(b) => panic!("a client saw a clean end after {} of {total} bytes", b.len()),
+        }
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1);
+
+    // Nothing was stored: the next request goes to the origin and fills the cache.
+    s.origin.set(A, Behavior::Generated { size: total as u64 });
+    let (status, cs, body) = get(&url).await;
+    assert_eq!((status, cs.as_str()), (200, "asset-gateway; fwd=uri-miss; stored"));
+    assert!(body == pattern(0..total as u64));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    let (_, cs, _) = get(&url).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert_eq!(asset_requests(&s.origin, A), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_one_asset() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 1000 });
+    s.origin.set(B, Behavior::Generated { size: 1000 });
+    let (a, b) = (s.gw.asset_url(A), s.gw.asset_url(B));
+    get(&a).await;
+    get(&b).await;
+    assert!(get(&a).await.1.contains("; hit"));
+
+    let del = reqwest::Method::DELETE;
+    let path = format!("/cache/content/v1/assets/{A}");
+    let (status, json) = admin_json(s.admin, del.clone(), &path).await;
+    assert_eq!((status, json), (200, serde_json::json!({"purged": true})));
+    let (status, json) = admin_json(s.admin, del.clone(), &path).await;
+    assert_eq!((status, json), (200, serde_json::json!({"purged": false})));
+
+    let (_, cs, body) = get(&a).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(body == pattern(0..1000));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    // The other asset is untouched.
+    assert!(get(&b).await.1.contains("; hit"));
+    assert_eq!(asset_requests(&s.origin, B), 1);
+
+    let (status, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert_eq!(status, 200);
+    assert_eq!(json["objects"], 2);
+    assert!(json["memory_bytes"].as_u64().unwrap() >= 2000);
+    assert_eq!(json["memory_limit"], 64 * 1024 * 1024);
+    let r = client()
+        .delete(format!("http://{}/cache/content/v1/assets/not-a-uuid", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+/// `no-store`, `private`, `Set-Cookie`, `Vary`, oversized bodies and routes with `cache: false`
+/// all go to the origin every time, streamed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_must_not_be_stored_is_not() {
+    let s = setup("64MiB", "    max_object_size: 100KiB").await;
+    s.origin.set(
+        A,
+        Behavior::WithHeaders {
+            size: 1000,
+            headers: "cache-control: no-store\r\n",
+        },
+    );
+    s.origin.set(
+        B,
+        Behavior::WithHeaders {
+            size: 1000,
+            headers: "set-cookie: session=1\r\n",
+        },
+    );
+    s.origin.set(C, Behavior::Generated { size: 200 * 1024 });
+    s.origin.set(D, Behavior::Generated { size: 1000 });
+    let cases = [
+        (s.gw.asset_url(A), A, 1000, "asset-gateway; fwd=uri-miss; detail=no-store"),
+        (s.gw.asset_url(B), B, 1000, "asset-gateway; fwd=uri-miss; detail=set-cookie"),
+        (s.gw.asset_url(C), C, 200 * 1024, "asset-gateway; fwd=uri-miss; detail=too-large"),
+        (s.gw.url(&format!("/content/v1/nocache/{D}")), D, 1000, ""),
+    ];
+    for (url, id, size, want) in cases {
+        for n in 1..=2 {
+            let (status, cs, body) = get(&url).await;
+            assert_eq!(status, 200);
+            assert_eq!(cs, want, "{url}");
+            assert!(body == pattern(0..size), "{url}");
+            assert_eq!(asset_requests(&s.origin, id), n, "{url} was served from the cache");
+        }
+    }
+}
+
+/// Range, conditional requests and HEAD are answered from the stored object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_304_and_head_from_the_cache() {
+    let s = setup("64MiB", "").await;
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    s.origin.set_body(A, body.clone());
+    let url = s.gw.asset_url(A);
+    let (_, cs, got) = get(&url).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(got == body);
+
+    let r = client().get(&url).header("range", "bytes=1000-1999").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(cache_status(&r).contains("; hit"));
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 1000-1999/{}", body.len())
+    );
+    assert!(r.bytes().await.unwrap() == body[1000..2000]);
+
+    let r = client().get(&url).header("range", "bytes=-10").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == body[body.len() - 10..]);
+
+    let etag = client().head(&url).send().await.unwrap().headers()["etag"].clone();
+    let r = client().get(&url).header("if-none-match", etag).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+    assert!(cache_status(&r).contains("; hit"));
+
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], body.len().to_string().as_str());
+    assert!(cache_status(&r).contains("; hit"));
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    assert_eq!(asset_requests(&s.origin, A), 1, "served by the origin, not the cache");
+}
+
+/// A Range request that starts a fill gets its range; the fill stores the whole object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_miss_fills_the_whole_object() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 300_000 });
+    let url = s.gw.asset_url(A);
+    let r = client().get(&url).header("range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == pattern(100..200));
+    let seen = s.origin.asset_requests();
+    assert!(seen[0].header("range").is_none(), "the range went upstream");
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert!(body == pattern(0..300_000));
+    assert_eq!(asset_requests(&s.origin, A), 1);
+}
+
+/// With a 1 MiB memory tier, storing a fourth 300 KiB object evicts the least recently used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_the_memory_bound() {
+    let s = setup("1MiB", "").await;
+    for id in [A, B, C, D] {
+        s.origin.set(id, Behavior::Generated { size: 300 * 1024 });
+    }
+    for id in [A, B, C] {
+        assert_eq!(get(&s.gw.asset_url(id)).await.1, "asset-gateway; fwd=uri-miss; stored");
+    }
+    // A is used again, so B is now the least recently used.
+    assert!(get(&s.gw.asset_url(A)).await.1.contains("; hit"));
+    assert_eq!(get(&s.gw.asset_url(D)).await.1, "asset-gateway; fwd=uri-miss; stored");
+
+    let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert!(json["memory_bytes"].as_u64().unwrap() <= 1024 * 1024, "{json}");
+    assert_eq!(json["objects"], 3, "{json}");
+    assert!(get(&s.gw.asset_url(A)).await.1.contains("; hit"));
+    let (_, cs, body) = get(&s.gw.asset_url(B)).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored", "B was not evicted");
+    assert!(body == pattern(0..300 * 1024));
+    assert_eq!(asset_requests(&s.origin, B), 2);
+    let m = metrics(s.admin).await;
+    assert!(metric(&m, "asset_gateway_cache_evictions_total") >= 1.0);
+    assert!(metric(&m, "asset_gateway_cache_memory_bytes") <= (1024 * 1024) as f64);
+}
+
+/// Routing answers (404, 400, 405) come before any cache work, and the access log says what
+/// the cache did (text format here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_answers_and_access_log() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 1000 });
+    let c = client();
+    assert_eq!(c.get(s.gw.url("/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(s.gw.asset_url("not-a-uuid")).send().await.unwrap().status(), 400);
+    let r = c.post(s.gw.asset_url(A)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers().get("cache-status").is_none());
+    assert_eq!(s.origin.asset_requests().len(), 0);
+
+    for rid in ["cache-log-1", "cache-log-2"] {
+        let r = c.get(s.gw.asset_url(A)).header("x-request-id", rid).send().await.unwrap();
+        assert_eq!(r.headers()["x-request-id"], rid);
+        r.bytes().await.unwrap();
+    }
+    let first = s.gw.access_line("cache-log-1").await;
+    let second = s.gw.access_line("cache-log-2").await;
+    assert!(first.contains(" cache=miss-stored"), "{first}");
+    assert!(second.contains(" cache=hit"), "{second}");
+    assert!(second.contains(" status=200 bytes=1000 "), "{second}");
+}
