@@ -15,9 +15,9 @@ use crate::gateway::{Ctx, Gateway};
 use crate::request_id::RequestId;
 use crate::{fmt, headers, response};
 use async_trait::async_trait;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
-use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -108,7 +108,11 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a route"))?;
         let route = self.router.route(m.index);
-        Ok(policy::key(&route.template, m.asset.as_str(), m.upstream_uri.query()))
+        Ok(policy::key(
+            &route.template,
+            m.asset.as_str(),
+            m.upstream_uri.query(),
+        ))
     }
 
     async fn cache_hit_filter(

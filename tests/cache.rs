@@ -163,8 +163,14 @@ async fn a_cold_herd_makes_one_origin_request() {
         statuses.push(cs);
     }
     assert_eq!(asset_requests(&s.origin, A), 1, "the herd was not coalesced");
-    let stored = statuses.iter().filter(|c| *c == "asset-gateway; fwd=uri-miss; stored").count();
-    let collapsed = statuses.iter().filter(|c| *c == "asset-gateway; fwd=uri-miss; collapsed").count();
+    let stored = statuses
+        .iter()
+        .filter(|c| *c == "asset-gateway; fwd=uri-miss; stored")
+        .count();
+    let collapsed = statuses
+        .iter()
+        .filter(|c| *c == "asset-gateway; fwd=uri-miss; collapsed")
+        .count();
     assert_eq!((stored, collapsed), (1, 49), "{statuses:?}");
 
     let (status, cs, body) = get(&url).await;
@@ -174,11 +180,23 @@ async fn a_cold_herd_makes_one_origin_request() {
     assert_eq!(asset_requests(&s.origin, A), 1, "a hit went to the origin");
 
     let m = metrics(s.admin).await;
-    assert_eq!(metric(&m, "asset_gateway_cache_lookups_total{result=\"coalesced\"}"), 49.0);
-    assert_eq!(metric(&m, "asset_gateway_cache_lookups_total{result=\"miss\"}"), 1.0);
-    assert_eq!(metric(&m, "asset_gateway_cache_lookups_total{result=\"hit\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_lookups_total{result=\"coalesced\"}"),
+        49.0
+    );
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_lookups_total{result=\"miss\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_lookups_total{result=\"hit\"}"),
+        1.0
+    );
     assert_eq!(metric(&m, "asset_gateway_cache_stored_bytes_total"), total as f64);
-    assert_eq!(metric(&m, "asset_gateway_cache_hit_bytes_total"), (50 * total) as f64);
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_hit_bytes_total"),
+        (50 * total) as f64
+    );
     assert!(metric(&m, "asset_gateway_cache_memory_bytes") >= total as f64);
 }
 
@@ -204,7 +222,11 @@ async fn the_fill_survives_its_client_leaving() {
         .send(format!("GET /content/v1/assets/{A} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await;
     let head = first.read_chunk().await.expect("the first client got nothing");
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     eventually("the origin holding", || held.load(Ordering::SeqCst)).await;
 
     let url = s.gw.asset_url(A);
@@ -272,7 +294,10 @@ async fn an_origin_failing_mid_fill_fails_every_reader() {
     // Nothing was stored: the next request goes to the origin and fills the cache.
     s.origin.set(A, Behavior::Generated { size: total as u64 });
     let (status, cs, body) = get(&url).await;
-    assert_eq!((status, cs.as_str()), (200, "asset-gateway; fwd=uri-miss; stored"));
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=uri-miss; stored")
+    );
     assert!(body == pattern(0..total as u64));
     assert_eq!(asset_requests(&s.origin, A), 2);
     let (_, cs, _) = get(&url).await;
@@ -340,9 +365,24 @@ async fn what_must_not_be_stored_is_not() {
     s.origin.set(C, Behavior::Generated { size: 200 * 1024 });
     s.origin.set(D, Behavior::Generated { size: 1000 });
     let cases = [
-        (s.gw.asset_url(A), A, 1000, "asset-gateway; fwd=uri-miss; detail=no-store"),
-        (s.gw.asset_url(B), B, 1000, "asset-gateway; fwd=uri-miss; detail=set-cookie"),
-        (s.gw.asset_url(C), C, 200 * 1024, "asset-gateway; fwd=uri-miss; detail=too-large"),
+        (
+            s.gw.asset_url(A),
+            A,
+            1000,
+            "asset-gateway; fwd=uri-miss; detail=no-store",
+        ),
+        (
+            s.gw.asset_url(B),
+            B,
+            1000,
+            "asset-gateway; fwd=uri-miss; detail=set-cookie",
+        ),
+        (
+            s.gw.asset_url(C),
+            C,
+            200 * 1024,
+            "asset-gateway; fwd=uri-miss; detail=too-large",
+        ),
         (s.gw.url(&format!("/content/v1/nocache/{D}")), D, 1000, ""),
     ];
     for (url, id, size, want) in cases {
@@ -351,7 +391,11 @@ async fn what_must_not_be_stored_is_not() {
             assert_eq!(status, 200);
             assert_eq!(cs, want, "{url}");
             assert!(body == pattern(0..size), "{url}");
-            assert_eq!(asset_requests(&s.origin, id), n, "{url} was served from the cache");
+            assert_eq!(
+                asset_requests(&s.origin, id),
+                n,
+                "{url} was served from the cache"
+            );
         }
     }
 }
@@ -367,7 +411,12 @@ async fn range_304_and_head_from_the_cache() {
     assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
     assert!(got == body);
 
-    let r = client().get(&url).header("range", "bytes=1000-1999").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert!(cache_status(&r).contains("; hit"));
     assert_eq!(
@@ -376,12 +425,22 @@ async fn range_304_and_head_from_the_cache() {
     );
     assert!(r.bytes().await.unwrap() == body[1000..2000]);
 
-    let r = client().get(&url).header("range", "bytes=-10").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert!(r.bytes().await.unwrap() == body[body.len() - 10..]);
 
     let etag = client().head(&url).send().await.unwrap().headers()["etag"].clone();
-    let r = client().get(&url).header("if-none-match", etag).send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
     assert!(cache_status(&r).contains("; hit"));
 
@@ -391,7 +450,11 @@ async fn range_304_and_head_from_the_cache() {
     assert!(cache_status(&r).contains("; hit"));
     assert!(r.bytes().await.unwrap().is_empty());
 
-    assert_eq!(asset_requests(&s.origin, A), 1, "served by the origin, not the cache");
+    assert_eq!(
+        asset_requests(&s.origin, A),
+        1,
+        "served by the origin, not the cache"
+    );
 }
 
 /// A Range request that starts a fill gets its range; the fill stores the whole object.
@@ -400,7 +463,12 @@ async fn a_range_miss_fills_the_whole_object() {
     let s = setup("64MiB", "").await;
     s.origin.set(A, Behavior::Generated { size: 300_000 });
     let url = s.gw.asset_url(A);
-    let r = client().get(&url).header("range", "bytes=100-199").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert!(r.bytes().await.unwrap() == pattern(100..200));
     let seen = s.origin.asset_requests();
@@ -419,11 +487,17 @@ async fn eviction_keeps_the_memory_bound() {
         s.origin.set(id, Behavior::Generated { size: 300 * 1024 });
     }
     for id in [A, B, C] {
-        assert_eq!(get(&s.gw.asset_url(id)).await.1, "asset-gateway; fwd=uri-miss; stored");
+        assert_eq!(
+            get(&s.gw.asset_url(id)).await.1,
+            "asset-gateway; fwd=uri-miss; stored"
+        );
     }
     // A is used again, so B is now the least recently used.
     assert!(get(&s.gw.asset_url(A)).await.1.contains("; hit"));
-    assert_eq!(get(&s.gw.asset_url(D)).await.1, "asset-gateway; fwd=uri-miss; stored");
+    assert_eq!(
+        get(&s.gw.asset_url(D)).await.1,
+        "asset-gateway; fwd=uri-miss; stored"
+    );
 
     let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
     assert!(json["memory_bytes"].as_u64().unwrap() <= 1024 * 1024, "{json}");
@@ -446,14 +520,22 @@ async fn gateway_answers_and_access_log() {
     s.origin.set(A, Behavior::Generated { size: 1000 });
     let c = client();
     assert_eq!(c.get(s.gw.url("/nope")).send().await.unwrap().status(), 404);
-    assert_eq!(c.get(s.gw.asset_url("not-a-uuid")).send().await.unwrap().status(), 400);
+    assert_eq!(
+        c.get(s.gw.asset_url("not-a-uuid")).send().await.unwrap().status(),
+        400
+    );
     let r = c.post(s.gw.asset_url(A)).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert!(r.headers().get("cache-status").is_none());
     assert_eq!(s.origin.asset_requests().len(), 0);
 
     for rid in ["cache-log-1", "cache-log-2"] {
-        let r = c.get(s.gw.asset_url(A)).header("x-request-id", rid).send().await.unwrap();
+        let r = c
+            .get(s.gw.asset_url(A))
+            .header("x-request-id", rid)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.headers()["x-request-id"], rid);
         r.bytes().await.unwrap();
     }

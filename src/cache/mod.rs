@@ -14,7 +14,7 @@ pub(crate) mod storage;
 use crate::config::CacheSettings;
 use crate::metrics::CacheMetrics;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora::cache::{CacheOptionOverrides, CachePhase, CacheMeta, HitHandler, RespCacheable};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, RespCacheable};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use policy::Outcome;
@@ -93,8 +93,16 @@ impl Cache {
     }
 
     /// `response_cache_filter`.
-    pub(crate) fn cacheable(&self, session: &Session, resp: &ResponseHeader, rc: &mut RequestCache) -> RespCacheable {
-        let authorization = session.req_header().headers.contains_key(http::header::AUTHORIZATION);
+    pub(crate) fn cacheable(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        rc: &mut RequestCache,
+    ) -> RespCacheable {
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
         let r = policy::cacheable(resp, authorization, self.store_limit);
         rc.storing |= r.is_cacheable();
         r

@@ -189,14 +189,23 @@ mod tests {
         }
         let cases: [(ResponseHeader, NoCacheReason); 7] = [
             (resp(200, &[]), NoCacheReason::Custom("no-content-length")),
-            (resp(200, &[("content-length", "101")]), NoCacheReason::ResponseTooLarge),
-            (resp(404, &[("content-length", "1")]), NoCacheReason::Custom("status")),
+            (
+                resp(200, &[("content-length", "101")]),
+                NoCacheReason::ResponseTooLarge,
+            ),
+            (
+                resp(404, &[("content-length", "1")]),
+                NoCacheReason::Custom("status"),
+            ),
             (
                 resp(200, &[("content-length", "1"), ("cache-control", "no-store")]),
                 NoCacheReason::OriginNotCache,
             ),
             (
-                resp(200, &[("content-length", "1"), ("cache-control", "private, max-age=60")]),
+                resp(
+                    200,
+                    &[("content-length", "1"), ("cache-control", "private, max-age=60")],
+                ),
                 NoCacheReason::OriginNotCache,
             ),
             (
@@ -212,8 +221,14 @@ mod tests {
             assert_eq!(reason(cacheable(&r, false, 100)), Some(want), "{r:?}");
         }
         // Authorization needs an explicit permission.
-        assert_eq!(reason(cacheable(&ok, true, 100)), Some(NoCacheReason::OriginNotCache));
-        let public = resp(200, &[("content-length", "1"), ("cache-control", "public, max-age=5")]);
+        assert_eq!(
+            reason(cacheable(&ok, true, 100)),
+            Some(NoCacheReason::OriginNotCache)
+        );
+        let public = resp(
+            200,
+            &[("content-length", "1"), ("cache-control", "public, max-age=5")],
+        );
         assert_eq!(reason(cacheable(&public, true, 100)), None);
     }
 
@@ -234,17 +249,26 @@ mod tests {
         let b = key("/a/{id}", "x", Some(""));
         assert_ne!(a.primary_bin(), b.primary_bin());
         assert_eq!(a.user_tag, b.user_tag);
-        assert_ne!(key("/a/{id}", "x", None).primary_bin(), key("/a/{id}x", "", None).primary_bin());
+        assert_ne!(
+            key("/a/{id}", "x", None).primary_bin(),
+            key("/a/{id}x", "", None).primary_bin()
+        );
     }
 
     #[test]
     fn cache_status_values() {
         assert_eq!(Outcome::Hit.header(Some(42)), "asset-gateway; hit; ttl=42");
-        assert_eq!(Outcome::MissStored.header(None), "asset-gateway; fwd=uri-miss; stored");
+        assert_eq!(
+            Outcome::MissStored.header(None),
+            "asset-gateway; fwd=uri-miss; stored"
+        );
         assert_eq!(
             Outcome::Miss(NoCacheReason::OriginNotCache).header(None),
             "asset-gateway; fwd=uri-miss; detail=no-store"
         );
-        assert_eq!(Outcome::Collapsed.header(None), "asset-gateway; fwd=uri-miss; collapsed");
+        assert_eq!(
+            Outcome::Collapsed.header(None),
+            "asset-gateway; fwd=uri-miss; collapsed"
+        );
     }
 }

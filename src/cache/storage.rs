@@ -72,7 +72,9 @@ impl Body {
     fn slice(&self, pos: usize, end: usize) -> Option<Bytes> {
         let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
         // The last chunk starting at or before `pos`.
-        let i = chunks.partition_point(|(start, _)| *start <= pos).checked_sub(1)?;
+        let i = chunks
+            .partition_point(|(start, _)| *start <= pos)
+            .checked_sub(1)?;
         let (start, chunk) = &chunks[i];
         let from = pos - start;
         if from >= chunk.len() {
@@ -226,7 +228,9 @@ impl MemStorage {
         }
         i.remove_object(key);
         while i.bytes + weight > self.limit {
-            let Some((_, victim)) = i.lru.pop_first() else { break };
+            let Some((_, victim)) = i.lru.pop_first() else {
+                break;
+            };
             if let Some(o) = i.objects.remove(&victim) {
                 i.bytes -= o.weight;
                 let asset = o.asset.clone();
@@ -269,7 +273,11 @@ fn meta_of(m: &BinaryMeta) -> Result<CacheMeta> {
 
 #[async_trait]
 impl Storage for MemStorage {
-    async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let k = key.combined_bin();
         let mut i = self.index();
         // A fill first: behind a stale object's refresh, new requests follow the new body.
@@ -304,13 +312,21 @@ impl Storage for MemStorage {
         let i = self.index();
         match i.fills.get(&k).filter(|f| f.id == id) {
             // Not counted in the hit metrics: these bytes come from the origin.
-            Some(f) => Ok(Some((meta_of(&f.meta)?, Box::new(Reader::new(f.body.clone(), true, None))))),
+            Some(f) => Ok(Some((
+                meta_of(&f.meta)?,
+                Box::new(Reader::new(f.body.clone(), true, None)),
+            ))),
             // Returning None would make Pingora panic; the fill was purged or failed already.
             None => Error::e_explain(FILL_ABORTED, "cache: the fill is gone"),
         }
     }
 
-    async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
         let len = super::policy::content_length(meta.response_header())
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache: no Content-Length"))?;
         let k = key.combined_bin();
@@ -342,7 +358,12 @@ impl Storage for MemStorage {
         }))
     }
 
-    async fn purge(&'static self, target: PurgeTarget<'_>, _type: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
         let k = target.key().combined_bin();
         let mut i = self.index();
         let removed = i.remove_object(&k).is_some();
@@ -354,7 +375,12 @@ impl Storage for MemStorage {
         })
     }
 
-    async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
         let k = key.combined_bin();
         let mut i = self.index();
         match i.objects.get_mut(&k) {
@@ -540,5 +566,121 @@ impl HandleHit for Reader {
 
     fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::trace::Span;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn storage(limit: usize) -> &'static MemStorage {
+        let metrics = CacheMetrics::get().unwrap();
+        Box::leak(Box::new(MemStorage::new(limit, metrics)))
+    }
+
+    fn meta(len: usize) -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("content-length", len.to_string()).unwrap();
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+    }
+
+    fn key(id: &str) -> CacheKey {
+        super::super::policy::key("/a/{id}", id, None)
+    }
+
+    fn span() -> SpanHandle {
+        Span::inactive().handle()
+    }
+
+    async fn read_all(h: &mut HitHandler) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(b) = h.read_body().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    /// #932: a writer dropped mid-body fails its readers, never ends them cleanly, and the
+    /// next lookup misses.
+    #[tokio::test]
+    async fn a_dropped_writer_fails_its_readers() {
+        let s = storage(1 << 20);
+        let k = key("x");
+        let mut w = s.get_miss_handler(&k, &meta(10), &span()).await.unwrap();
+        w.write_body(Bytes::from_static(b"hello"), false).await.unwrap();
+        let (_, mut r) = s.lookup(&k, &span()).await.unwrap().unwrap();
+        assert_eq!(r.read_body().await.unwrap().unwrap(), "hello");
+        let waiting = tokio::spawn(async move { r.read_body().await });
+        drop(w);
+        let e = waiting.await.unwrap().unwrap_err();
+        assert_eq!(e.etype(), &FILL_ABORTED);
+        assert!(s.lookup(&k, &span()).await.unwrap().is_none());
+    }
+
+    /// A body shorter than its Content-Length is a failure at `finish`, not an object.
+    #[tokio::test]
+    async fn a_short_body_is_not_committed() {
+        let s = storage(1 << 20);
+        let k = key("short");
+        let mut w = s.get_miss_handler(&k, &meta(10), &span()).await.unwrap();
+        w.write_body(Bytes::from_static(b"hello"), true).await.unwrap();
+        let (_, mut r) = s.lookup(&k, &span()).await.unwrap().unwrap();
+        assert!(w.finish().await.is_err());
+        assert!(read_all(&mut r).await.is_err());
+        assert!(s.lookup(&k, &span()).await.unwrap().is_none());
+        assert_eq!(s.stats().objects, 0);
+    }
+
+    /// Readers follow the fill, a range of it waits for its bytes, and `finish` commits.
+    #[tokio::test]
+    async fn readers_follow_the_fill_and_seek() {
+        let s = storage(1 << 20);
+        let k = key("fill");
+        let mut w = s.get_miss_handler(&k, &meta(10), &span()).await.unwrap();
+        let (_, mut whole) = s.lookup(&k, &span()).await.unwrap().unwrap();
+        let (_, mut range) = s.lookup(&k, &span()).await.unwrap().unwrap();
+        range.seek(6, Some(8)).unwrap();
+        assert!(range.seek(10, None).is_err(), "past the declared length");
+        range.seek(6, Some(8)).unwrap();
+        let whole = tokio::spawn(async move { read_all(&mut whole).await });
+        let range = tokio::spawn(async move { read_all(&mut range).await });
+        w.write_body(Bytes::from_static(b"01234"), false).await.unwrap();
+        w.write_body(Bytes::from_static(b"56789"), false).await.unwrap();
+        assert_eq!(range.await.unwrap().unwrap(), b"67");
+        assert!(matches!(w.finish().await.unwrap(), MissFinishType::Created(10)));
+        assert_eq!(whole.await.unwrap().unwrap(), b"0123456789");
+        let (_, mut hit) = s.lookup(&k, &span()).await.unwrap().unwrap();
+        assert!(!hit.as_any().downcast_ref::<Reader>().unwrap().joined_fill);
+        assert_eq!(read_all(&mut hit).await.unwrap(), b"0123456789");
+        assert_eq!(s.stats().objects, 1);
+    }
+
+    /// The bound holds: the least recently used object goes, a too-large one is never stored.
+    #[tokio::test]
+    async fn eviction_is_lru_and_bounded() {
+        let limit = 3 * (1000 + 600);
+        let s = storage(limit);
+        for id in ["a", "b", "c", "d", "big"] {
+            if id == "d" {
+                // "a" becomes the most recently used: "b" is evicted next.
+                assert!(s.lookup(&key("a"), &span()).await.unwrap().is_some());
+            }
+            let len = if id == "big" { limit } else { 1000 };
+            let mut w = s.get_miss_handler(&key(id), &meta(len), &span()).await.unwrap();
+            w.write_body(Bytes::from(vec![0u8; len]), true).await.unwrap();
+            w.finish().await.unwrap();
+            assert!(s.stats().memory_bytes <= limit);
+        }
+        let present = |id: &'static str| async move { s.lookup(&key(id), &span()).await.unwrap().is_some() };
+        assert!(present("a").await && present("c").await && present("d").await);
+        assert!(!present("b").await, "b was the least recently used");
+        assert!(!present("big").await, "larger than the bound");
+        assert!(s.purge_asset(&super::super::policy::asset_tag("/a/{id}", "a")));
+        assert!(!present("a").await);
+        assert_eq!(s.stats().objects, 2);
     }
 }

@@ -135,7 +135,9 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
 fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
     let before = p.len();
     if c.disk.is_some() {
-        p.push("gateway.cache.disk: not supported yet (only the memory tier exists); remove the key".to_string());
+        p.push(
+            "gateway.cache.disk: not supported yet (only the memory tier exists); remove the key".to_string(),
+        );
     }
     if c.memory.0 < MIN_CACHE_MEMORY {
         p.push(format!(
@@ -148,7 +150,9 @@ fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
     }
     let usize_of = |key: &str, n: u64, p: &mut Vec<String>| {
         usize::try_from(n).unwrap_or_else(|_| {
-            p.push(format!("gateway.cache.{key}: {n} bytes does not fit this machine"));
+            p.push(format!(
+                "gateway.cache.{key}: {n} bytes does not fit this machine"
+            ));
             0
         })
     };

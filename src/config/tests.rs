@@ -328,10 +328,7 @@ fn streaming_keys() {
 
 /// `VALID` with a `gateway.cache` section made of `lines` (each already indented).
 fn with_cache(lines: &str) -> String {
-    VALID.replace(
-        "  routes:\n",
-        &format!("  cache:\n{lines}\n  routes:\n"),
-    )
+    VALID.replace("  routes:\n", &format!("  cache:\n{lines}\n  routes:\n"))
 }
 
 #[test]
@@ -367,16 +364,27 @@ fn cache_settings_and_defaults() {
 
 #[test]
 fn cache_problems_name_their_keys() {
-    let p = problems(&with_cache("    memory: 64MiB\n    disk: {path: /var/cache, size: 1GiB}"));
+    let p = problems(&with_cache(
+        "    memory: 64MiB\n    disk: {path: /var/cache, size: 1GiB}",
+    ));
     assert!(p.contains("gateway.cache.disk: not supported yet"), "{p}");
     let p = problems(&with_cache("    memory: 64MiB\n    memroy_size: 1"));
-    assert!(p.contains("gateway.cache") && p.contains("unknown field `memroy_size`"), "{p}");
+    assert!(
+        p.contains("gateway.cache") && p.contains("unknown field `memroy_size`"),
+        "{p}"
+    );
     let p = problems(&with_cache("    max_object_size: 1MiB"));
-    assert!(p.contains("gateway.cache") && p.contains("missing field `memory`"), "{p}");
+    assert!(
+        p.contains("gateway.cache") && p.contains("missing field `memory`"),
+        "{p}"
+    );
     let p = problems(&with_cache("    memory: 64k"));
     assert!(p.contains("gateway.cache.memory: invalid size"), "{p}");
     let p = problems(&with_cache("    memory: 1KiB"));
-    assert!(p.contains("gateway.cache.memory: 1024 bytes is below the minimum of 1MiB"), "{p}");
+    assert!(
+        p.contains("gateway.cache.memory: 1024 bytes is below the minimum of 1MiB"),
+        "{p}"
+    );
     let p = problems(&with_cache("    memory: 64MiB\n    lock_timeout: 0s"));
     assert!(p.contains("gateway.cache.lock_timeout: invalid duration"), "{p}");
     let p = problems(&VALID.replace(

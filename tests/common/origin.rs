@@ -388,7 +388,9 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
             false
         }
         Behavior::WithHeaders { size, headers } => {
-            let h = format!("HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\n{headers}content-length: {size}\r\n\r\n");
+            let h = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\n{headers}content-length: {size}\r\n\r\n"
+            );
             if !write_head(sock, st, h.as_bytes()).await {
                 return false;
             }
