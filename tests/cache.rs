@@ -28,6 +28,11 @@ struct Setup {
 /// A gateway with a cache (`cache_extra` lines go under `gateway.cache`) and an admin
 /// listener, in front of a fresh origin.
 async fn setup(memory: &str, cache_extra: &str) -> Setup {
+    setup_with(memory, cache_extra, "").await
+}
+
+/// `setup`, with `gateway_extra` lines under `gateway`.
+async fn setup_with(memory: &str, cache_extra: &str, gateway_extra: &str) -> Setup {
     let origin = Origin::start().await;
     let admin = free_addr();
     let yaml = format!(
@@ -35,6 +40,7 @@ async fn setup(memory: &str, cache_extra: &str) -> Setup {
 gateway:
   listen: ["{{listen}}"]
   admin: "{admin}"
+{gateway_extra}
   cache:
     memory: {memory}
 {cache_extra}
@@ -544,4 +550,32 @@ async fn gateway_answers_and_access_log() {
     assert!(first.contains(" cache=miss-stored"), "{first}");
     assert!(second.contains(" cache=hit"), "{second}");
     assert!(second.contains(" status=200 bytes=1000 "), "{second}");
+}
+
+/// The client whose request fills the cache stops reading (and is not cut, the write timeout
+/// being long): the fill still runs at the origin's pace, and another client gets every byte
+/// while the first one still has not read its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_hold_back_the_fill() {
+    let s = setup_with("128MiB", "", "  downstream:\n    write_timeout: 10m").await;
+    let total: u64 = 32 * 1024 * 1024;
+    s.origin.set(A, Behavior::Generated { size: total });
+    let mut first = RawConn::connect(s.gw.addr).await;
+    first
+        .send(format!("GET /content/v1/assets/{A} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await;
+    eventually("the origin request", || asset_requests(&s.origin, A) == 1).await;
+    let (status, _, body) = tokio::time::timeout(EVENTUALLY, get(&s.gw.asset_url(A)))
+        .await
+        .expect("the second client was held back by the first one");
+    assert_eq!(status, 200);
+    assert!(body == pattern(0..total), "got {} bytes", body.len());
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    // The stalled client still gets its whole response once it reads.
+    let r = first
+        .response(false)
+        .await
+        .expect("the stalled client's response");
+    assert_eq!(r.status, 200);
+    assert!(r.body == pattern(0..total));
 }

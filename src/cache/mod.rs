@@ -75,6 +75,12 @@ impl Cache {
         session
             .cache
             .enable(self.storage, None, None, Some(self.lock), Some(overrides));
+        // The fill runs in the task of the request that started it. Without Pingora's
+        // proxy-task API (off by default), that task waits on each write to its client, so a
+        // client that reads slowly holds back the fill for every request following it. With
+        // it, HTTP/1.1 writes are queued and the upstream keeps being read. HTTP/2 sessions
+        // lack the API (a no-op here); there the client write timeout bounds the stall.
+        session.set_proxy_tasks_enabled(true);
         rc.enabled = true;
     }
 
