@@ -274,4 +274,14 @@ mod tests {
             "\"client\":\"10.0.0.1:4242\",\"proto\":\"h2\",\"method\":\"GET\",\"path\":\"/content/v1/assets/x\\\"y\",\"status\":200,\"bytes\":189,\"upstream\":null,\"reused\":true,\"attempts\":1,\"ttfb_ms\":0.138,\"total_ms\":0.452,\"request_id\":\"req-1\"}\n"
         );
     }
+
+    #[test]
+    fn the_cache_field_follows_request_id_in_both_formats() {
+        let mut r = record(None);
+        r.cache = Some("hit");
+        assert!(r.text_line().contains(" request_id=req-1 cache=hit\n"));
+        assert!(r
+            .json_line()
+            .contains(",\"request_id\":\"req-1\",\"cache\":\"hit\"}"));
+    }
 }

@@ -600,3 +600,37 @@ async fn a_stalled_client_does_not_hold_back_the_fill() {
     assert_eq!(r.status, 200);
     assert!(r.body == pattern(0..total));
 }
+
+/// A stale object is revalidated with its validator: a 304 from the origin refreshes it and
+/// the stored body is served; the next request is a hit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_object_is_revalidated() {
+    let s = setup("64MiB", "").await;
+    let etag = "\"v1\"";
+    s.origin.set(
+        A,
+        Behavior::Validated {
+            size: 5000,
+            etag,
+            max_age: 2,
+        },
+    );
+    let url = s.gw.asset_url(A);
+    assert_eq!(get(&url).await.1, "asset-gateway; fwd=uri-miss; stored");
+    settled(s.admin).await;
+    // Let the two seconds of freshness pass (a wait, not a timing assertion).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, cs, body) = get(&url).await;
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=stale; fwd-status=304")
+    );
+    assert!(body == pattern(0..5000));
+    let seen = s.origin.asset_requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header("if-none-match"), Some(etag));
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..5000));
+    assert_eq!(s.origin.asset_requests().len(), 2);
+}
