@@ -456,6 +456,27 @@ async fn range_304_and_head_from_the_cache() {
     assert_eq!(r.status(), 206);
     assert!(r.bytes().await.unwrap() == body[body.len() - 10..]);
 
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=0-9,20-29")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("multipart/byteranges"), "{ctype}");
+    let parts = r.bytes().await.unwrap();
+    let find = |needle: &[u8]| parts.windows(needle.len()).any(|w| w == needle);
+    assert!(find(&body[0..10]) && find(&body[20..30]));
+
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=200000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+
     let etag = client().head(&url).send().await.unwrap().headers()["etag"].clone();
     let r = client()
         .get(&url)

@@ -69,8 +69,8 @@ impl Cache {
     /// admitted (routing, method and head checks answered before any cache work).
     pub(crate) fn enable(&'static self, session: &mut Session, rc: &mut RequestCache) {
         let mut overrides = CacheOptionOverrides::default();
-        // Waiters give up after the same time and go upstream uncached (Pingora's default
-        // would be the lock's own default of a few seconds).
+        // Waiters give up after `lock_timeout` in all and go upstream uncached (Pingora's
+        // default: no budget of their own, only the writer's age timeout ends a wait).
         overrides.wait_timeout = Some(self.lock_timeout);
         session
             .cache
