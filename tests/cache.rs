@@ -23,6 +23,8 @@ struct Setup {
     origin: Origin,
     gw: Gateway,
     admin: SocketAddr,
+    /// A cleartext HTTP/2 (prior knowledge) listener of the same gateway.
+    h2c: SocketAddr,
 }
 
 /// A gateway with a cache (`cache_extra` lines go under `gateway.cache`) and an admin
@@ -34,11 +36,11 @@ async fn setup(memory: &str, cache_extra: &str) -> Setup {
 /// `setup`, with `gateway_extra` lines under `gateway`.
 async fn setup_with(memory: &str, cache_extra: &str, gateway_extra: &str) -> Setup {
     let origin = Origin::start().await;
-    let admin = free_addr();
+    let (admin, h2c) = (free_addr(), free_addr());
     let yaml = format!(
         r#"threads: 2
 gateway:
-  listen: ["{{listen}}"]
+  listen: ["{{listen}}", {{addr: "{h2c}", h2c: true}}]
   admin: "{admin}"
 {gateway_extra}
   cache:
@@ -60,7 +62,13 @@ gateway:
     );
     let gw = Gateway::start(&yaml);
     wait_listening(admin);
-    Setup { origin, gw, admin }
+    wait_listening(h2c);
+    Setup {
+        origin,
+        gw,
+        admin,
+        h2c,
+    }
 }
 
 fn asset_requests(origin: &Origin, id: &str) -> usize {
@@ -654,4 +662,77 @@ async fn a_stale_object_is_revalidated() {
     assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
     assert!(body == pattern(0..5000));
     assert_eq!(s.origin.asset_requests().len(), 2);
+}
+
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// Over HTTP/2 (many streams of one connection): a cold herd is coalesced, then an origin
+/// failing mid-fill fails every stream following it, and a refill works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_coalesce_and_see_a_failed_fill() {
+    let s = setup("64MiB", "").await;
+    let h2 = h2c_client();
+    for (id, fail) in [(A, false), (B, true)] {
+        let total = 1024 * 1024;
+        let release = Arc::new(Notify::new());
+        let held = Arc::new(AtomicBool::new(false));
+        let (first, release_, held_) = (64 * 1024, release.clone(), held.clone());
+        s.origin.set(
+            id,
+            if fail {
+                Behavior::FailAfterHold {
+                    first,
+                    total,
+                    release: release_,
+                    held: held_,
+                }
+            } else {
+                Behavior::HoldAfter {
+                    first,
+                    total,
+                    release: release_,
+                    held: held_,
+                }
+            },
+        );
+        let url = format!("http://{}/content/v1/assets/{id}", s.h2c);
+        let headers = Arc::new(AtomicUsize::new(0));
+        let streams: Vec<_> = (0..20)
+            .map(|_| {
+                let (h2, url, headers) = (h2.clone(), url.clone(), headers.clone());
+                tokio::spawn(async move {
+                    let r = h2.get(url).send().await.unwrap();
+                    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+                    headers.fetch_add(1, Ordering::SeqCst);
+                    r.bytes().await
+                })
+            })
+            .collect();
+        eventually("all 20 response heads", || headers.load(Ordering::SeqCst) == 20).await;
+        release.notify_one();
+        for st in streams {
+            match (fail, st.await.unwrap()) {
+                (false, Ok(body)) => assert!(body == pattern(0..total as u64)),
+                (true, Err(_)) => {}
+                (false, Err(e)) => panic!("a stream failed: {e}"),
+                (true, Ok(b)) => panic!("a stream saw a clean end after {} bytes", b.len()),
+            }
+        }
+        assert_eq!(asset_requests(&s.origin, id), 1, "{id}");
+    }
+    // B was not stored: it refills.
+    s.origin.set(B, Behavior::Generated { size: 1000 });
+    settled(s.admin).await;
+    let r = h2
+        .get(format!("http://{}/content/v1/assets/{B}", s.h2c))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_status(&r), "asset-gateway; fwd=uri-miss; stored");
+    assert!(r.bytes().await.unwrap() == pattern(0..1000));
 }
