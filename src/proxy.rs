@@ -15,6 +15,7 @@ use crate::gateway::{Ctx, Gateway};
 use crate::request_id::RequestId;
 use crate::{fmt, headers, response};
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
@@ -125,6 +126,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<ForcedFreshness>> {
         Cache::on_hit(meta, hit_handler, &mut ctx.cache);
         Ok(None)
+    }
+
+    /// Pingora's default ignores `Vary` (one variant would be served to every request).
+    fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
+        Cache::variance(meta, req, &mut ctx.cache)
     }
 
     /// Pingora's default stores nothing.
@@ -318,7 +324,8 @@ impl ProxyHttp for Gateway {
         // Per request, so here and not in `upstream_response_filter` (what that leaves in
         // the header is stored with the object).
         if let Some(outcome) = Cache::outcome(session.cache.phase(), &ctx.cache) {
-            let _ = resp.insert_header("cache-status", outcome.header(ctx.cache.ttl));
+            let value = outcome.header(ctx.cache.ttl, ctx.cache.vary_miss);
+            let _ = resp.insert_header("cache-status", value);
         }
         if let (true, Some(upstream)) = (self.server_timing, ctx.timing.upstream_ttfb) {
             let gateway = ctx.timing.start.elapsed().saturating_sub(upstream);

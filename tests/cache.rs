@@ -736,3 +736,65 @@ async fn http2_streams_coalesce_and_see_a_failed_fill() {
     assert_eq!(cache_status(&r), "asset-gateway; fwd=uri-miss; stored");
     assert!(r.bytes().await.unwrap() == pattern(0..1000));
 }
+
+async fn get_accept(url: &str, accept: &str) -> (String, Vec<u8>) {
+    let r = client().get(url).header("accept", accept).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cs = cache_status(&r);
+    (cs, r.bytes().await.unwrap().to_vec())
+}
+
+/// `Vary`: each variant is stored under its own key, a request for a variant not stored yet is
+/// a `vary-miss`, and a purge removes every variant. `Vary: *` is never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_variants_are_stored_apart() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(
+        A,
+        Behavior::WithHeaders {
+            size: 2000,
+            headers: "vary: Accept\r\n",
+        },
+    );
+    let url = s.gw.asset_url(A);
+    let want = pattern(0..2000);
+    let steps = [
+        ("image/webp", "asset-gateway; fwd=uri-miss; stored", 1),
+        ("image/webp", "asset-gateway; hit", 1),
+        ("image/avif", "asset-gateway; fwd=vary-miss; stored", 2),
+        ("image/avif", "asset-gateway; hit", 2),
+        ("image/webp", "asset-gateway; hit", 2),
+        ("image/jpeg", "asset-gateway; fwd=vary-miss; stored", 3),
+        ("image/avif", "asset-gateway; hit", 3),
+    ];
+    for (accept, status, origin_requests) in steps {
+        let (cs, body) = get_accept(&url, accept).await;
+        assert!(cs.starts_with(status), "{accept}: {cs}");
+        assert!(body == want);
+        assert_eq!(asset_requests(&s.origin, A), origin_requests, "{accept}");
+        settled(s.admin).await;
+    }
+    let seen = s.origin.asset_requests();
+    assert_eq!(seen[1].header("accept"), Some("image/avif"));
+
+    let path = format!("/cache/content/v1/assets/{A}");
+    let (_, json) = admin_json(s.admin, reqwest::Method::DELETE, &path).await;
+    assert_eq!(json, serde_json::json!({"purged": true}));
+    let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert_eq!(json["objects"], 0, "a variant survived the purge");
+    let (cs, _) = get_accept(&url, "image/avif").await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+
+    s.origin.set(
+        B,
+        Behavior::WithHeaders {
+            size: 10,
+            headers: "vary: *\r\n",
+        },
+    );
+    for n in 1..=2 {
+        let (cs, _) = get_accept(&s.gw.asset_url(B), "image/webp").await;
+        assert_eq!(cs, "asset-gateway; fwd=uri-miss; detail=vary");
+        assert_eq!(asset_requests(&s.origin, B), n);
+    }
+}

@@ -13,9 +13,10 @@ pub(crate) mod storage;
 
 use crate::config::CacheSettings;
 use crate::metrics::CacheMetrics;
+use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, RespCacheable};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use policy::Outcome;
 use std::time::{Duration, SystemTime};
@@ -44,6 +45,9 @@ pub(crate) struct RequestCache {
     /// not be retried (a second response head would meet the miss handler already set, which
     /// Pingora answers with a panic).
     pub(crate) storing: bool,
+    /// The lookup found the URL's object, but for other values of the headers its `Vary`
+    /// names (RFC 9211 `fwd=vary-miss`).
+    pub(crate) vary_miss: bool,
 }
 
 impl Cache {
@@ -96,6 +100,20 @@ impl Cache {
             Ok(left) => left.as_secs() as i64,
             Err(past) => -(past.duration().as_secs() as i64),
         });
+    }
+
+    /// `cache_vary_filter`: called on a lookup of the primary slot and again when a response
+    /// is about to be stored (Pingora keys each variant by it).
+    pub(crate) fn variance(
+        meta: &CacheMeta,
+        req: &RequestHeader,
+        rc: &mut RequestCache,
+    ) -> Option<HashBinary> {
+        let v = policy::variance(meta.response_header(), req);
+        if !rc.storing && v != meta.variance() {
+            rc.vary_miss = true;
+        }
+        v
     }
 
     /// `response_cache_filter`.

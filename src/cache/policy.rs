@@ -3,8 +3,9 @@
 
 use pingora::cache::cache_control::CacheControl;
 use pingora::cache::filters::resp_cacheable;
-use pingora::cache::{CacheKey, CacheMetaDefaults, NoCacheReason, RespCacheable};
-use pingora::http::ResponseHeader;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMetaDefaults, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -66,8 +67,7 @@ pub(crate) fn content_length(resp: &ResponseHeader) -> Option<usize> {
 /// - only 200, with a Content-Length of at most `limit`: a body without a length could only be
 ///   told complete from truncated by how the connection ended, and Range on a hit needs it;
 /// - no `Set-Cookie` (one client's cookie must not reach another);
-/// - no `Vary`: variants are not stored yet, and one stored body must not be served to a
-///   request the origin would have answered differently.
+/// - no `Vary: *` (every request may differ); other `Vary` headers are honoured by [`variance`].
 pub(crate) fn cacheable(resp: &ResponseHeader, authorization: bool, limit: usize) -> RespCacheable {
     use RespCacheable::Uncacheable;
     if resp.status != http::StatusCode::OK {
@@ -81,11 +81,40 @@ pub(crate) fn cacheable(resp: &ResponseHeader, authorization: bool, limit: usize
     if resp.headers.contains_key(http::header::SET_COOKIE) {
         return Uncacheable(NoCacheReason::Custom("set-cookie"));
     }
-    if resp.headers.contains_key(http::header::VARY) {
+    if vary_names(resp).any(|n| n == "*") {
         return Uncacheable(NoCacheReason::Custom("vary"));
     }
     let cc = CacheControl::from_resp_headers(resp);
     resp_cacheable(cc.as_ref(), resp.clone(), authorization, &DEFAULTS)
+}
+
+/// The header names a response's `Vary` lists, lower-cased.
+fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
+    resp.headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+}
+
+/// The variance of a request against a stored (or storing) response: the request's values of
+/// the headers its `Vary` names, as sent (no normalisation: two spellings of one `Accept` are
+/// two variants, which costs memory, never correctness). `None` without `Vary`.
+pub(crate) fn variance(resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
+    let mut b = VarianceBuilder::new();
+    for name in vary_names(resp) {
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        b.add_owned_name_value(name, value);
+    }
+    b.finalize()
 }
 
 /// What the cache did for one request.
@@ -107,16 +136,18 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// The `Cache-Status` value.
-    pub(crate) fn header(self, ttl: Option<i64>) -> String {
+    /// The `Cache-Status` value. `vary_miss`: an object for the URL was found, but for other
+    /// values of the headers its `Vary` names.
+    pub(crate) fn header(self, ttl: Option<i64>, vary_miss: bool) -> String {
+        let miss = if vary_miss { "vary-miss" } else { "uri-miss" };
         match self {
             Outcome::Hit => match ttl {
                 Some(t) => format!("{NAME}; hit; ttl={t}"),
                 None => format!("{NAME}; hit"),
             },
-            Outcome::Collapsed => format!("{NAME}; fwd=uri-miss; collapsed"),
-            Outcome::MissStored => format!("{NAME}; fwd=uri-miss; stored"),
-            Outcome::Miss(reason) => format!("{NAME}; fwd=uri-miss; detail={}", detail(reason)),
+            Outcome::Collapsed => format!("{NAME}; fwd={miss}; collapsed"),
+            Outcome::MissStored => format!("{NAME}; fwd={miss}; stored"),
+            Outcome::Miss(reason) => format!("{NAME}; fwd={miss}; detail={}", detail(reason)),
             Outcome::StaleStored => format!("{NAME}; fwd=stale; stored"),
             Outcome::Revalidated => format!("{NAME}; fwd=stale; fwd-status=304"),
         }
@@ -213,7 +244,7 @@ mod tests {
                 NoCacheReason::Custom("set-cookie"),
             ),
             (
-                resp(200, &[("content-length", "1"), ("vary", "accept")]),
+                resp(200, &[("content-length", "1"), ("vary", "accept, *")]),
                 NoCacheReason::Custom("vary"),
             ),
         ];
@@ -257,18 +288,43 @@ mod tests {
 
     #[test]
     fn cache_status_values() {
-        assert_eq!(Outcome::Hit.header(Some(42)), "asset-gateway; hit; ttl=42");
+        assert_eq!(Outcome::Hit.header(Some(42), false), "asset-gateway; hit; ttl=42");
         assert_eq!(
-            Outcome::MissStored.header(None),
+            Outcome::MissStored.header(None, false),
             "asset-gateway; fwd=uri-miss; stored"
         );
         assert_eq!(
-            Outcome::Miss(NoCacheReason::OriginNotCache).header(None),
+            Outcome::MissStored.header(None, true),
+            "asset-gateway; fwd=vary-miss; stored"
+        );
+        assert_eq!(
+            Outcome::Miss(NoCacheReason::OriginNotCache).header(None, false),
             "asset-gateway; fwd=uri-miss; detail=no-store"
         );
         assert_eq!(
-            Outcome::Collapsed.header(None),
+            Outcome::Collapsed.header(None, false),
             "asset-gateway; fwd=uri-miss; collapsed"
         );
+    }
+
+    #[test]
+    fn variance_follows_the_named_request_headers() {
+        let vary = resp(200, &[("vary", "Accept, accept-encoding")]);
+        let req = |headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let webp = variance(&vary, &req(&[("accept", "image/webp"), ("user-agent", "a")]));
+        assert!(webp.is_some());
+        assert_eq!(
+            webp,
+            variance(&vary, &req(&[("accept", "image/webp"), ("user-agent", "b")]))
+        );
+        assert_ne!(webp, variance(&vary, &req(&[("accept", "image/avif")])));
+        assert_ne!(webp, variance(&vary, &req(&[])));
+        assert_eq!(variance(&resp(200, &[]), &req(&[("accept", "x")])), None);
     }
 }
