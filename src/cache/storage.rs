@@ -33,8 +33,12 @@ use tokio::sync::watch;
 /// Serialized [`CacheMeta`] (Pingora's own format: internal part, response header).
 type BinaryMeta = (Vec<u8>, Vec<u8>);
 
-/// Bytes counted per object on top of its body and meta: index entries, chunk list, `Arc`s.
+/// Bytes counted per object on top of its body and meta: index entries, `Arc`s, channel.
 const OBJECT_OVERHEAD: usize = 256;
+/// Bytes counted per stored chunk: its list entry and the `Bytes` handle (Pingora copies each
+/// upstream read into an allocation of its own size, so the body itself is counted exactly; a
+/// slow origin sending small reads makes many chunks).
+const CHUNK_OVERHEAD: usize = 48;
 /// The most one `read_body` returns, so a hit on a large chunk list still streams in pieces.
 const MAX_READ: usize = 64 * 1024;
 
@@ -220,7 +224,9 @@ impl MemStorage {
             return;
         }
         let Some(fill) = i.fills.remove(key) else { return };
-        let weight = fill.body.len + fill.meta.0.len() + fill.meta.1.len() + OBJECT_OVERHEAD;
+        let chunks = fill.body.chunks.read().unwrap_or_else(|e| e.into_inner()).len();
+        let weight =
+            fill.body.len + fill.meta.0.len() + fill.meta.1.len() + OBJECT_OVERHEAD + chunks * CHUNK_OVERHEAD;
         if weight > self.limit {
             // Never admitted: it would evict everything, itself included.
             i.forget_asset_key(asset, key);
