@@ -246,6 +246,10 @@ impl CacheMetrics {
             &["result"],
         )?;
         register(Box::new(lookups.clone()));
+        // Every result is exported from the start (at 0), so rates work before the first one.
+        for result in ["hit", "coalesced", "miss", "stale"] {
+            lookups.with_label_values(&[result]);
+        }
         let memory_bytes = IntGauge::new(
             "asset_gateway_cache_memory_bytes",
             "Bytes charged against gateway.cache.memory by stored objects (body, header and index overhead).",

@@ -30,11 +30,12 @@ struct Setup {
 /// A gateway with a cache (`cache_extra` lines go under `gateway.cache`) and an admin
 /// listener, in front of a fresh origin.
 async fn setup(memory: &str, cache_extra: &str) -> Setup {
-    setup_with(memory, cache_extra, "").await
+    setup_with(memory, cache_extra, "", "").await
 }
 
-/// `setup`, with `gateway_extra` lines under `gateway`.
-async fn setup_with(memory: &str, cache_extra: &str, gateway_extra: &str) -> Setup {
+/// `setup`, with `gateway_extra` lines under `gateway` and `upstream_extra` lines under the
+/// upstream.
+async fn setup_with(memory: &str, cache_extra: &str, gateway_extra: &str, upstream_extra: &str) -> Setup {
     let origin = Origin::start().await;
     let (admin, h2c) = (free_addr(), free_addr());
     let yaml = format!(
@@ -49,6 +50,7 @@ gateway:
   upstreams:
     assets:
       peers: ["{}"]
+{upstream_extra}
   routes:
     - path: /content/v1/assets/{{id}}
       upstream: assets
@@ -607,7 +609,7 @@ async fn gateway_answers_and_access_log() {
 /// while the first one still has not read its body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_does_not_hold_back_the_fill() {
-    let s = setup_with("128MiB", "", "  downstream:\n    write_timeout: 10m").await;
+    let s = setup_with("128MiB", "", "  downstream:\n    write_timeout: 10m", "").await;
     let total: u64 = 32 * 1024 * 1024;
     s.origin.set(A, Behavior::Generated { size: total });
     let mut first = RawConn::connect(s.gw.addr).await;
@@ -797,4 +799,77 @@ async fn vary_variants_are_stored_apart() {
         assert_eq!(cs, "asset-gateway; fwd=uri-miss; detail=vary");
         assert_eq!(asset_requests(&s.origin, B), n);
     }
+}
+
+/// A request waiting on the cache lock for longer than `lock_timeout` (the first request's
+/// origin never answers) goes upstream itself. The stalled request's lock has expired by then
+/// (the lock's age timeout is the same `lock_timeout`, and it started first), so the waiter
+/// takes it over and its response is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_gives_up_after_lock_timeout() {
+    let s = setup("64MiB", "    lock_timeout: 1s").await;
+    s.origin.set(A, Behavior::NeverAnswer);
+    let url = s.gw.asset_url(A);
+    let first = tokio::spawn(get_owned(url.clone()));
+    eventually("the first origin request", || asset_requests(&s.origin, A) == 1).await;
+    s.origin.set(A, Behavior::Generated { size: 1000 });
+    let (status, cs, body) = get(&url).await;
+    assert_eq!(status, 200);
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(body == pattern(0..1000));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    settled(s.admin).await;
+    assert!(get(&url).await.1.starts_with("asset-gateway; hit"));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    first.abort();
+}
+
+/// A HEAD on a cold asset fills the cache (Pingora asks the origin with GET), and the client
+/// gets the head only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_miss_fills_the_cache() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 100_000 });
+    let url = s.gw.asset_url(A);
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "100000");
+    assert_eq!(cache_status(&r), "asset-gateway; fwd=uri-miss; stored");
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert_eq!(s.origin.asset_requests()[0].method, "GET");
+    settled(s.admin).await;
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..100_000));
+    assert_eq!(asset_requests(&s.origin, A), 1);
+}
+
+/// A fill that stalls mid-body fails its followers once the upstream `read_timeout` fails its
+/// writer; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_origin_fails_the_followers_at_read_timeout() {
+    let s = setup_with("64MiB", "", "", "      read_timeout: 1s").await;
+    s.origin.set(
+        A,
+        Behavior::StallAfter {
+            first: 64 * 1024,
+            total: 1024 * 1024,
+        },
+    );
+    let url = s.gw.asset_url(A);
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { client().get(url).send().await.unwrap().bytes().await })
+        })
+        .collect();
+    for c in clients {
+        assert!(c.await.unwrap().is_err(), "a client saw a clean end");
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert_eq!(
+        (json["objects"].as_u64(), json["fills_in_flight"].as_u64()),
+        (Some(0), Some(0))
+    );
 }

@@ -34,8 +34,8 @@ pub(crate) struct CacheSettings {
     pub max_object_size: usize,
     /// Freshness of a 200 without explicit freshness.
     pub default_ttl: Duration,
-    /// How long a request waits for another one's fill to start before going upstream itself
-    /// (uncached), and how long a writer may hold the lock before waiters compete again.
+    /// How long a writer may hold the cache lock (until its response header) before waiters
+    /// compete to replace it, and the most a waiter waits in all.
     pub lock_timeout: Duration,
 }
 
