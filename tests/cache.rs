@@ -873,3 +873,35 @@ async fn a_stalled_origin_fails_the_followers_at_read_timeout() {
         (Some(0), Some(0))
     );
 }
+
+/// Pipelined and keep-alive requests through the cache: a miss, then hits, on one connection,
+/// answered in order with exact bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_through_the_cache() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 300_000 });
+    s.origin.set(B, Behavior::Generated { size: 1000 });
+    let mut conn = RawConn::connect(s.gw.addr).await;
+    let req = |id: &str| format!("GET /content/v1/assets/{id} HTTP/1.1\r\nhost: x\r\n\r\n");
+    conn.send(format!("{}{}{}", req(A), req(B), req(A)).as_bytes())
+        .await;
+    for (id, size) in [(A, 300_000), (B, 1000), (A, 300_000)] {
+        let r = conn.response(false).await.expect("a response");
+        assert_eq!(r.status, 200, "{id}");
+        assert!(r.body == pattern(0..size), "{id}");
+        assert!(r.header("cache-status").is_some(), "{id}");
+    }
+    settled(s.admin).await;
+    conn.send(req(B).as_bytes()).await;
+    let r = conn
+        .response(false)
+        .await
+        .expect("a response on the kept connection");
+    assert!(r
+        .header("cache-status")
+        .unwrap()
+        .starts_with("asset-gateway; hit"));
+    assert!(r.body == pattern(0..1000));
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(asset_requests(&s.origin, B), 1);
+}
