@@ -725,7 +725,13 @@ async fn http2_streams_coalesce_and_see_a_failed_fill() {
                 (true, Ok(b)) => panic!("a stream saw a clean end after {} bytes", b.len()),
             }
         }
-        assert_eq!(asset_requests(&s.origin, id), 1, "{id}");
+        assert_eq!(
+            asset_requests(&s.origin, id),
+            1,
+            "{id} fail={fail}; origin saw {:?}; gateway log:\n{}",
+            s.origin.asset_requests(),
+            s.gw.logs().join("\n")
+        );
     }
     // B was not stored: it refills.
     s.origin.set(B, Behavior::Generated { size: 1000 });
@@ -848,7 +854,7 @@ async fn a_head_miss_fills_the_cache() {
 /// writer; nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_origin_fails_the_followers_at_read_timeout() {
-    let s = setup_with("64MiB", "", "", "      read_timeout: 1s").await;
+    let s = setup_with("64MiB", "", "", "      read_timeout: 3s").await;
     s.origin.set(
         A,
         Behavior::StallAfter {
@@ -857,12 +863,20 @@ async fn a_stalled_origin_fails_the_followers_at_read_timeout() {
         },
     );
     let url = s.gw.asset_url(A);
+    let headers = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..5)
         .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { client().get(url).send().await.unwrap().bytes().await })
+            let (url, headers) = (url.clone(), headers.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).send().await.unwrap();
+                headers.fetch_add(1, Ordering::SeqCst);
+                r.bytes().await
+            })
         })
         .collect();
+    // All five follow the one fill before it times out (a client arriving after the failure
+    // would rightly start a fill of its own).
+    eventually("all 5 response heads", || headers.load(Ordering::SeqCst) == 5).await;
     for c in clients {
         assert!(c.await.unwrap().is_err(), "a client saw a clean end");
     }

@@ -2,19 +2,22 @@
 //!
 //! - `storage`: [`MemStorage`], the pingora-cache `Storage` (fills readers can follow, the
 //!   #932 guard, byte-bounded LRU);
-//! - `policy`: pure decisions (key, cacheability, `Cache-Status`).
+//! - `policy`: pure decisions (key, cacheability, `Cache-Status`);
+//! - `lock`: Pingora's cache lock, made to notice a fill registered between a request's
+//!   lookup and its lock.
 //!
 //! [`Cache`] is built once at start-up and leaked (Pingora wants `'static` handles); the
 //! `ProxyHttp` hooks in `proxy` call the methods here and keep [`RequestCache`] in the
 //! request context.
 
+mod lock;
 pub(crate) mod policy;
 pub(crate) mod storage;
 
 use crate::config::CacheSettings;
 use crate::metrics::CacheMetrics;
 use pingora::cache::key::HashBinary;
-use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -59,7 +62,8 @@ impl Cache {
         // The lock's age timeout: how long a writer may hold it before waiters compete again.
         // With a streaming storage the writer releases it as soon as the response header is
         // stored, so it covers the time to the origin's header only.
-        let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(CacheLock::new(s.lock_timeout)));
+        let lock: &'static CacheKeyLockImpl =
+            Box::leak(Box::new(lock::FillAwareLock::new(s.lock_timeout, storage)));
         Ok(Box::leak(Box::new(Cache {
             storage,
             lock,

@@ -194,6 +194,11 @@ impl MemStorage {
         }
     }
 
+    /// Whether `key` has a fill in progress.
+    pub(crate) fn has_fill(&self, key: &HashBinary) -> bool {
+        self.index().fills.contains_key(key)
+    }
+
     /// Removes every stored object of `asset` (the `user_tag` of its keys) and detaches its
     /// fills: their readers finish, but the fills are not committed and new requests miss.
     /// Returns whether anything was removed.
