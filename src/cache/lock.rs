@@ -65,3 +65,41 @@ impl CacheKeyLock for FillAwareLock {
         self.inner.custom_lock_status(custom_no_cache)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::storage::tests::{meta, span, storage};
+    use super::*;
+    use pingora::cache::Storage;
+
+    /// A request that locks after another one registered its fill is sent back to look up.
+    #[tokio::test]
+    async fn a_write_lock_on_a_key_being_filled_is_given_back() {
+        let s = storage(1 << 20);
+        let lock = FillAwareLock::new(Duration::from_secs(30), s);
+        let key = super::super::policy::key("/a/{id}", "l", None);
+        let Locked::Write(permit) = lock.lock(&key, false) else {
+            panic!("the first request must write");
+        };
+        let writer = s.get_miss_handler(&key, &meta(1), &span()).await.unwrap();
+        lock.release(&key, permit, LockStatus::Done);
+        // Looked up before the fill existed, locks after the release.
+        match lock.lock(&key, false) {
+            Locked::Read(r) => {
+                r.wait().await;
+                assert_eq!(r.lock_status(), LockStatus::Done);
+            }
+            Locked::Write(_) => panic!("a second writer for a key being filled"),
+        }
+        // A revalidation (stale writer), and another key, are not affected.
+        let other = super::super::policy::key("/a/{id}", "m", None);
+        for (k, stale) in [(&key, true), (&other, false)] {
+            match lock.lock(k, stale) {
+                // Permits must be released (a dropped one is a bug Pingora asserts on).
+                Locked::Write(p) => lock.release(k, p, LockStatus::Done),
+                Locked::Read(_) => panic!("stale={stale}: no write lock"),
+            }
+        }
+        drop(writer);
+    }
+}

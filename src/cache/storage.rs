@@ -581,18 +581,18 @@ impl HandleHit for Reader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use pingora::cache::trace::Span;
     use pingora::http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 
-    fn storage(limit: usize) -> &'static MemStorage {
+    pub(crate) fn storage(limit: usize) -> &'static MemStorage {
         let metrics = CacheMetrics::get().unwrap();
         Box::leak(Box::new(MemStorage::new(limit, metrics)))
     }
 
-    fn meta(len: usize) -> CacheMeta {
+    pub(crate) fn meta(len: usize) -> CacheMeta {
         let mut h = ResponseHeader::build(200, None).unwrap();
         h.insert_header("content-length", len.to_string()).unwrap();
         let now = SystemTime::now();
@@ -603,7 +603,7 @@ mod tests {
         super::super::policy::key("/a/{id}", id, None)
     }
 
-    fn span() -> SpanHandle {
+    pub(crate) fn span() -> SpanHandle {
         Span::inactive().handle()
     }
 
