@@ -6,7 +6,7 @@
 mod common;
 
 use common::origin::{pattern, Behavior, Origin};
-use common::{client, free_addr, wait_listening, Gateway, RawConn, EVENTUALLY};
+use common::{client, free_addrs, wait_listening, Gateway, RawConn, EVENTUALLY};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ async fn setup(memory: &str, cache_extra: &str) -> Setup {
 /// upstream.
 async fn setup_with(memory: &str, cache_extra: &str, gateway_extra: &str, upstream_extra: &str) -> Setup {
     let origin = Origin::start().await;
-    let (admin, h2c) = (free_addr(), free_addr());
+    let [listen, admin, h2c] = free_addrs();
     let yaml = format!(
         r#"threads: 2
 gateway:
@@ -62,7 +62,7 @@ gateway:
 "#,
         origin.addr
     );
-    let gw = Gateway::start(&yaml);
+    let gw = Gateway::start_at(&yaml, &[], listen);
     wait_listening(admin);
     wait_listening(h2c);
     Setup {
