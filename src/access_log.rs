@@ -53,6 +53,9 @@ pub(crate) struct AccessRecord<'a> {
     /// Why attempts failed, or why no peer was usable; left out when it would only repeat
     /// `error`.
     pub failures: Option<String>,
+    /// What the cache did (`hit`, `collapsed`, `miss-stored`, `miss`, ...); `None` when the
+    /// request did not use the cache (the field is then left out).
+    pub cache: Option<&'a str>,
 }
 
 /// A field's value, written the way each format writes it.
@@ -71,7 +74,7 @@ enum Value<'a> {
 
 impl AccessRecord<'_> {
     /// Every field, in order. `None` leaves the field out of the line.
-    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 14] {
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 15] {
         fn or_missing(v: Option<Value<'_>>) -> Option<Value<'_>> {
             Some(v.unwrap_or(Value::Missing))
         }
@@ -88,6 +91,7 @@ impl AccessRecord<'_> {
             ("ttfb_ms", or_missing(self.upstream_ttfb.map(Value::Ms))),
             ("total_ms", Some(Value::Ms(self.total))),
             ("request_id", Some(Value::Word(self.request_id))),
+            ("cache", self.cache.map(Value::Word)),
             ("error", self.error.as_deref().map(Value::Quoted)),
             ("upstream_failures", self.failures.as_deref().map(Value::Quoted)),
         ]
@@ -242,6 +246,7 @@ mod tests {
             request_id: "req-1",
             error: error.map(str::to_string),
             failures: None,
+            cache: None,
         }
     }
 
@@ -268,5 +273,15 @@ mod tests {
             rest,
             "\"client\":\"10.0.0.1:4242\",\"proto\":\"h2\",\"method\":\"GET\",\"path\":\"/content/v1/assets/x\\\"y\",\"status\":200,\"bytes\":189,\"upstream\":null,\"reused\":true,\"attempts\":1,\"ttfb_ms\":0.138,\"total_ms\":0.452,\"request_id\":\"req-1\"}\n"
         );
+    }
+
+    #[test]
+    fn the_cache_field_follows_request_id_in_both_formats() {
+        let mut r = record(None);
+        r.cache = Some("hit");
+        assert!(r.text_line().contains(" request_id=req-1 cache=hit\n"));
+        assert!(r
+            .json_line()
+            .contains(",\"request_id\":\"req-1\",\"cache\":\"hit\"}"));
     }
 }

@@ -1,9 +1,13 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (every
-//! upstream has a usable peer; a DNS upstream has resolved at least once). Anything else is 404. The main listener never serves these.
+//! upstream has a usable peer; a DNS upstream has resolved at least once), and with a cache
+//! `GET /cache` (sizes) and `DELETE /cache/<client path of an asset>` (purge). Anything else
+//! is 404. The main listener never serves these.
 //! Its clients get the main listener's protections: `app` wraps it in the same head deadline,
 //! and each request gets the same head checks and keep-alive rules.
 
+use crate::cache::{policy, Cache};
 use crate::config::Downstream;
+use crate::routing::{Resolution, Router};
 use crate::upstreams::{PeerState, Upstreams};
 use crate::{downstream, headers, metrics};
 use async_trait::async_trait;
@@ -16,14 +20,56 @@ pub(crate) struct Admin {
     pub upstreams: Arc<Upstreams>,
     pub limits: downstream::Limits,
     pub keepalive_secs: u64,
+    pub cache: Option<&'static Cache>,
+    /// To resolve a purge path exactly as the proxy resolves a request path.
+    pub router: Router,
 }
 
 impl Admin {
-    pub(crate) fn new(upstreams: Arc<Upstreams>, d: &Downstream) -> Admin {
+    pub(crate) fn new(
+        upstreams: Arc<Upstreams>,
+        d: &Downstream,
+        cache: Option<&'static Cache>,
+        router: Router,
+    ) -> Admin {
         Admin {
             upstreams,
             limits: d.limits,
             keepalive_secs: d.keepalive_secs(),
+            cache,
+            router,
+        }
+    }
+
+    /// `GET /cache` and `DELETE /cache/<path>`; `None` when the request is not for the cache.
+    fn cache_request(&self, method: &http::Method, path: &str) -> Option<Response<Vec<u8>>> {
+        let asset_path = match path.strip_prefix("/cache") {
+            Some("") => None,
+            Some(rest) if rest.starts_with('/') => Some(rest),
+            _ => return None,
+        };
+        let Some(cache) = self.cache else {
+            return Some(reply(404, "text/plain", "no cache configured\n"));
+        };
+        match (method, asset_path) {
+            (&http::Method::GET | &http::Method::HEAD, None) => {
+                let s = cache.storage.stats();
+                let body = format!(
+                    "{{\"memory_bytes\":{},\"memory_limit\":{},\"objects\":{},\"fills_in_flight\":{}}}\n",
+                    s.memory_bytes, s.memory_limit, s.objects, s.fills
+                );
+                Some(reply(200, "application/json", body))
+            }
+            (&http::Method::DELETE, Some(asset_path)) => Some(match self.router.resolve(asset_path) {
+                Resolution::Asset { route, id } => {
+                    let tag = policy::asset_tag(&self.router.route(route).template, id.as_str());
+                    let purged = cache.storage.purge_asset(&tag);
+                    reply(200, "application/json", format!("{{\"purged\":{purged}}}\n"))
+                }
+                Resolution::BadId => reply(400, "text/plain", "not a valid asset id\n"),
+                Resolution::NoRoute => reply(404, "text/plain", "no route has this path\n"),
+            }),
+            _ => Some(reply(405, "text/plain", "method not allowed\n")),
         }
     }
 }
@@ -44,6 +90,9 @@ impl ServeHttp for Admin {
             return reply(reject.status, "text/plain", format!("{}\n", reject.message));
         }
         let req = session.req_header();
+        if let Some(answer) = self.cache_request(&req.method, req.uri.path()) {
+            return answer;
+        }
         if !downstream::is_allowed_method(&req.method) {
             return reply(405, "text/plain", "method not allowed\n");
         }

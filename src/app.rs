@@ -55,7 +55,12 @@ pub fn run(opt: Opt, config: Config) -> ! {
     }
     let header_timeout = settings.downstream.header_timeout;
     if let Some(addr) = &settings.admin {
-        let admin = Admin::new(gateway.upstreams.clone(), &settings.downstream);
+        let admin = Admin::new(
+            gateway.upstreams.clone(),
+            &settings.downstream,
+            gateway.cache,
+            gateway.router.clone(),
+        );
         let mut admin = Service::new(
             "admin".to_string(),
             Guarded {

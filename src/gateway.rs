@@ -3,6 +3,7 @@
 //! work: whether a request is admitted, and which upstream serves it.
 
 use crate::attempts::Attempts;
+use crate::cache::{Cache, RequestCache};
 use crate::config::{AccessLogFormat, Settings};
 use crate::downstream::{self, Limits};
 use crate::errors::{self, Reject};
@@ -28,6 +29,10 @@ pub(crate) struct Gateway {
     pub(crate) limits: Limits,
     pub(crate) server_timing: bool,
     pub(crate) access_log: Option<AccessLogFormat>,
+    /// The response cache, if configured.
+    pub(crate) cache: Option<&'static Cache>,
+    /// Indexed like the routes: whether the route's responses go through the cache.
+    pub(crate) cache_routes: Vec<bool>,
 }
 
 impl Gateway {
@@ -54,6 +59,8 @@ impl Gateway {
             limits: s.downstream.limits,
             server_timing: s.server_timing,
             access_log: s.access_log,
+            cache: s.cache.as_ref().map(Cache::build).transpose()?,
+            cache_routes: s.routes.iter().map(|r| r.cache).collect(),
         })
     }
 }
@@ -67,6 +74,7 @@ pub(crate) struct Ctx {
     pub(crate) timing: Timing,
     /// The status `fail_to_proxy` wrote, if it could write one.
     pub(crate) error_status: Option<u16>,
+    pub(crate) cache: RequestCache,
     _in_flight: InFlight,
 }
 
@@ -99,6 +107,7 @@ impl Ctx {
                 upstream_ttfb: None,
             },
             error_status: None,
+            cache: RequestCache::default(),
             _in_flight: InFlight::start(),
         }
     }

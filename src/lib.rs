@@ -7,6 +7,7 @@ mod access_log;
 mod admin;
 pub mod app;
 mod attempts;
+mod cache;
 mod config;
 mod downstream;
 mod errors;

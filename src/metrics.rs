@@ -264,3 +264,71 @@ pub(crate) fn scrape<'a>(
     }
     out
 }
+
+/// The cache's metrics, registered once when a cache is configured.
+pub(crate) struct CacheMetrics {
+    /// `asset_gateway_cache_lookups_total{result}`: hit, miss, stale, coalesced.
+    lookups: IntCounterVec,
+    pub(crate) hit_bytes: IntCounter,
+    pub(crate) stored_bytes: IntCounter,
+    pub(crate) evictions: IntCounter,
+    pub(crate) memory_bytes: IntGauge,
+}
+
+static CACHE: OnceLock<CacheMetrics> = OnceLock::new();
+
+impl CacheMetrics {
+    pub(crate) fn get() -> Result<&'static CacheMetrics, String> {
+        if let Some(m) = CACHE.get() {
+            return Ok(m);
+        }
+        let m = Self::new().map_err(|e| format!("metrics: {e}"))?;
+        Ok(CACHE.get_or_init(|| m))
+    }
+
+    fn new() -> prometheus::Result<CacheMetrics> {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)?;
+            register(Box::new(c.clone()));
+            Ok::<_, prometheus::Error>(c)
+        };
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "asset_gateway_cache_lookups_total",
+                "Cache lookups of cacheable requests: hit (stored object), coalesced (joined another request's fill), miss, stale.",
+            ),
+            &["result"],
+        )?;
+        register(Box::new(lookups.clone()));
+        // Every result is exported from the start (at 0), so rates work before the first one.
+        for result in ["hit", "coalesced", "miss", "stale"] {
+            lookups.with_label_values(&[result]);
+        }
+        let memory_bytes = IntGauge::new(
+            "asset_gateway_cache_memory_bytes",
+            "Bytes charged against gateway.cache.memory by stored objects (body, header and index overhead).",
+        )?;
+        register(Box::new(memory_bytes.clone()));
+        Ok(CacheMetrics {
+            lookups,
+            hit_bytes: counter(
+                "asset_gateway_cache_hit_bytes_total",
+                "Body bytes served from the cache (stored objects and other requests' fills).",
+            )?,
+            stored_bytes: counter(
+                "asset_gateway_cache_stored_bytes_total",
+                "Body bytes of objects committed to the memory tier.",
+            )?,
+            evictions: counter(
+                "asset_gateway_cache_evictions_total",
+                "Objects evicted from the memory tier to stay within gateway.cache.memory.",
+            )?,
+            memory_bytes,
+        })
+    }
+
+    /// `result` is one of a fixed set of words, so the label lookup stays cheap.
+    pub(crate) fn lookup(&self, result: &str) {
+        self.lookups.with_label_values(&[result]).inc();
+    }
+}

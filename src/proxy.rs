@@ -8,12 +8,15 @@
 
 use crate::access_log::{self, AccessRecord};
 use crate::attempts;
+use crate::cache::{policy, Cache};
 use crate::downstream;
 use crate::errors;
 use crate::gateway::{Ctx, Gateway};
 use crate::request_id::RequestId;
 use crate::{fmt, headers, response};
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -85,6 +88,62 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
         }
+    }
+
+    /// Runs after `request_filter` admitted the request (routing, 400/404/405 and head
+    /// checks come first): GET and HEAD of a cacheable route use the cache, with the lock.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let (Some(cache), Some(m)) = (self.cache, &ctx.route) {
+            if self.cache_routes.get(m.index).copied().unwrap_or(false) {
+                cache.enable(session, &mut ctx.cache);
+            }
+        }
+        Ok(())
+    }
+
+    /// Route and asset id (plus the query the route forwards upstream); Pingora's default
+    /// panics.
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let m = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a route"))?;
+        let route = self.router.route(m.index);
+        Ok(policy::key(
+            &route.template,
+            m.asset.as_str(),
+            m.upstream_uri.query(),
+        ))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Cache::on_hit(meta, hit_handler, &mut ctx.cache);
+        Ok(None)
+    }
+
+    /// Pingora's default ignores `Vary` (one variant would be served to every request).
+    fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
+        Cache::variance(meta, req, &mut ctx.cache)
+    }
+
+    /// Pingora's default stores nothing.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(match self.cache {
+            Some(cache) => cache.cacheable(session, resp, &mut ctx.cache),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
     }
 
     /// Picks the first peer before proxying starts, so that when every peer is known to be
@@ -161,7 +220,9 @@ impl ProxyHttp for Gateway {
             pingora::ErrorSource::Upstream => e.more_context(format!("peer: {peer}")),
             _ => e,
         };
-        let started = session.response_written().is_some();
+        // Once a response is being stored, a retry's second response head would meet the
+        // miss handler already set (a panic in Pingora).
+        let started = session.response_written().is_some() || ctx.cache.storing;
         let retry = attempts::may_retry_established(e.retry, started, client_reused);
         e.set_retry(retry);
         if let (true, Some(upstream)) = (retry, self.upstream_of(ctx)) {
@@ -260,6 +321,12 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         headers::stamp(resp, &ctx.request_id);
+        // Per request, so here and not in `upstream_response_filter` (what that leaves in
+        // the header is stored with the object).
+        if let Some(outcome) = Cache::outcome(session.cache.phase(), &ctx.cache) {
+            let value = outcome.header(ctx.cache.ttl, ctx.cache.vary_miss);
+            let _ = resp.insert_header("cache-status", value);
+        }
         if let (true, Some(upstream)) = (self.server_timing, ctx.timing.upstream_ttfb) {
             let gateway = ctx.timing.start.elapsed().saturating_sub(upstream);
             let mut value = String::with_capacity(96);
@@ -320,6 +387,12 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map_or(self.route_metrics.len() - 1, |m| m.index);
         self.route_metrics[route].record(status, total, session.body_bytes_sent());
+        // From the phase at the end, not the one the header reported: a fill that failed
+        // after the header was sent is logged as not stored.
+        let cache_outcome = Cache::outcome(session.cache.phase(), &ctx.cache);
+        if let (Some(cache), Some(outcome)) = (self.cache, cache_outcome) {
+            cache.metrics.lookup(outcome.lookup_result());
+        }
         let Some(format) = self.access_log else {
             return;
         };
@@ -344,6 +417,7 @@ impl ProxyHttp for Gateway {
             request_id: ctx.request_id.as_str(),
             error: e.map(errors::describe),
             failures: a.failures_for_log(e.is_some()),
+            cache: cache_outcome.map(|o| o.log_word()),
         };
         access_log::write(&record, format);
     }

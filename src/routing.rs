@@ -136,7 +136,7 @@ pub enum Resolution {
     NoRoute,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<Route>,
 }

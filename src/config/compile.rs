@@ -2,7 +2,7 @@
 //! peer names resolved, TLS files read, `${VAR}` expanded. Every problem is collected with
 //! its key path and all are reported together; nothing is returned half-built.
 
-use super::file::{DiscoveryFile, GatewayFile, PeerFile, QueryPolicy, TlsFile, UpstreamFile};
+use super::file::{CacheFile, DiscoveryFile, GatewayFile, PeerFile, QueryPolicy, TlsFile, UpstreamFile};
 use super::runtime::*;
 use super::tls;
 use crate::downstream::Limits;
@@ -17,6 +17,7 @@ pub(super) const DEFAULT_READ_SIZE: u64 = 16 * 1024;
 pub(super) const DEFAULT_QUEUE_DEPTH: usize = 2;
 const READ_SIZES: std::ops::RangeInclusive<u64> = 16 * 1024..=1024 * 1024;
 const QUEUE_DEPTHS: std::ops::RangeInclusive<usize> = 1..=64;
+const MIN_CACHE_MEMORY: u64 = 1 << 20;
 
 /// The longest request target the `http` crate (and so Pingora) can parse.
 pub(crate) const MAX_PARSABLE_URI: usize = u16::MAX as usize - 1;
@@ -122,6 +123,7 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         .filter_map(|(name, u)| upstream(name, u, streaming.read_size, resolver, &mut p))
         .collect();
     let routes = routes(&g, &mut p);
+    let cache = g.cache.as_ref().and_then(|c| cache(c, &mut p));
 
     if !p.is_empty() {
         return Err(p);
@@ -135,6 +137,42 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         streaming,
         upstreams,
         routes,
+        cache,
+    })
+}
+
+/// The memory tier needs room for at least a few objects; the disk tier does not exist yet.
+fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
+    let before = p.len();
+    if c.disk.is_some() {
+        p.push(
+            "gateway.cache.disk: not supported yet (only the memory tier exists); remove the key".to_string(),
+        );
+    }
+    if c.memory.0 < MIN_CACHE_MEMORY {
+        p.push(format!(
+            "gateway.cache.memory: {} bytes is below the minimum of 1MiB",
+            c.memory.0
+        ));
+    }
+    if c.max_object_size.0 == 0 {
+        p.push("gateway.cache.max_object_size: must be at least 1 byte".to_string());
+    }
+    let usize_of = |key: &str, n: u64, p: &mut Vec<String>| {
+        usize::try_from(n).unwrap_or_else(|_| {
+            p.push(format!(
+                "gateway.cache.{key}: {n} bytes does not fit this machine"
+            ));
+            0
+        })
+    };
+    let memory = usize_of("memory", c.memory.0, p);
+    let max_object_size = usize_of("max_object_size", c.max_object_size.0, p);
+    (p.len() == before).then_some(CacheSettings {
+        memory,
+        max_object_size,
+        default_ttl: c.default_ttl.0,
+        lock_timeout: c.lock_timeout.0,
     })
 }
 
@@ -205,6 +243,9 @@ fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
         if let Err(e) = check_template(&route.rewrite, false) {
             p.push(format!("{key}.rewrite: {e}"));
         }
+        if route.cache == Some(true) && g.cache.is_none() {
+            p.push(format!("{key}.cache: needs gateway.cache (the cache is off)"));
+        }
         if let Some(first) = paths.insert(&route.path, i) {
             p.push(format!(
                 "{key}.path: {:?} is already the path of gateway.routes[{first}]",
@@ -218,6 +259,7 @@ fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
                 rewrite: route.rewrite.clone(),
                 upstream,
                 forward_query: route.query == QueryPolicy::Forward,
+                cache: g.cache.is_some() && route.cache != Some(false),
             }),
             None => {
                 let defined: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();

@@ -30,6 +30,35 @@ pub(super) struct GatewayFile {
     pub streaming: StreamingFile,
     pub upstreams: BTreeMap<String, UpstreamFile>,
     pub routes: Vec<RouteFile>,
+    /// The response cache; absent = no cache.
+    #[serde(default)]
+    pub cache: Option<CacheFile>,
+}
+
+/// `gateway.cache`: `memory` is required (it is what turns the cache on).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheFile {
+    pub memory: Size,
+    #[serde(default = "one_gib")]
+    pub max_object_size: Size,
+    #[serde(default = "one_hour")]
+    pub default_ttl: Dur,
+    #[serde(default = "thirty_seconds")]
+    pub lock_timeout: Dur,
+    /// Accepted by the parser only to be refused with a clear message: no disk tier yet.
+    #[serde(default)]
+    pub disk: Option<serde_yaml::Value>,
+}
+
+fn one_gib() -> Size {
+    Size(1 << 30)
+}
+fn one_hour() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+fn thirty_seconds() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn yes() -> bool {
@@ -351,6 +380,10 @@ pub(super) struct RouteFile {
     pub rewrite: String,
     #[serde(default)]
     pub query: QueryPolicy,
+    /// Whether responses of this route go through the cache; default: yes when
+    /// `gateway.cache` is set.
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]

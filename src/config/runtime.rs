@@ -21,6 +21,22 @@ pub(crate) struct Settings {
     /// Routes refer to these by index.
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// `None`: no cache.
+    pub cache: Option<CacheSettings>,
+}
+
+/// `gateway.cache`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheSettings {
+    /// The memory tier's bound, in bytes.
+    pub memory: usize,
+    /// Larger responses (by Content-Length) stream through uncached.
+    pub max_object_size: usize,
+    /// Freshness of a 200 without explicit freshness.
+    pub default_ttl: Duration,
+    /// How long a writer may hold the cache lock (until its response header) before waiters
+    /// compete to replace it, and the most a waiter waits in all.
+    pub lock_timeout: Duration,
 }
 
 pub(crate) struct Listener {
@@ -185,4 +201,6 @@ pub(crate) struct Route {
     /// Index into [`Settings::upstreams`].
     pub upstream: usize,
     pub forward_query: bool,
+    /// Responses go through the cache (only when `Settings::cache` is set).
+    pub cache: bool,
 }

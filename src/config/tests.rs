@@ -403,3 +403,71 @@ fn dns_discovery_checks_are_named_by_key() {
         "{p}"
     );
 }
+
+/// `VALID` with a `gateway.cache` section made of `lines` (each already indented).
+fn with_cache(lines: &str) -> String {
+    VALID.replace("  routes:\n", &format!("  cache:\n{lines}\n  routes:\n"))
+}
+
+#[test]
+fn cache_settings_and_defaults() {
+    let c = Config::from_yaml(&with_cache("    memory: 512MiB")).unwrap();
+    let cache = c.gateway.cache.unwrap();
+    assert_eq!(
+        cache,
+        CacheSettings {
+            memory: 512 << 20,
+            max_object_size: 1 << 30,
+            default_ttl: Duration::from_secs(3600),
+            lock_timeout: Duration::from_secs(30),
+        }
+    );
+    assert!(c.gateway.routes[0].cache, "routes use the cache by default");
+    let c = Config::from_yaml(&with_cache(
+        "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s",
+    ))
+    .unwrap();
+    let cache = c.gateway.cache.unwrap();
+    assert_eq!(cache.max_object_size, 8 << 20);
+    assert_eq!(cache.default_ttl, Duration::from_secs(300));
+    assert_eq!(cache.lock_timeout, Duration::from_secs(2));
+    let off = with_cache("    memory: 64MiB").replace(
+        "rewrite: /v1/assets/{id}",
+        "rewrite: /v1/assets/{id}\n      cache: false",
+    );
+    assert!(!Config::from_yaml(&off).unwrap().gateway.routes[0].cache);
+    // Without gateway.cache, nothing is cached.
+    assert!(!Config::from_yaml(VALID).unwrap().gateway.routes[0].cache);
+}
+
+#[test]
+fn cache_problems_name_their_keys() {
+    let p = problems(&with_cache(
+        "    memory: 64MiB\n    disk: {path: /var/cache, size: 1GiB}",
+    ));
+    assert!(p.contains("gateway.cache.disk: not supported yet"), "{p}");
+    let p = problems(&with_cache("    memory: 64MiB\n    memroy_size: 1"));
+    assert!(
+        p.contains("gateway.cache") && p.contains("unknown field `memroy_size`"),
+        "{p}"
+    );
+    let p = problems(&with_cache("    max_object_size: 1MiB"));
+    assert!(
+        p.contains("gateway.cache") && p.contains("missing field `memory`"),
+        "{p}"
+    );
+    let p = problems(&with_cache("    memory: 64k"));
+    assert!(p.contains("gateway.cache.memory: invalid size"), "{p}");
+    let p = problems(&with_cache("    memory: 1KiB"));
+    assert!(
+        p.contains("gateway.cache.memory: 1024 bytes is below the minimum of 1MiB"),
+        "{p}"
+    );
+    let p = problems(&with_cache("    memory: 64MiB\n    lock_timeout: 0s"));
+    assert!(p.contains("gateway.cache.lock_timeout: invalid duration"), "{p}");
+    let p = problems(&VALID.replace(
+        "rewrite: /v1/assets/{id}",
+        "rewrite: /v1/assets/{id}\n      cache: true",
+    ));
+    assert!(p.contains("gateway.routes[0].cache: needs gateway.cache"), "{p}");
+}

@@ -27,6 +27,15 @@ pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
+/// `N` distinct free ports on 127.0.0.1 (all bound at once, then released): separate calls
+/// of [`free_addr`] can return the same port.
+pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
+}
+
 /// A fresh directory for one test's files.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -80,7 +89,12 @@ impl Gateway {
     }
 
     pub fn start_with_args(yaml: &str, args: &[&str]) -> Gateway {
-        let addr = free_addr();
+        Self::start_at(yaml, args, free_addr())
+    }
+
+    /// `start_with_args` on a listen address the caller picked (e.g. with [`free_addrs`], so
+    /// that it differs from the other addresses in `yaml`).
+    pub fn start_at(yaml: &str, args: &[&str], addr: SocketAddr) -> Gateway {
         let dir = temp_dir();
         let conf_path = dir.join("gateway.yaml");
         let yaml = yaml.replace("{listen}", &addr.to_string());

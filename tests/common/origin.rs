@@ -31,6 +31,24 @@ pub enum Behavior {
         release: Arc<Notify>,
         held: Arc<AtomicBool>,
     },
+    /// Like `HoldAfter`, but once released the origin closes the connection instead of
+    /// sending the rest: a failure mid-body at a moment the test chooses.
+    FailAfterHold {
+        first: usize,
+        total: usize,
+        release: Arc<Notify>,
+        held: Arc<AtomicBool>,
+    },
+    /// Answers 200 with these extra header lines (each ending in CRLF) and a generated body
+    /// of `size` bytes.
+    WithHeaders { size: u64, headers: &'static str },
+    /// A generated body of `size` bytes with `etag` and `cache-control: max-age=<max_age>`;
+    /// a request with `If-None-Match: <etag>` gets 304.
+    Validated {
+        size: u64,
+        etag: &'static str,
+        max_age: u32,
+    },
     /// Accepts the request and never answers.
     NeverAnswer,
     /// Sends the headers (Content-Length `total`) and `first` bytes, then stalls forever.
@@ -359,6 +377,45 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
             release.notified().await;
             held.store(false, Ordering::SeqCst);
             write_pattern(sock, st, first as u64..total as u64).await
+        }
+        Behavior::FailAfterHold {
+            first,
+            total,
+            release,
+            held,
+        } => {
+            let h = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {total}\r\n\r\n");
+            if !write_head(sock, st, h.as_bytes()).await || !write_pattern(sock, st, 0..first as u64).await {
+                return false;
+            }
+            held.store(true, Ordering::SeqCst);
+            release.notified().await;
+            held.store(false, Ordering::SeqCst);
+            let _ = sock.shutdown().await;
+            false
+        }
+        Behavior::WithHeaders { size, headers } => {
+            let h = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\n{headers}content-length: {size}\r\n\r\n"
+            );
+            if !write_head(sock, st, h.as_bytes()).await {
+                return false;
+            }
+            head_only || write_pattern(sock, st, 0..size).await
+        }
+        Behavior::Validated { size, etag, max_age } => {
+            let common = format!("etag: {etag}\r\ncache-control: max-age={max_age}\r\n");
+            if req.header("if-none-match") == Some(etag) {
+                let h = format!("HTTP/1.1 304 Not Modified\r\n{common}\r\n");
+                return write_head(sock, st, h.as_bytes()).await;
+            }
+            let h = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\n{common}content-length: {size}\r\n\r\n"
+            );
+            if !write_head(sock, st, h.as_bytes()).await {
+                return false;
+            }
+            head_only || write_pattern(sock, st, 0..size).await
         }
         Behavior::NeverAnswer => {
             std::future::pending::<()>().await;

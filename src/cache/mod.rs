@@ -1,0 +1,156 @@
+//! The response cache: a streaming, coalescing memory tier behind Pingora's cache hooks.
+//!
+//! - `storage`: [`MemStorage`], the pingora-cache `Storage` (fills readers can follow, the
+//!   #932 guard, byte-bounded LRU);
+//! - `policy`: pure decisions (key, cacheability, `Cache-Status`);
+//! - `lock`: Pingora's cache lock, made to notice a fill registered between a request's
+//!   lookup and its lock.
+//!
+//! [`Cache`] is built once at start-up and leaked (Pingora wants `'static` handles); the
+//! `ProxyHttp` hooks in `proxy` call the methods here and keep [`RequestCache`] in the
+//! request context.
+
+mod lock;
+pub(crate) mod policy;
+pub(crate) mod storage;
+
+use crate::config::CacheSettings;
+use crate::metrics::CacheMetrics;
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use policy::Outcome;
+use std::time::{Duration, SystemTime};
+pub(crate) use storage::MemStorage;
+
+pub(crate) struct Cache {
+    pub(crate) storage: &'static MemStorage,
+    lock: &'static CacheKeyLockImpl,
+    lock_timeout: Duration,
+    /// The largest body stored: `max_object_size`, and never more than the memory tier holds
+    /// (there is no disk tier yet).
+    store_limit: usize,
+    pub(crate) metrics: &'static CacheMetrics,
+}
+
+/// What the cache did for one request (in the request context).
+#[derive(Default)]
+pub(crate) struct RequestCache {
+    /// `request_cache_filter` turned the cache on for this request.
+    pub(crate) enabled: bool,
+    /// The hit handler follows another request's fill in progress.
+    pub(crate) joined_fill: bool,
+    /// Seconds of freshness left of the object found (negative: stale).
+    pub(crate) ttl: Option<i64>,
+    /// `response_cache_filter` accepted the upstream response: from here on the request must
+    /// not be retried (a second response head would meet the miss handler already set, which
+    /// Pingora answers with a panic).
+    pub(crate) storing: bool,
+    /// The lookup found the URL's object, but for other values of the headers its `Vary`
+    /// names (RFC 9211 `fwd=vary-miss`).
+    pub(crate) vary_miss: bool,
+}
+
+impl Cache {
+    /// Builds the cache from its settings; the handles live for the whole process.
+    pub(crate) fn build(s: &CacheSettings) -> Result<&'static Cache, String> {
+        let metrics = CacheMetrics::get()?;
+        policy::set_default_ttl(s.default_ttl);
+        let storage: &'static MemStorage = Box::leak(Box::new(MemStorage::new(s.memory, metrics)));
+        // The lock's age timeout: how long a writer may hold it before waiters compete again.
+        // With a streaming storage the writer releases it as soon as the response header is
+        // stored, so it covers the time to the origin's header only.
+        let lock: &'static CacheKeyLockImpl =
+            Box::leak(Box::new(lock::FillAwareLock::new(s.lock_timeout, storage)));
+        Ok(Box::leak(Box::new(Cache {
+            storage,
+            lock,
+            lock_timeout: s.lock_timeout,
+            store_limit: s.max_object_size.min(s.memory),
+            metrics,
+        })))
+    }
+
+    /// `request_cache_filter`: turns the cache on, with the lock, for a request already
+    /// admitted (routing, method and head checks answered before any cache work).
+    pub(crate) fn enable(&'static self, session: &mut Session, rc: &mut RequestCache) {
+        let mut overrides = CacheOptionOverrides::default();
+        // Waiters give up after `lock_timeout` in all and go upstream uncached (Pingora's
+        // default: no budget of their own, only the writer's age timeout ends a wait).
+        overrides.wait_timeout = Some(self.lock_timeout);
+        session
+            .cache
+            .enable(self.storage, None, None, Some(self.lock), Some(overrides));
+        // The fill runs in the task of the request that started it. Without Pingora's
+        // proxy-task API (off by default), that task waits on each write to its client, so a
+        // client that reads slowly holds back the fill for every request following it. With
+        // it, HTTP/1.1 writes are queued and the upstream keeps being read. HTTP/2 sessions
+        // lack the API (a no-op here); there the client write timeout bounds the stall.
+        session.set_proxy_tasks_enabled(true);
+        rc.enabled = true;
+    }
+
+    /// `cache_hit_filter`: notes whether the hit follows a fill, and the freshness left.
+    pub(crate) fn on_hit(meta: &CacheMeta, handler: &HitHandler, rc: &mut RequestCache) {
+        rc.joined_fill = handler
+            .as_any()
+            .downcast_ref::<storage::Reader>()
+            .is_some_and(|r| r.joined_fill);
+        let now = SystemTime::now();
+        let until = meta.fresh_until();
+        rc.ttl = Some(match until.duration_since(now) {
+            Ok(left) => left.as_secs() as i64,
+            Err(past) => -(past.duration().as_secs() as i64),
+        });
+    }
+
+    /// `cache_vary_filter`: called on a lookup of the primary slot and again when a response
+    /// is about to be stored (Pingora keys each variant by it).
+    pub(crate) fn variance(
+        meta: &CacheMeta,
+        req: &RequestHeader,
+        rc: &mut RequestCache,
+    ) -> Option<HashBinary> {
+        let v = policy::variance(meta.response_header(), req);
+        if !rc.storing && v != meta.variance() {
+            rc.vary_miss = true;
+        }
+        v
+    }
+
+    /// `response_cache_filter`.
+    pub(crate) fn cacheable(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        rc: &mut RequestCache,
+    ) -> RespCacheable {
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
+        let r = policy::cacheable(resp, authorization, self.store_limit);
+        rc.storing |= r.is_cacheable();
+        r
+    }
+
+    /// The outcome so far (`None`: the cache was not used for this request).
+    pub(crate) fn outcome(phase: CachePhase, rc: &RequestCache) -> Option<Outcome> {
+        if !rc.enabled {
+            return None;
+        }
+        Some(match phase {
+            CachePhase::Hit if rc.joined_fill => Outcome::Collapsed,
+            CachePhase::Hit | CachePhase::StaleUpdating => Outcome::Hit,
+            CachePhase::Miss => Outcome::MissStored,
+            CachePhase::Stale | CachePhase::Expired => Outcome::StaleStored,
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
+            CachePhase::Disabled(reason) => Outcome::Miss(reason),
+            CachePhase::Uninit | CachePhase::CacheKey | CachePhase::Bypass => {
+                Outcome::Miss(pingora::cache::NoCacheReason::Deferred)
+            }
+        })
+    }
+}

@@ -1,0 +1,330 @@
+//! Pure cache decisions: the key of a request, whether a response may be stored and for how
+//! long, and the `Cache-Status` value (RFC 9211) of an outcome. No I/O, no state.
+
+use pingora::cache::cache_control::CacheControl;
+use pingora::cache::filters::resp_cacheable;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMetaDefaults, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The `Cache-Status` cache name.
+const NAME: &str = "asset-gateway";
+
+/// `gateway.cache.default_ttl`. `CacheMetaDefaults` takes a plain `fn` pointer, so the
+/// configured value reaches it through this static, set once at start-up.
+static DEFAULT_TTL: OnceLock<Duration> = OnceLock::new();
+
+pub(crate) fn set_default_ttl(ttl: Duration) {
+    // A second gateway in one process (tests) keeps the first value.
+    let _ = DEFAULT_TTL.set(ttl);
+}
+
+/// Freshness for a 200 without explicit freshness (`max-age`, `s-maxage`, `Expires`); other
+/// statuses are never stored by default (and `cacheable` refuses them anyway).
+fn default_fresh(status: http::StatusCode) -> Option<Duration> {
+    (status == http::StatusCode::OK)
+        .then(|| DEFAULT_TTL.get().copied())
+        .flatten()
+}
+
+/// No stale-while-revalidate or stale-if-error unless the origin asks for them.
+const DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(default_fresh, 0, 0);
+
+/// The key of an asset: route template and asset id, framed unambiguously (a NUL cannot occur
+/// in either), plus the query string when the route forwards it (it may select a different
+/// rendition). The user tag names the asset itself, so a purge finds every key of it.
+pub(crate) fn key(route: &str, id: &str, forwarded_query: Option<&str>) -> CacheKey {
+    let mut primary = String::with_capacity(route.len() + id.len() + 2);
+    primary.push_str(route);
+    primary.push('\0');
+    primary.push_str(id);
+    if let Some(q) = forwarded_query {
+        primary.push('\0');
+        primary.push_str(q);
+    }
+    CacheKey::new(primary, asset_tag(route, id))
+}
+
+/// What names one asset across keys (see [`key`]).
+pub(crate) fn asset_tag(route: &str, id: &str) -> String {
+    format!("{route}\0{id}")
+}
+
+pub(crate) fn content_length(resp: &ResponseHeader) -> Option<usize> {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether a response may be stored, and its freshness (RFC 9111 through Pingora's
+/// `resp_cacheable`: `no-store` and `private` refuse, `Authorization` needs `public` or
+/// `s-maxage`, then `s-maxage`, `max-age`, `Expires`, else `default_ttl`). On top of it:
+/// - only 200, with a Content-Length of at most `limit`: a body without a length could only be
+///   told complete from truncated by how the connection ended, and Range on a hit needs it;
+/// - no `Set-Cookie` (one client's cookie must not reach another);
+/// - no `Vary: *` (every request may differ); other `Vary` headers are honoured by [`variance`].
+pub(crate) fn cacheable(resp: &ResponseHeader, authorization: bool, limit: usize) -> RespCacheable {
+    use RespCacheable::Uncacheable;
+    if resp.status != http::StatusCode::OK {
+        return Uncacheable(NoCacheReason::Custom("status"));
+    }
+    match content_length(resp) {
+        None => return Uncacheable(NoCacheReason::Custom("no-content-length")),
+        Some(n) if n > limit => return Uncacheable(NoCacheReason::ResponseTooLarge),
+        Some(_) => {}
+    }
+    if resp.headers.contains_key(http::header::SET_COOKIE) {
+        return Uncacheable(NoCacheReason::Custom("set-cookie"));
+    }
+    if vary_names(resp).any(|n| n == "*") {
+        return Uncacheable(NoCacheReason::Custom("vary"));
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    resp_cacheable(cc.as_ref(), resp.clone(), authorization, &DEFAULTS)
+}
+
+/// The header names a response's `Vary` lists, lower-cased.
+fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
+    resp.headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+}
+
+/// The variance of a request against a stored (or storing) response: the request's values of
+/// the headers its `Vary` names, as sent (no normalisation: two spellings of one `Accept` are
+/// two variants, which costs memory, never correctness). `None` without `Vary`.
+pub(crate) fn variance(resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
+    let mut b = VarianceBuilder::new();
+    for name in vary_names(resp) {
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        b.add_owned_name_value(name, value);
+    }
+    b.finalize()
+}
+
+/// What the cache did for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Served from a stored object.
+    Hit,
+    /// Served from another request's fill in progress (it waited on the cache lock, or came
+    /// after the header): the origin was asked once for all of them.
+    Collapsed,
+    /// Went to the origin; the response is being stored.
+    MissStored,
+    /// Went to the origin; not stored, for this reason.
+    Miss(NoCacheReason),
+    /// A stale object was found; went to the origin; the new response is being stored.
+    StaleStored,
+    /// A stale object was revalidated by a 304 and served.
+    Revalidated,
+}
+
+impl Outcome {
+    /// The `Cache-Status` value. `vary_miss`: an object for the URL was found, but for other
+    /// values of the headers its `Vary` names.
+    pub(crate) fn header(self, ttl: Option<i64>, vary_miss: bool) -> String {
+        let miss = if vary_miss { "vary-miss" } else { "uri-miss" };
+        match self {
+            Outcome::Hit => match ttl {
+                Some(t) => format!("{NAME}; hit; ttl={t}"),
+                None => format!("{NAME}; hit"),
+            },
+            Outcome::Collapsed => format!("{NAME}; fwd={miss}; collapsed"),
+            Outcome::MissStored => format!("{NAME}; fwd={miss}; stored"),
+            Outcome::Miss(reason) => format!("{NAME}; fwd={miss}; detail={}", detail(reason)),
+            Outcome::StaleStored => format!("{NAME}; fwd=stale; stored"),
+            Outcome::Revalidated => format!("{NAME}; fwd=stale; fwd-status=304"),
+        }
+    }
+
+    /// The access log's `cache` field.
+    pub(crate) fn log_word(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Collapsed => "collapsed",
+            Outcome::MissStored => "miss-stored",
+            Outcome::Miss(_) => "miss",
+            Outcome::StaleStored => "stale-stored",
+            Outcome::Revalidated => "revalidated",
+        }
+    }
+
+    /// The `result` label of `asset_gateway_cache_lookups_total`.
+    pub(crate) fn lookup_result(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Collapsed => "coalesced",
+            Outcome::MissStored | Outcome::Miss(_) => "miss",
+            Outcome::StaleStored | Outcome::Revalidated => "stale",
+        }
+    }
+}
+
+/// A token for `detail=` (RFC 9211 allows a token or a string).
+fn detail(reason: NoCacheReason) -> &'static str {
+    match reason {
+        NoCacheReason::OriginNotCache => "no-store",
+        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
+        NoCacheReason::CacheLockTimeout => "lock-timeout",
+        NoCacheReason::CacheLockGiveUp => "lock-give-up",
+        NoCacheReason::CacheLockRetryLimit => "lock-retry-limit",
+        NoCacheReason::UpstreamError => "upstream-error",
+        NoCacheReason::StorageError | NoCacheReason::InternalError => "cache-error",
+        NoCacheReason::Custom(s) => s,
+        _ => "not-stored",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn reason(r: RespCacheable) -> Option<NoCacheReason> {
+        match r {
+            RespCacheable::Cacheable(_) => None,
+            RespCacheable::Uncacheable(r) => Some(r),
+        }
+    }
+
+    #[test]
+    fn only_plain_200s_with_a_length_are_stored() {
+        set_default_ttl(Duration::from_secs(3600));
+        let ok = resp(200, &[("content-length", "10")]);
+        match cacheable(&ok, false, 100) {
+            RespCacheable::Cacheable(meta) => assert!(meta.fresh_sec() > 3000),
+            other => panic!("{other:?}"),
+        }
+        let cases: [(ResponseHeader, NoCacheReason); 7] = [
+            (resp(200, &[]), NoCacheReason::Custom("no-content-length")),
+            (
+                resp(200, &[("content-length", "101")]),
+                NoCacheReason::ResponseTooLarge,
+            ),
+            (
+                resp(404, &[("content-length", "1")]),
+                NoCacheReason::Custom("status"),
+            ),
+            (
+                resp(200, &[("content-length", "1"), ("cache-control", "no-store")]),
+                NoCacheReason::OriginNotCache,
+            ),
+            (
+                resp(
+                    200,
+                    &[("content-length", "1"), ("cache-control", "private, max-age=60")],
+                ),
+                NoCacheReason::OriginNotCache,
+            ),
+            (
+                resp(200, &[("content-length", "1"), ("set-cookie", "a=b")]),
+                NoCacheReason::Custom("set-cookie"),
+            ),
+            (
+                resp(200, &[("content-length", "1"), ("vary", "accept, *")]),
+                NoCacheReason::Custom("vary"),
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(reason(cacheable(&r, false, 100)), Some(want), "{r:?}");
+        }
+        // Authorization needs an explicit permission.
+        assert_eq!(
+            reason(cacheable(&ok, true, 100)),
+            Some(NoCacheReason::OriginNotCache)
+        );
+        let public = resp(
+            200,
+            &[("content-length", "1"), ("cache-control", "public, max-age=5")],
+        );
+        assert_eq!(reason(cacheable(&public, true, 100)), None);
+    }
+
+    #[test]
+    fn explicit_freshness_wins_over_the_default() {
+        set_default_ttl(Duration::from_secs(3600));
+        let r = resp(200, &[("content-length", "1"), ("cache-control", "max-age=5")]);
+        match cacheable(&r, false, 100) {
+            RespCacheable::Cacheable(meta) => assert!(meta.fresh_sec() <= 5),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_frame_their_parts() {
+        use pingora::cache::key::CacheHashKey;
+        let a = key("/a/{id}", "x", None);
+        let b = key("/a/{id}", "x", Some(""));
+        assert_ne!(a.primary_bin(), b.primary_bin());
+        assert_eq!(a.user_tag, b.user_tag);
+        assert_ne!(
+            key("/a/{id}", "x", None).primary_bin(),
+            key("/a/{id}x", "", None).primary_bin()
+        );
+    }
+
+    #[test]
+    fn cache_status_values() {
+        assert_eq!(Outcome::Hit.header(Some(42), false), "asset-gateway; hit; ttl=42");
+        assert_eq!(
+            Outcome::MissStored.header(None, false),
+            "asset-gateway; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            Outcome::MissStored.header(None, true),
+            "asset-gateway; fwd=vary-miss; stored"
+        );
+        assert_eq!(
+            Outcome::Miss(NoCacheReason::OriginNotCache).header(None, false),
+            "asset-gateway; fwd=uri-miss; detail=no-store"
+        );
+        assert_eq!(
+            Outcome::Collapsed.header(None, false),
+            "asset-gateway; fwd=uri-miss; collapsed"
+        );
+    }
+
+    #[test]
+    fn variance_follows_the_named_request_headers() {
+        let vary = resp(200, &[("vary", "Accept, accept-encoding")]);
+        let req = |headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let webp = variance(&vary, &req(&[("accept", "image/webp"), ("user-agent", "a")]));
+        assert!(webp.is_some());
+        assert_eq!(
+            webp,
+            variance(&vary, &req(&[("accept", "image/webp"), ("user-agent", "b")]))
+        );
+        assert_ne!(webp, variance(&vary, &req(&[("accept", "image/avif")])));
+        assert_ne!(webp, variance(&vary, &req(&[])));
+        assert_eq!(variance(&resp(200, &[]), &req(&[("accept", "x")])), None);
+    }
+}

@@ -1,0 +1,921 @@
+//! The response cache: coalescing of a cold herd, hits without the origin, a client leaving
+//! mid-fill, an origin failing mid-fill (#932), purge, what is not stored, Range/304/HEAD from
+//! the cache, eviction, Cache-Status, metrics and the access log. Real gateway process, real
+//! origin, real client; no test asserts on time.
+
+mod common;
+
+use common::origin::{pattern, Behavior, Origin};
+use common::{client, free_addrs, wait_listening, Gateway, RawConn, EVENTUALLY};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Distinct asset ids (each test uses its own, so none sees another's objects).
+const A: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c01";
+const B: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c02";
+const C: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c03";
+const D: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c04";
+
+struct Setup {
+    origin: Origin,
+    gw: Gateway,
+    admin: SocketAddr,
+    /// A cleartext HTTP/2 (prior knowledge) listener of the same gateway.
+    h2c: SocketAddr,
+}
+
+/// A gateway with a cache (`cache_extra` lines go under `gateway.cache`) and an admin
+/// listener, in front of a fresh origin.
+async fn setup(memory: &str, cache_extra: &str) -> Setup {
+    setup_with(memory, cache_extra, "", "").await
+}
+
+/// `setup`, with `gateway_extra` lines under `gateway` and `upstream_extra` lines under the
+/// upstream.
+async fn setup_with(memory: &str, cache_extra: &str, gateway_extra: &str, upstream_extra: &str) -> Setup {
+    let origin = Origin::start().await;
+    let [listen, admin, h2c] = free_addrs();
+    let yaml = format!(
+        r#"threads: 2
+gateway:
+  listen: ["{{listen}}", {{addr: "{h2c}", h2c: true}}]
+  admin: "{admin}"
+{gateway_extra}
+  cache:
+    memory: {memory}
+{cache_extra}
+  upstreams:
+    assets:
+      peers: ["{}"]
+{upstream_extra}
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+    - path: /content/v1/nocache/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+      cache: false
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start_at(&yaml, &[], listen);
+    wait_listening(admin);
+    wait_listening(h2c);
+    Setup {
+        origin,
+        gw,
+        admin,
+        h2c,
+    }
+}
+
+fn asset_requests(origin: &Origin, id: &str) -> usize {
+    origin
+        .asset_requests()
+        .iter()
+        .filter(|r| r.target.ends_with(id))
+        .count()
+}
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// GETs `url`; returns status, Cache-Status and the whole body.
+async fn get(url: &str) -> (u16, String, Vec<u8>) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let cs = cache_status(&r);
+    (status, cs, r.bytes().await.unwrap().to_vec())
+}
+
+/// Waits until `cond` holds (it only guards against hanging; nothing is timed).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn admin_json(admin: SocketAddr, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .request(method, format!("http://{admin}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap())
+}
+
+/// Waits until no fill is in flight: a client can have every byte of its response a moment
+/// before the fill that sent them is committed.
+async fn settled(admin: SocketAddr) {
+    let start = Instant::now();
+    while admin_json(admin, reqwest::Method::GET, "/cache").await.1["fills_in_flight"] != 0 {
+        assert!(start.elapsed() < EVENTUALLY, "a fill never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// 50 clients ask for a cold 4 MiB asset at once while the origin holds it after its first
+/// 64 KiB: the origin sees one request, every client gets every byte, and the next request is
+/// a hit the origin never sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_herd_makes_one_origin_request() {
+    let s = setup("64MiB", "").await;
+    let total = 4 * 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::HoldAfter {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let headers = Arc::new(AtomicUsize::new(0));
+    let url = s.gw.asset_url(A);
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let (url, headers) = (url.clone(), headers.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).send().await.unwrap();
+                headers.fetch_add(1, Ordering::SeqCst);
+                let status = r.status().as_u16();
+                let cs = cache_status(&r);
+                (status, cs, r.bytes().await.unwrap().to_vec())
+            })
+        })
+        .collect();
+    // Every client has its response head (from the one fill) before the origin sends more.
+    eventually("all 50 response heads", || headers.load(Ordering::SeqCst) == 50).await;
+    assert!(held.load(Ordering::SeqCst));
+    release.notify_one();
+    let want = pattern(0..total as u64);
+    let mut statuses = Vec::new();
+    for c in clients {
+        let (status, cs, body) = c.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == want, "a client got {} bytes, not the asset", body.len());
+        statuses.push(cs);
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1, "the herd was not coalesced");
+    settled(s.admin).await;
+    let stored = statuses
+        .iter()
+        .filter(|c| *c == "asset-gateway; fwd=uri-miss; stored")
+        .count();
+    let collapsed = statuses
+        .iter()
+        .filter(|c| *c == "asset-gateway; fwd=uri-miss; collapsed")
+        .count();
+    assert_eq!((stored, collapsed), (1, 49), "{statuses:?}");
+
+    let (status, cs, body) = get(&url).await;
+    assert_eq!(status, 200);
+    assert!(cs.starts_with("asset-gateway; hit; ttl="), "{cs}");
+    assert!(body == want);
+    assert_eq!(asset_requests(&s.origin, A), 1, "a hit went to the origin");
+
+    let m = metrics(s.admin).await;
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_lookups_total{result=\"coalesced\"}"),
+        49.0
+    );
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_lookups_total{result=\"miss\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_lookups_total{result=\"hit\"}"),
+        1.0
+    );
+    assert_eq!(metric(&m, "asset_gateway_cache_stored_bytes_total"), total as f64);
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_hit_bytes_total"),
+        (50 * total) as f64
+    );
+    assert!(metric(&m, "asset_gateway_cache_memory_bytes") >= total as f64);
+}
+
+/// The client whose request fills the cache leaves mid-body: the fill goes on, the others get
+/// every byte, and the object is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fill_survives_its_client_leaving() {
+    let s = setup("64MiB", "").await;
+    let total = 2 * 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::HoldAfter {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let mut first = RawConn::connect(s.gw.addr).await;
+    first
+        .send(format!("GET /content/v1/assets/{A} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await;
+    let head = first.read_chunk().await.expect("the first client got nothing");
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    eventually("the origin holding", || held.load(Ordering::SeqCst)).await;
+
+    let url = s.gw.asset_url(A);
+    let others: Vec<_> = (0..5).map(|_| tokio::spawn(get_owned(url.clone()))).collect();
+    // The first client goes away before the origin sends the rest.
+    drop(first);
+    release.notify_one();
+    for o in others {
+        let (status, _, body) = o.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == pattern(0..total as u64), "got {} bytes", body.len());
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    settled(s.admin).await;
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.contains("; hit"), "not stored: {cs}");
+    assert_eq!(body.len(), total);
+    assert_eq!(asset_requests(&s.origin, A), 1);
+}
+
+async fn get_owned(url: String) -> (u16, String, Vec<u8>) {
+    get(&url).await
+}
+
+/// The origin fails mid-body: the client of the fill and every client following it see an
+/// incomplete response (an error, never a clean short body), nothing is stored, and the next
+/// request refills from the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_failing_mid_fill_fails_every_reader() {
+    let s = setup("64MiB", "").await;
+    let total = 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::FailAfterHold {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let url = s.gw.asset_url(A);
+    let headers = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let (url, headers) = (url.clone(), headers.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).send().await.unwrap();
+                headers.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(r.status(), 200);
+                r.bytes().await
+            })
+        })
+        .collect();
+    eventually("all 10 response heads", || headers.load(Ordering::SeqCst) == 10).await;
+    release.notify_one();
+    for c in clients {
+        match c.await.unwrap() {
+            Err(_) => {}
+            Ok(b) => panic!("a client saw a clean end after {} of {total} bytes", b.len()),
+        }
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1);
+
+    // Nothing was stored: the next request goes to the origin and fills the cache.
+    s.origin.set(A, Behavior::Generated { size: total as u64 });
+    let (status, cs, body) = get(&url).await;
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=uri-miss; stored")
+    );
+    assert!(body == pattern(0..total as u64));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    settled(s.admin).await;
+    let (_, cs, _) = get(&url).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert_eq!(asset_requests(&s.origin, A), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_one_asset() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 1000 });
+    s.origin.set(B, Behavior::Generated { size: 1000 });
+    let (a, b) = (s.gw.asset_url(A), s.gw.asset_url(B));
+    get(&a).await;
+    get(&b).await;
+    settled(s.admin).await;
+    assert!(get(&a).await.1.contains("; hit"));
+
+    let del = reqwest::Method::DELETE;
+    let path = format!("/cache/content/v1/assets/{A}");
+    let (status, json) = admin_json(s.admin, del.clone(), &path).await;
+    assert_eq!((status, json), (200, serde_json::json!({"purged": true})));
+    let (status, json) = admin_json(s.admin, del.clone(), &path).await;
+    assert_eq!((status, json), (200, serde_json::json!({"purged": false})));
+
+    let (_, cs, body) = get(&a).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(body == pattern(0..1000));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    settled(s.admin).await;
+    // The other asset is untouched.
+    assert!(get(&b).await.1.contains("; hit"));
+    assert_eq!(asset_requests(&s.origin, B), 1);
+
+    let (status, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert_eq!(status, 200);
+    assert_eq!(json["objects"], 2);
+    assert!(json["memory_bytes"].as_u64().unwrap() >= 2000);
+    assert_eq!(json["memory_limit"], 64 * 1024 * 1024);
+    let r = client()
+        .delete(format!("http://{}/cache/content/v1/assets/not-a-uuid", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+/// `no-store`, `private`, `Set-Cookie`, `Vary`, oversized bodies and routes with `cache: false`
+/// all go to the origin every time, streamed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_must_not_be_stored_is_not() {
+    let s = setup("64MiB", "    max_object_size: 100KiB").await;
+    s.origin.set(
+        A,
+        Behavior::WithHeaders {
+            size: 1000,
+            headers: "cache-control: no-store\r\n",
+        },
+    );
+    s.origin.set(
+        B,
+        Behavior::WithHeaders {
+            size: 1000,
+            headers: "set-cookie: session=1\r\n",
+        },
+    );
+    s.origin.set(C, Behavior::Generated { size: 200 * 1024 });
+    s.origin.set(D, Behavior::Generated { size: 1000 });
+    let cases = [
+        (
+            s.gw.asset_url(A),
+            A,
+            1000,
+            "asset-gateway; fwd=uri-miss; detail=no-store",
+        ),
+        (
+            s.gw.asset_url(B),
+            B,
+            1000,
+            "asset-gateway; fwd=uri-miss; detail=set-cookie",
+        ),
+        (
+            s.gw.asset_url(C),
+            C,
+            200 * 1024,
+            "asset-gateway; fwd=uri-miss; detail=too-large",
+        ),
+        (s.gw.url(&format!("/content/v1/nocache/{D}")), D, 1000, ""),
+    ];
+    for (url, id, size, want) in cases {
+        for n in 1..=2 {
+            let (status, cs, body) = get(&url).await;
+            assert_eq!(status, 200);
+            assert_eq!(cs, want, "{url}");
+            assert!(body == pattern(0..size), "{url}");
+            assert_eq!(
+                asset_requests(&s.origin, id),
+                n,
+                "{url} was served from the cache"
+            );
+        }
+    }
+}
+
+/// Range, conditional requests and HEAD are answered from the stored object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_304_and_head_from_the_cache() {
+    let s = setup("64MiB", "").await;
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    s.origin.set_body(A, body.clone());
+    let url = s.gw.asset_url(A);
+    let (_, cs, got) = get(&url).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(got == body);
+    settled(s.admin).await;
+
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(cache_status(&r).contains("; hit"));
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 1000-1999/{}", body.len())
+    );
+    assert!(r.bytes().await.unwrap() == body[1000..2000]);
+
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == body[body.len() - 10..]);
+
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=0-9,20-29")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("multipart/byteranges"), "{ctype}");
+    let parts = r.bytes().await.unwrap();
+    let find = |needle: &[u8]| parts.windows(needle.len()).any(|w| w == needle);
+    assert!(find(&body[0..10]) && find(&body[20..30]));
+
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=200000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+
+    let etag = client().head(&url).send().await.unwrap().headers()["etag"].clone();
+    let r = client()
+        .get(&url)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert!(cache_status(&r).contains("; hit"));
+
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], body.len().to_string().as_str());
+    assert!(cache_status(&r).contains("; hit"));
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    assert_eq!(
+        asset_requests(&s.origin, A),
+        1,
+        "served by the origin, not the cache"
+    );
+}
+
+/// A Range request that starts a fill gets its range; the fill stores the whole object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_miss_fills_the_whole_object() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 300_000 });
+    let url = s.gw.asset_url(A);
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == pattern(100..200));
+    let seen = s.origin.asset_requests();
+    assert!(seen[0].header("range").is_none(), "the range went upstream");
+    // The range's response may end before the fill does; the fill goes on to the end.
+    settled(s.admin).await;
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert!(body == pattern(0..300_000));
+    assert_eq!(asset_requests(&s.origin, A), 1);
+}
+
+/// With a 1 MiB memory tier, storing a fourth 300 KiB object evicts the least recently used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_the_memory_bound() {
+    let s = setup("1MiB", "").await;
+    for id in [A, B, C, D] {
+        s.origin.set(id, Behavior::Generated { size: 300 * 1024 });
+    }
+    for id in [A, B, C] {
+        assert_eq!(
+            get(&s.gw.asset_url(id)).await.1,
+            "asset-gateway; fwd=uri-miss; stored"
+        );
+        settled(s.admin).await;
+    }
+    // A is used again, so B is now the least recently used.
+    assert!(get(&s.gw.asset_url(A)).await.1.contains("; hit"));
+    assert_eq!(
+        get(&s.gw.asset_url(D)).await.1,
+        "asset-gateway; fwd=uri-miss; stored"
+    );
+    settled(s.admin).await;
+
+    let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert!(json["memory_bytes"].as_u64().unwrap() <= 1024 * 1024, "{json}");
+    assert_eq!(json["objects"], 3, "{json}");
+    assert!(get(&s.gw.asset_url(A)).await.1.contains("; hit"));
+    let (_, cs, body) = get(&s.gw.asset_url(B)).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored", "B was not evicted");
+    assert!(body == pattern(0..300 * 1024));
+    assert_eq!(asset_requests(&s.origin, B), 2);
+    let m = metrics(s.admin).await;
+    assert!(metric(&m, "asset_gateway_cache_evictions_total") >= 1.0);
+    assert!(metric(&m, "asset_gateway_cache_memory_bytes") <= (1024 * 1024) as f64);
+}
+
+/// Routing answers (404, 400, 405) come before any cache work, and the access log says what
+/// the cache did (text format here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_answers_and_access_log() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 1000 });
+    let c = client();
+    assert_eq!(c.get(s.gw.url("/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.get(s.gw.asset_url("not-a-uuid")).send().await.unwrap().status(),
+        400
+    );
+    let r = c.post(s.gw.asset_url(A)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers().get("cache-status").is_none());
+    assert_eq!(s.origin.asset_requests().len(), 0);
+
+    for rid in ["cache-log-1", "cache-log-2"] {
+        let r = c
+            .get(s.gw.asset_url(A))
+            .header("x-request-id", rid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-request-id"], rid);
+        r.bytes().await.unwrap();
+        settled(s.admin).await;
+    }
+    let first = s.gw.access_line("cache-log-1").await;
+    let second = s.gw.access_line("cache-log-2").await;
+    assert!(first.contains(" cache=miss-stored"), "{first}");
+    assert!(second.contains(" cache=hit"), "{second}");
+    assert!(second.contains(" status=200 bytes=1000 "), "{second}");
+}
+
+/// The client whose request fills the cache stops reading (and is not cut, the write timeout
+/// being long): the fill still runs at the origin's pace, and another client gets every byte
+/// while the first one still has not read its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_hold_back_the_fill() {
+    let s = setup_with("128MiB", "", "  downstream:\n    write_timeout: 10m", "").await;
+    let total: u64 = 32 * 1024 * 1024;
+    s.origin.set(A, Behavior::Generated { size: total });
+    let mut first = RawConn::connect(s.gw.addr).await;
+    first
+        .send(format!("GET /content/v1/assets/{A} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await;
+    eventually("the origin request", || asset_requests(&s.origin, A) == 1).await;
+    let (status, _, body) = tokio::time::timeout(EVENTUALLY, get(&s.gw.asset_url(A)))
+        .await
+        .expect("the second client was held back by the first one");
+    assert_eq!(status, 200);
+    assert!(body == pattern(0..total), "got {} bytes", body.len());
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    // The stalled client still gets its whole response once it reads.
+    let r = first
+        .response(false)
+        .await
+        .expect("the stalled client's response");
+    assert_eq!(r.status, 200);
+    assert!(r.body == pattern(0..total));
+}
+
+/// A stale object is revalidated with its validator: a 304 from the origin refreshes it and
+/// the stored body is served; the next request is a hit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_object_is_revalidated() {
+    let s = setup("64MiB", "").await;
+    let etag = "\"v1\"";
+    s.origin.set(
+        A,
+        Behavior::Validated {
+            size: 5000,
+            etag,
+            max_age: 2,
+        },
+    );
+    let url = s.gw.asset_url(A);
+    assert_eq!(get(&url).await.1, "asset-gateway; fwd=uri-miss; stored");
+    settled(s.admin).await;
+    // Let the two seconds of freshness pass (a wait, not a timing assertion).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, cs, body) = get(&url).await;
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=stale; fwd-status=304")
+    );
+    assert!(body == pattern(0..5000));
+    let seen = s.origin.asset_requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header("if-none-match"), Some(etag));
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..5000));
+    assert_eq!(s.origin.asset_requests().len(), 2);
+}
+
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// Over HTTP/2 (many streams of one connection): a cold herd is coalesced, then an origin
+/// failing mid-fill fails every stream following it, and a refill works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_coalesce_and_see_a_failed_fill() {
+    let s = setup("64MiB", "").await;
+    let h2 = h2c_client();
+    for (id, fail) in [(A, false), (B, true)] {
+        let total = 1024 * 1024;
+        let release = Arc::new(Notify::new());
+        let held = Arc::new(AtomicBool::new(false));
+        let (first, release_, held_) = (64 * 1024, release.clone(), held.clone());
+        s.origin.set(
+            id,
+            if fail {
+                Behavior::FailAfterHold {
+                    first,
+                    total,
+                    release: release_,
+                    held: held_,
+                }
+            } else {
+                Behavior::HoldAfter {
+                    first,
+                    total,
+                    release: release_,
+                    held: held_,
+                }
+            },
+        );
+        let url = format!("http://{}/content/v1/assets/{id}", s.h2c);
+        let headers = Arc::new(AtomicUsize::new(0));
+        let streams: Vec<_> = (0..20)
+            .map(|_| {
+                let (h2, url, headers) = (h2.clone(), url.clone(), headers.clone());
+                tokio::spawn(async move {
+                    let r = h2.get(url).send().await.unwrap();
+                    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+                    headers.fetch_add(1, Ordering::SeqCst);
+                    r.bytes().await
+                })
+            })
+            .collect();
+        eventually("all 20 response heads", || headers.load(Ordering::SeqCst) == 20).await;
+        release.notify_one();
+        for st in streams {
+            match (fail, st.await.unwrap()) {
+                (false, Ok(body)) => assert!(body == pattern(0..total as u64)),
+                (true, Err(_)) => {}
+                (false, Err(e)) => panic!("a stream failed: {e}"),
+                (true, Ok(b)) => panic!("a stream saw a clean end after {} bytes", b.len()),
+            }
+        }
+        assert_eq!(
+            asset_requests(&s.origin, id),
+            1,
+            "{id} fail={fail}; origin saw {:?}; gateway log:\n{}",
+            s.origin.asset_requests(),
+            s.gw.logs().join("\n")
+        );
+    }
+    // B was not stored: it refills.
+    s.origin.set(B, Behavior::Generated { size: 1000 });
+    settled(s.admin).await;
+    let r = h2
+        .get(format!("http://{}/content/v1/assets/{B}", s.h2c))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_status(&r), "asset-gateway; fwd=uri-miss; stored");
+    assert!(r.bytes().await.unwrap() == pattern(0..1000));
+}
+
+async fn get_accept(url: &str, accept: &str) -> (String, Vec<u8>) {
+    let r = client().get(url).header("accept", accept).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cs = cache_status(&r);
+    (cs, r.bytes().await.unwrap().to_vec())
+}
+
+/// `Vary`: each variant is stored under its own key, a request for a variant not stored yet is
+/// a `vary-miss`, and a purge removes every variant. `Vary: *` is never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_variants_are_stored_apart() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(
+        A,
+        Behavior::WithHeaders {
+            size: 2000,
+            headers: "vary: Accept\r\n",
+        },
+    );
+    let url = s.gw.asset_url(A);
+    let want = pattern(0..2000);
+    let steps = [
+        ("image/webp", "asset-gateway; fwd=uri-miss; stored", 1),
+        ("image/webp", "asset-gateway; hit", 1),
+        ("image/avif", "asset-gateway; fwd=vary-miss; stored", 2),
+        ("image/avif", "asset-gateway; hit", 2),
+        ("image/webp", "asset-gateway; hit", 2),
+        ("image/jpeg", "asset-gateway; fwd=vary-miss; stored", 3),
+        ("image/avif", "asset-gateway; hit", 3),
+    ];
+    for (accept, status, origin_requests) in steps {
+        let (cs, body) = get_accept(&url, accept).await;
+        assert!(cs.starts_with(status), "{accept}: {cs}");
+        assert!(body == want);
+        assert_eq!(asset_requests(&s.origin, A), origin_requests, "{accept}");
+        settled(s.admin).await;
+    }
+    let seen = s.origin.asset_requests();
+    assert_eq!(seen[1].header("accept"), Some("image/avif"));
+
+    let path = format!("/cache/content/v1/assets/{A}");
+    let (_, json) = admin_json(s.admin, reqwest::Method::DELETE, &path).await;
+    assert_eq!(json, serde_json::json!({"purged": true}));
+    let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert_eq!(json["objects"], 0, "a variant survived the purge");
+    let (cs, _) = get_accept(&url, "image/avif").await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+
+    s.origin.set(
+        B,
+        Behavior::WithHeaders {
+            size: 10,
+            headers: "vary: *\r\n",
+        },
+    );
+    for n in 1..=2 {
+        let (cs, _) = get_accept(&s.gw.asset_url(B), "image/webp").await;
+        assert_eq!(cs, "asset-gateway; fwd=uri-miss; detail=vary");
+        assert_eq!(asset_requests(&s.origin, B), n);
+    }
+}
+
+/// A request waiting on the cache lock for longer than `lock_timeout` (the first request's
+/// origin never answers) goes upstream itself. The stalled request's lock has expired by then
+/// (the lock's age timeout is the same `lock_timeout`, and it started first), so the waiter
+/// takes it over and its response is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_gives_up_after_lock_timeout() {
+    let s = setup("64MiB", "    lock_timeout: 1s").await;
+    s.origin.set(A, Behavior::NeverAnswer);
+    let url = s.gw.asset_url(A);
+    let first = tokio::spawn(get_owned(url.clone()));
+    eventually("the first origin request", || asset_requests(&s.origin, A) == 1).await;
+    s.origin.set(A, Behavior::Generated { size: 1000 });
+    let (status, cs, body) = get(&url).await;
+    assert_eq!(status, 200);
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(body == pattern(0..1000));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    settled(s.admin).await;
+    assert!(get(&url).await.1.starts_with("asset-gateway; hit"));
+    assert_eq!(asset_requests(&s.origin, A), 2);
+    first.abort();
+}
+
+/// A HEAD on a cold asset fills the cache (Pingora asks the origin with GET), and the client
+/// gets the head only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_miss_fills_the_cache() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 100_000 });
+    let url = s.gw.asset_url(A);
+    let r = client().head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "100000");
+    assert_eq!(cache_status(&r), "asset-gateway; fwd=uri-miss; stored");
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert_eq!(s.origin.asset_requests()[0].method, "GET");
+    settled(s.admin).await;
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..100_000));
+    assert_eq!(asset_requests(&s.origin, A), 1);
+}
+
+/// A fill that stalls mid-body fails its followers once the upstream `read_timeout` fails its
+/// writer; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_origin_fails_the_followers_at_read_timeout() {
+    let s = setup_with("64MiB", "", "", "      read_timeout: 3s").await;
+    s.origin.set(
+        A,
+        Behavior::StallAfter {
+            first: 64 * 1024,
+            total: 1024 * 1024,
+        },
+    );
+    let url = s.gw.asset_url(A);
+    let headers = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            let (url, headers) = (url.clone(), headers.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).send().await.unwrap();
+                headers.fetch_add(1, Ordering::SeqCst);
+                r.bytes().await
+            })
+        })
+        .collect();
+    // All five follow the one fill before it times out (a client arriving after the failure
+    // would rightly start a fill of its own).
+    eventually("all 5 response heads", || headers.load(Ordering::SeqCst) == 5).await;
+    for c in clients {
+        assert!(c.await.unwrap().is_err(), "a client saw a clean end");
+    }
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert_eq!(
+        (json["objects"].as_u64(), json["fills_in_flight"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+/// Pipelined and keep-alive requests through the cache: a miss, then hits, on one connection,
+/// answered in order with exact bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_through_the_cache() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(A, Behavior::Generated { size: 300_000 });
+    s.origin.set(B, Behavior::Generated { size: 1000 });
+    let mut conn = RawConn::connect(s.gw.addr).await;
+    let req = |id: &str| format!("GET /content/v1/assets/{id} HTTP/1.1\r\nhost: x\r\n\r\n");
+    conn.send(format!("{}{}{}", req(A), req(B), req(A)).as_bytes())
+        .await;
+    for (id, size) in [(A, 300_000), (B, 1000), (A, 300_000)] {
+        let r = conn.response(false).await.expect("a response");
+        assert_eq!(r.status, 200, "{id}");
+        assert!(r.body == pattern(0..size), "{id}");
+        assert!(r.header("cache-status").is_some(), "{id}");
+    }
+    settled(s.admin).await;
+    conn.send(req(B).as_bytes()).await;
+    let r = conn
+        .response(false)
+        .await
+        .expect("a response on the kept connection");
+    assert!(r
+        .header("cache-status")
+        .unwrap()
+        .starts_with("asset-gateway; hit"));
+    assert!(r.body == pattern(0..1000));
+    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(asset_requests(&s.origin, B), 1);
+}
