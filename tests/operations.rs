@@ -135,7 +135,7 @@ async fn metrics_count_known_traffic() {
 }
 
 /// Every metric the Grafana dashboard (deploy/grafana) queries is one a gateway with every
-/// feature on exports (a `# TYPE` line of its scrape; histogram series by their family).
+/// feature on (failover, DNS discovery, the cache) exports (a `# TYPE` line of its scrape; histogram series by their family).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
     let origin = Origin::start().await;
@@ -148,6 +148,7 @@ gateway:
   listen: ["{{listen}}"]
   admin: "{admin}"
   resolver: "{dns}"
+  cache: {{memory: 16MiB}}
   upstreams:
     assets:
       peers: ["{dead}", "{origin}"]
@@ -184,10 +185,14 @@ gateway:
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Round robin: the dead peer is met (connect failure, failover) within two requests.
-    for _ in 0..2 {
-        let r = c.get(gw.asset_url(ID)).send().await.unwrap();
-        assert_eq!(r.text().await.unwrap(), "asset");
+    // Round robin: the dead peer is met (connect failure, failover) within two requests that
+    // go upstream (ids the cache has not seen; the origin answers 404 for them).
+    for id in [
+        "10000000-0000-4000-8000-000000000001",
+        "10000000-0000-4000-8000-000000000002",
+    ] {
+        let r = c.get(gw.asset_url(id)).send().await.unwrap();
+        assert_eq!(r.status(), 404);
     }
     dashboard_queries_only_exported_metrics(&scrape(admin).await);
 }

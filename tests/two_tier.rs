@@ -169,3 +169,45 @@ async fn a_tier_replica_going_away_moves_only_its_own_assets() {
         }
     }
 }
+
+/// The layout of deploy/two-tier: the edge caches nothing and hashes each asset onto one
+/// cache-tier replica, which caches it. Each asset reaches the origin once, whatever the
+/// number of replicas and requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cache_tier_each_asset_reaches_the_origin_once() {
+    let origin = Origin::start().await;
+    let assets = ids(16);
+    for (i, id) in assets.iter().enumerate() {
+        origin.set_body(id, format!("asset number {i}"));
+    }
+    let cache_tier =
+        simple_config(&[origin.addr], "").replace("  upstreams:", "  cache: {memory: 16MiB}\n  upstreams:");
+    let tier: Vec<Gateway> = (0..3).map(|_| Gateway::start(&cache_tier)).collect();
+    let edge = Gateway::start(&edge_config(&tier.iter().map(|g| g.addr).collect::<Vec<_>>()));
+    let c = client();
+    for round in 0..4 {
+        for (i, id) in assets.iter().enumerate() {
+            let r = c.get(edge.asset_url(id)).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let status = r.headers()["cache-status"].to_str().unwrap().to_string();
+            if round > 0 {
+                assert!(status.starts_with("asset-gateway; hit"), "{id}: {status}");
+            }
+            assert_eq!(r.text().await.unwrap(), format!("asset number {i}"));
+        }
+        // A fill commits once its response is complete; wait for every replica to have
+        // logged this round before the next one expects hits.
+        let tiers: Vec<&Gateway> = tier.iter().collect();
+        wait_access_lines(&tiers, (round + 1) * assets.len()).await;
+    }
+    let per_asset: HashMap<String, usize> =
+        origin
+            .asset_requests()
+            .iter()
+            .fold(HashMap::new(), |mut m, seen| {
+                *m.entry(seen.target.clone()).or_default() += 1;
+                m
+            });
+    assert_eq!(per_asset.len(), assets.len(), "{per_asset:?}");
+    assert!(per_asset.values().all(|&n| n == 1), "{per_asset:?}");
+}
