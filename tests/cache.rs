@@ -7,6 +7,11 @@ mod common;
 
 use common::origin::{pattern, Behavior, Origin};
 use common::{client, free_addrs, wait_listening, Gateway, RawConn, EVENTUALLY};
+
+/// A series' value in a scrape; absent counts as 0.
+fn metric(text: &str, series: &str) -> f64 {
+    common::metric(text, series).unwrap_or(0.0)
+}
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -125,25 +130,6 @@ async fn settled(admin: SocketAddr) {
     }
 }
 
-async fn metrics(admin: SocketAddr) -> String {
-    client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// 50 clients ask for a cold 4 MiB asset at once while the origin holds it after its first
 /// 64 KiB: the origin sees one request, every client gets every byte, and the next request is
 /// a hit the origin never sees.
@@ -206,7 +192,7 @@ async fn a_cold_herd_makes_one_origin_request() {
     assert!(body == want);
     assert_eq!(asset_requests(&s.origin, A), 1, "a hit went to the origin");
 
-    let m = metrics(s.admin).await;
+    let m = common::scrape(s.admin).await;
     assert_eq!(
         metric(&m, "asset_gateway_cache_lookups_total{result=\"coalesced\"}"),
         49.0
@@ -564,7 +550,7 @@ async fn eviction_keeps_the_memory_bound() {
     assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored", "B was not evicted");
     assert!(body == pattern(0..300 * 1024));
     assert_eq!(asset_requests(&s.origin, B), 2);
-    let m = metrics(s.admin).await;
+    let m = common::scrape(s.admin).await;
     assert!(metric(&m, "asset_gateway_cache_evictions_total") >= 1.0);
     assert!(metric(&m, "asset_gateway_cache_memory_bytes") <= (1024 * 1024) as f64);
 }

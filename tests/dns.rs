@@ -6,7 +6,7 @@ mod common;
 
 use common::dns::{Answer, TestDns};
 use common::origin::{pattern, Behavior, Origin};
-use common::{client, free_addr, temp_dir, Gateway, BIN, EVENTUALLY, ID};
+use common::{client, free_addr, metric, scrape, temp_dir, Gateway, BIN, EVENTUALLY, ID};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -66,24 +66,6 @@ gateway:
     let gw = Gateway::start(&yaml);
     common::wait_listening(admin);
     (gw, admin)
-}
-
-async fn scrape(admin: SocketAddr) -> String {
-    client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 async fn peers_metric(admin: SocketAddr) -> Option<f64> {

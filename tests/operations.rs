@@ -5,7 +5,7 @@ mod common;
 
 use common::dns::{Answer, TestDns};
 use common::origin::{pattern, Behavior, Origin};
-use common::{client, free_addr, signal, simple_config, Gateway, RawConn, EVENTUALLY, ID};
+use common::{client, free_addr, metric, scrape, signal, simple_config, Gateway, RawConn, EVENTUALLY, ID};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,27 +19,6 @@ fn with_admin(yaml: String) -> (String, SocketAddr) {
         yaml.replace("  upstreams:", &format!("  admin: \"{admin}\"\n  upstreams:")),
         admin,
     )
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn scrape(admin: SocketAddr) -> String {
-    let r = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    r.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

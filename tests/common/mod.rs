@@ -465,3 +465,26 @@ impl Gateway {
         (status, r.text().await.unwrap())
     }
 }
+
+/// The admin listener's `/metrics` text.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let r = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    r.text().await.unwrap()
+}
+
+/// The value of one series (`name{labels}` exactly as exported) in a scrape.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
