@@ -364,3 +364,53 @@ fn dash_t_refuses_a_disk_path_that_cannot_be_created() {
     assert!(ok.is_dir());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stale disk object (after a restart, so memory is empty) is revalidated with a 304: the
+/// body is served from the file, whose meta is rewritten in place, and the next request hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_disk_object_is_revalidated_in_place() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let id = IDS[4];
+    let etag = "\"v1\"";
+    origin.set(
+        id,
+        Behavior::Validated {
+            size: 5000,
+            etag,
+            max_age: 2,
+        },
+    );
+    let (gw, admin) = start(&origin, &dir.0, "64MiB");
+    assert_eq!(
+        get(&gw.asset_url(id), None).await.1,
+        "asset-gateway; fwd=uri-miss; stored"
+    );
+    settled(admin).await;
+    drop(gw);
+    let objs = objects(&dir.0);
+    assert_eq!(objs.len(), 1);
+    let path = dir.0.join(&objs[0].0);
+    let before = std::fs::read(&path).unwrap();
+
+    let (gw, _admin) = start(&origin, &dir.0, "64MiB");
+    // Let the two seconds of freshness pass (a wait, not a timing assertion).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let url = gw.asset_url(id);
+    let (status, cs, body) = get(&url, None).await;
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=stale; fwd-status=304")
+    );
+    assert!(body == pattern(0..5000));
+    let seen = origin.asset_requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header("if-none-match"), Some(etag));
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(&after[..5000], &before[..5000], "the body is untouched");
+    assert_ne!(after, before, "the meta was rewritten");
+    let (_, cs, body) = get(&url, None).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..5000));
+    assert_eq!(origin.asset_requests().len(), 2);
+}
