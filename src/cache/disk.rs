@@ -462,9 +462,9 @@ impl DiskStore {
         removed
     }
 
-    /// Removes one key (Pingora's purge path).
+    /// Removes one stored key (Pingora's purge path; like the memory tier's, it leaves a
+    /// write in progress alone).
     pub(crate) fn purge_key(&self, key: &HashBinary) -> bool {
-        self.index().pending.remove(key);
         self.remove_keys(&[*key])
     }
 
