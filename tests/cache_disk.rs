@@ -9,7 +9,7 @@ use common::origin::{pattern, Behavior, Origin};
 use common::{client, free_addrs, temp_dir, wait_listening, Gateway, BIN, EVENTUALLY};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -23,13 +23,17 @@ const IDS: [&str; 5] = [
 ];
 
 fn yaml(origin: SocketAddr, admin: SocketAddr, disk: &Path, size: &str) -> String {
+    yaml_mem(origin, admin, disk, size, "64MiB")
+}
+
+fn yaml_mem(origin: SocketAddr, admin: SocketAddr, disk: &Path, size: &str, memory: &str) -> String {
     format!(
         r#"threads: 2
 gateway:
   listen: ["{{listen}}"]
   admin: "{admin}"
   cache:
-    memory: 64MiB
+    memory: {memory}
     disk: {{path: "{}", size: {size}}}
   upstreams:
     assets:
@@ -45,8 +49,12 @@ gateway:
 
 /// A gateway with a disk tier in `disk`, in front of `origin`; returns it and its admin address.
 fn start(origin: &Origin, disk: &Path, size: &str) -> (Gateway, SocketAddr) {
+    start_mem(origin, disk, size, "64MiB")
+}
+
+fn start_mem(origin: &Origin, disk: &Path, size: &str, memory: &str) -> (Gateway, SocketAddr) {
     let [listen, admin] = free_addrs();
-    let gw = Gateway::start_at(&yaml(origin.addr, admin, disk, size), &[], listen);
+    let gw = Gateway::start_at(&yaml_mem(origin.addr, admin, disk, size, memory), &[], listen);
     wait_listening(admin);
     (gw, admin)
 }
@@ -413,4 +421,86 @@ async fn a_stale_disk_object_is_revalidated_in_place() {
     assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
     assert!(body == pattern(0..5000));
     assert_eq!(origin.asset_requests().len(), 2);
+}
+
+/// An object larger than the memory tier goes to disk only: while it fills, the bytes already
+/// written to the file are dropped from memory and the followers (and a Range) read them from
+/// the file; afterwards it is a disk hit, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_larger_than_memory_goes_to_disk_only() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let id = IDS[3];
+    let total = 3 * 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    origin.set(
+        id,
+        Behavior::HoldAfter {
+            first: 2 * 1024 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let (gw, admin) = start_mem(&origin, &dir.0, "64MiB", "1MiB");
+    let url = gw.asset_url(id);
+    let heads = Arc::new(AtomicUsize::new(0));
+    let spawn = |range: Option<&'static str>| {
+        let (url, heads) = (url.clone(), heads.clone());
+        tokio::spawn(async move {
+            let mut req = client().get(url);
+            if let Some(r) = range {
+                req = req.header("range", r);
+            }
+            let r = req.send().await.unwrap();
+            heads.fetch_add(1, Ordering::SeqCst);
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (r.status().as_u16(), cs, r.bytes().await.unwrap().to_vec())
+        })
+    };
+    let first = spawn(None);
+    eventually("the origin holds after 2 MiB", || held.load(Ordering::SeqCst)).await;
+    // Followers join now, from offset 0: the fill's first bytes are only in its file.
+    let followers: Vec<_> = (0..4).map(|_| spawn(None)).collect();
+    let range = spawn(Some("bytes=100-199"));
+    eventually("every response head", || heads.load(Ordering::SeqCst) == 6).await;
+    let (status, _, body) = range.await.unwrap();
+    assert_eq!(status, 206);
+    assert!(body == pattern(100..200));
+    release.notify_one();
+    let want = pattern(0..total as u64);
+    let (status, cs, body) = first.await.unwrap();
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=uri-miss; stored")
+    );
+    assert!(body == want);
+    for f in followers {
+        let (status, cs, body) = f.await.unwrap();
+        assert_eq!(
+            (status, cs.as_str()),
+            (200, "asset-gateway; fwd=uri-miss; collapsed")
+        );
+        assert!(body == want, "a follower got {} bytes, not the asset", body.len());
+    }
+    settled(admin).await;
+    let json = cache_json(admin).await;
+    assert_eq!(json["memory"]["objects"], 0, "{json}");
+    assert_eq!(json["disk"]["objects"], 1, "{json}");
+    let (_, cs, body) = get(&url, None).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert!(body == want);
+    assert_eq!(asset_requests(&origin, id), 1);
+    drop(gw);
+
+    let (gw, _admin) = start_mem(&origin, &dir.0, "64MiB", "1MiB");
+    let (_, cs, body) = get(&gw.asset_url(id), None).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert!(body == want);
+    assert_eq!(asset_requests(&origin, id), 1);
 }

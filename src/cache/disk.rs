@@ -32,7 +32,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -191,6 +192,11 @@ pub(crate) enum Msg {
 /// The fill's side of a disk write; dropping it without a commit discards the temp file.
 pub(crate) struct DiskWrite {
     tx: mpsc::Sender<Msg>,
+    /// Body bytes already written to the temp file (a fill too large for memory drops them
+    /// from memory; its readers read them from `file`).
+    pub(crate) persisted: Arc<AtomicUsize>,
+    /// A read handle on the temp file (it stays valid after the rename or a deletion).
+    pub(crate) file: Arc<File>,
 }
 
 impl DiskWrite {
@@ -320,30 +326,47 @@ impl DiskStore {
         if body_len as u64 + trailer.len() as u64 > self.limit {
             return None;
         }
+        // The process id keeps an old and a new process (during an upgrade) apart.
+        let tmp = self
+            .dir
+            .join(format!("{}.{}.{id}.tmp", hex(&key), std::process::id()));
+        // Created here (two short syscalls), so readers of a fill can hold it from the start.
+        let opened = File::create(&tmp).and_then(|w| Ok((w, File::open(&tmp)?)));
+        let (writer, reader) = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("cache: {}: {e}", tmp.display());
+                let _ = std::fs::remove_file(&tmp);
+                return None;
+            }
+        };
         self.index().pending.insert(key, (id, asset.to_string()));
         let (tx, rx) = mpsc::channel(QUEUE);
         let asset = asset.to_string();
-        tokio::task::spawn_blocking(move || self.run_write(key, id, asset, trailer, rx));
-        Some(DiskWrite { tx })
+        let persisted = Arc::new(AtomicUsize::new(0));
+        let p = persisted.clone();
+        tokio::task::spawn_blocking(move || self.run_write(key, id, asset, trailer, tmp, writer, p, rx));
+        Some(DiskWrite {
+            tx,
+            persisted,
+            file: Arc::new(reader),
+        })
     }
 
     /// The blocking writer of one fill.
+    #[allow(clippy::too_many_arguments)]
     fn run_write(
         &self,
         key: HashBinary,
         id: u64,
         asset: String,
         trailer: Vec<u8>,
+        tmp: PathBuf,
+        mut f: File,
+        persisted: Arc<AtomicUsize>,
         mut rx: mpsc::Receiver<Msg>,
     ) {
-        // The process id keeps an old and a new process (during an upgrade) apart.
-        let tmp = self
-            .dir
-            .join(format!("{}.{}.{id}.tmp", hex(&key), std::process::id()));
         let committed = (|| {
-            let mut f = File::create(&tmp)
-                .map_err(|e| log::warn!("cache: {}: {e}", tmp.display()))
-                .ok()?;
             let mut written = 0u64;
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
@@ -353,6 +376,7 @@ impl DiskStore {
                             return None;
                         }
                         written += b.len() as u64;
+                        persisted.store(written as usize, Ordering::Release);
                     }
                     Msg::Commit(reply) => {
                         if let Err(e) = f.write_all(&trailer) {

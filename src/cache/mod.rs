@@ -33,8 +33,8 @@ pub(crate) struct Cache {
     pub(crate) storage: &'static MemStorage,
     lock: &'static CacheKeyLockImpl,
     lock_timeout: Duration,
-    /// The largest body stored: `max_object_size`, and never more than the memory tier holds
-    /// (a fill is held in memory while it streams, also when it is copied to disk).
+    /// The largest body stored: `max_object_size`, and never more than the larger tier holds
+    /// (a fill too large for memory goes to disk only).
     store_limit: usize,
     pub(crate) metrics: &'static CacheMetrics,
 }
@@ -78,7 +78,11 @@ impl Cache {
             storage,
             lock,
             lock_timeout: s.lock_timeout,
-            store_limit: s.max_object_size.min(s.memory),
+            store_limit: s.max_object_size.min(
+                s.disk
+                    .as_ref()
+                    .map_or(s.memory, |d| s.memory.max(d.size as usize)),
+            ),
             metrics,
         })))
     }

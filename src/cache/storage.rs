@@ -62,6 +62,14 @@ struct Body {
     len: usize,
     chunks: std::sync::RwLock<Vec<(usize, Bytes)>>,
     state: watch::Sender<FillState>,
+    /// A fill too large for the memory tier: chunks already in its disk file are dropped from
+    /// `chunks`, and readers read those bytes from the file.
+    spill: Option<Spill>,
+}
+
+struct Spill {
+    file: Arc<std::fs::File>,
+    persisted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Body {
@@ -70,7 +78,39 @@ impl Body {
             len,
             chunks: std::sync::RwLock::new(Vec::new()),
             state: watch::channel(state).0,
+            spill: None,
         }
+    }
+
+    /// Drops the chunks a spilling fill has written to its file.
+    fn trim(&self) {
+        if let Some(sp) = &self.spill {
+            let persisted = sp.persisted.load(Ordering::Acquire);
+            let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+            let n = chunks.partition_point(|(start, c)| start + c.len() <= persisted);
+            chunks.drain(..n);
+        }
+    }
+
+    /// For a spilling fill: up to `MAX_READ` bytes from `pos` that are in the file (never
+    /// past `end`), read on the blocking pool; `None` if `pos` is not in the file yet.
+    async fn read_spilled(&self, pos: usize, end: usize) -> Result<Option<Bytes>> {
+        let Some(sp) = &self.spill else { return Ok(None) };
+        let persisted = sp.persisted.load(Ordering::Acquire).min(end);
+        if pos >= persisted {
+            return Ok(None);
+        }
+        let n = (persisted - pos).min(MAX_READ);
+        let file = sp.file.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, pos as u64).map(|()| buf)
+        })
+        .await
+        .map_err(|e| Error::because(ErrorType::InternalError, "cache: reading a spilled fill", e))?
+        .map_err(|e| Error::because(FILL_ABORTED, "cache: reading a spilled fill", e))?;
+        Ok(Some(Bytes::from(read)))
     }
 
     /// Up to `max` bytes from `pos`, if written (never past `end`).
@@ -366,12 +406,23 @@ impl Storage for MemStorage {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache: no Content-Length"))?;
         let k = key.combined_bin();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = Arc::new(Body::new(len, FillState::Filling { written: 0 }));
         let asset = key.user_tag.clone();
         let serialized = meta.serialize()?;
         let disk = self
             .disk
             .and_then(|d| d.start_write(k, id, &asset, len, serialized.clone()));
+        let mut body = Body::new(len, FillState::Filling { written: 0 });
+        // Too large for memory: to disk only, held in memory only until written there.
+        // (Without a disk copy such a fill is never admitted at `finish`; `Cache` does not
+        // store objects larger than every tier, so it does not happen outside unit tests.)
+        let too_large = len + serialized.0.len() + serialized.1.len() + OBJECT_OVERHEAD > self.limit;
+        if let (true, Some(d)) = (too_large, &disk) {
+            body.spill = Some(Spill {
+                file: d.file.clone(),
+                persisted: d.persisted.clone(),
+            });
+        }
+        let body = Arc::new(body);
         let mut i = self.index();
         // Registered before returning: Pingora releases the cache lock right after this, and
         // the waiters' next lookup must find the fill. A previous writer (after a lock
@@ -505,8 +556,14 @@ impl HandleMiss for Writer {
         if let Some(d) = &self.disk {
             if !d.write(data).await {
                 self.disk = None;
+                if self.body.spill.is_some() {
+                    // A fill too large for memory cannot go on without its file.
+                    self.fail();
+                    return Error::e_explain(FILL_ABORTED, "cache: the disk write of a large fill failed");
+                }
             }
         }
+        self.body.trim();
         Ok(())
     }
 
@@ -579,6 +636,12 @@ impl HandleHit for Reader {
                     return Ok(None);
                 }
             } else if let Some(b) = self.body.slice(self.pos, self.end) {
+                self.pos += b.len();
+                if let Some(m) = self.metrics {
+                    m.hit_bytes.inc_by(b.len() as u64);
+                }
+                return Ok(Some(b));
+            } else if let Some(b) = self.body.read_spilled(self.pos, self.end).await? {
                 self.pos += b.len();
                 if let Some(m) = self.metrics {
                     m.hit_bytes.inc_by(b.len() as u64);
