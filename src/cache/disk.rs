@@ -419,6 +419,8 @@ impl DiskStore {
             if let Err(e) = std::fs::rename(tmp, self.path(&key)) {
                 log::warn!("cache: renaming {}: {e}", tmp.display());
                 let _ = std::fs::remove_file(tmp);
+                // The previous version is out of the index: its file goes too.
+                let _ = std::fs::remove_file(self.path(&key));
                 self.metrics.disk_bytes.set(i.bytes as i64);
                 return;
             }
