@@ -54,9 +54,18 @@ impl Admin {
         match (method, asset_path) {
             (&http::Method::GET | &http::Method::HEAD, None) => {
                 let s = cache.storage.stats();
+                // `objects` is the memory tier's count (kept for existing readers);
+                // `disk` is null without a disk tier.
+                let disk = match s.disk {
+                    Some(d) => format!(
+                        "{{\"bytes\":{},\"limit\":{},\"objects\":{}}}",
+                        d.bytes, d.limit, d.objects
+                    ),
+                    None => "null".to_string(),
+                };
                 let body = format!(
-                    "{{\"memory_bytes\":{},\"memory_limit\":{},\"objects\":{},\"fills_in_flight\":{}}}\n",
-                    s.memory_bytes, s.memory_limit, s.objects, s.fills
+                    "{{\"memory_bytes\":{},\"memory_limit\":{},\"objects\":{},\"fills_in_flight\":{},\"memory\":{{\"bytes\":{},\"limit\":{},\"objects\":{}}},\"disk\":{disk}}}\n",
+                    s.memory_bytes, s.memory_limit, s.objects, s.fills, s.memory_bytes, s.memory_limit, s.objects
                 );
                 Some(reply(200, "application/json", body))
             }

@@ -273,6 +273,11 @@ pub(crate) struct CacheMetrics {
     pub(crate) stored_bytes: IntCounter,
     pub(crate) evictions: IntCounter,
     pub(crate) memory_bytes: IntGauge,
+    /// The disk tier (all at 0 without one).
+    pub(crate) disk_bytes: IntGauge,
+    pub(crate) disk_hits: IntCounter,
+    pub(crate) disk_hit_bytes: IntCounter,
+    pub(crate) disk_evictions: IntCounter,
 }
 
 static CACHE: OnceLock<CacheMetrics> = OnceLock::new();
@@ -309,6 +314,11 @@ impl CacheMetrics {
             "Bytes charged against gateway.cache.memory by stored objects (body, header and index overhead).",
         )?;
         register(Box::new(memory_bytes.clone()));
+        let disk_bytes = IntGauge::new(
+            "asset_gateway_cache_disk_bytes",
+            "Bytes of object files in gateway.cache.disk.path, charged against gateway.cache.disk.size.",
+        )?;
+        register(Box::new(disk_bytes.clone()));
         Ok(CacheMetrics {
             lookups,
             hit_bytes: counter(
@@ -324,6 +334,19 @@ impl CacheMetrics {
                 "Objects evicted from the memory tier to stay within gateway.cache.memory.",
             )?,
             memory_bytes,
+            disk_bytes,
+            disk_hits: counter(
+                "asset_gateway_cache_disk_hits_total",
+                "Lookups answered from the disk tier (also counted as hit in asset_gateway_cache_lookups_total).",
+            )?,
+            disk_hit_bytes: counter(
+                "asset_gateway_cache_disk_hit_bytes_total",
+                "Body bytes read from the disk tier (also counted in asset_gateway_cache_hit_bytes_total).",
+            )?,
+            disk_evictions: counter(
+                "asset_gateway_cache_disk_evictions_total",
+                "Object files deleted to stay within gateway.cache.disk.size.",
+            )?,
         })
     }
 

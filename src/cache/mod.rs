@@ -1,7 +1,10 @@
-//! The response cache: a streaming, coalescing memory tier behind Pingora's cache hooks.
+//! The response cache: a streaming, coalescing memory tier and an optional disk tier behind
+//! Pingora's cache hooks.
 //!
 //! - `storage`: [`MemStorage`], the pingora-cache `Storage` (fills readers can follow, the
-//!   #932 guard, byte-bounded LRU);
+//!   #932 guard, byte-bounded LRU), which falls through to and copies fills to
+//! - `disk`: the disk tier (one file per object, written while streaming, byte-bounded LRU,
+//!   re-indexed at start-up);
 //! - `policy`: pure decisions (key, cacheability, `Cache-Status`);
 //! - `lock`: Pingora's cache lock, made to notice a fill registered between a request's
 //!   lookup and its lock.
@@ -10,6 +13,7 @@
 //! `ProxyHttp` hooks in `proxy` call the methods here and keep [`RequestCache`] in the
 //! request context.
 
+pub(crate) mod disk;
 mod lock;
 pub(crate) mod policy;
 pub(crate) mod storage;
@@ -29,8 +33,8 @@ pub(crate) struct Cache {
     pub(crate) storage: &'static MemStorage,
     lock: &'static CacheKeyLockImpl,
     lock_timeout: Duration,
-    /// The largest body stored: `max_object_size`, and never more than the memory tier holds
-    /// (there is no disk tier yet).
+    /// The largest body stored: `max_object_size`, and never more than the larger tier holds
+    /// (a fill too large for memory goes to disk only).
     store_limit: usize,
     pub(crate) metrics: &'static CacheMetrics,
 }
@@ -58,7 +62,13 @@ impl Cache {
     pub(crate) fn build(s: &CacheSettings) -> Result<&'static Cache, String> {
         let metrics = CacheMetrics::get()?;
         policy::set_default_ttl(s.default_ttl);
-        let storage: &'static MemStorage = Box::leak(Box::new(MemStorage::new(s.memory, metrics)));
+        let disk = match &s.disk {
+            Some(d) => Some(&*Box::leak(Box::new(disk::DiskStore::open(
+                &d.path, d.size, metrics,
+            )?))),
+            None => None,
+        };
+        let storage: &'static MemStorage = Box::leak(Box::new(MemStorage::new(s.memory, metrics, disk)));
         // The lock's age timeout: how long a writer may hold it before waiters compete again.
         // With a streaming storage the writer releases it as soon as the response header is
         // stored, so it covers the time to the origin's header only.
@@ -68,7 +78,11 @@ impl Cache {
             storage,
             lock,
             lock_timeout: s.lock_timeout,
-            store_limit: s.max_object_size.min(s.memory),
+            store_limit: s.max_object_size.min(
+                s.disk
+                    .as_ref()
+                    .map_or(s.memory, |d| s.memory.max(d.size as usize)),
+            ),
             metrics,
         })))
     }

@@ -12,6 +12,7 @@
 //! an `Err` (the client connection is closed with the body incomplete), never `Ok(None)`. The
 //! failed fill is removed, so the next request misses and refills.
 
+use super::disk::{DiskStats, DiskStore, DiskWrite};
 use crate::metrics::CacheMetrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -61,6 +62,14 @@ struct Body {
     len: usize,
     chunks: std::sync::RwLock<Vec<(usize, Bytes)>>,
     state: watch::Sender<FillState>,
+    /// A fill too large for the memory tier: chunks already in its disk file are dropped from
+    /// `chunks`, and readers read those bytes from the file.
+    spill: Option<Spill>,
+}
+
+struct Spill {
+    file: Arc<std::fs::File>,
+    persisted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Body {
@@ -69,7 +78,39 @@ impl Body {
             len,
             chunks: std::sync::RwLock::new(Vec::new()),
             state: watch::channel(state).0,
+            spill: None,
         }
+    }
+
+    /// Drops the chunks a spilling fill has written to its file.
+    fn trim(&self) {
+        if let Some(sp) = &self.spill {
+            let persisted = sp.persisted.load(Ordering::Acquire);
+            let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+            let n = chunks.partition_point(|(start, c)| start + c.len() <= persisted);
+            chunks.drain(..n);
+        }
+    }
+
+    /// For a spilling fill: up to `MAX_READ` bytes from `pos` that are in the file (never
+    /// past `end`), read on the blocking pool; `None` if `pos` is not in the file yet.
+    async fn read_spilled(&self, pos: usize, end: usize) -> Result<Option<Bytes>> {
+        let Some(sp) = &self.spill else { return Ok(None) };
+        let persisted = sp.persisted.load(Ordering::Acquire).min(end);
+        if pos >= persisted {
+            return Ok(None);
+        }
+        let n = (persisted - pos).min(MAX_READ);
+        let file = sp.file.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, pos as u64).map(|()| buf)
+        })
+        .await
+        .map_err(|e| Error::because(ErrorType::InternalError, "cache: reading a spilled fill", e))?
+        .map_err(|e| Error::because(FILL_ABORTED, "cache: reading a spilled fill", e))?;
+        Ok(Some(Bytes::from(read)))
     }
 
     /// Up to `max` bytes from `pos`, if written (never past `end`).
@@ -160,6 +201,8 @@ pub(crate) struct Stats {
     pub memory_limit: usize,
     pub objects: usize,
     pub fills: usize,
+    /// `None`: no disk tier.
+    pub disk: Option<DiskStats>,
 }
 
 pub(crate) struct MemStorage {
@@ -167,15 +210,22 @@ pub(crate) struct MemStorage {
     limit: usize,
     next_id: AtomicU64,
     metrics: &'static CacheMetrics,
+    /// The disk tier, if configured: lookups fall through to it, fills are copied to it.
+    disk: Option<&'static DiskStore>,
 }
 
 impl MemStorage {
-    pub(crate) fn new(limit: usize, metrics: &'static CacheMetrics) -> MemStorage {
+    pub(crate) fn new(
+        limit: usize,
+        metrics: &'static CacheMetrics,
+        disk: Option<&'static DiskStore>,
+    ) -> MemStorage {
         MemStorage {
             index: Mutex::new(Index::default()),
             limit,
             next_id: AtomicU64::new(0),
             metrics,
+            disk,
         }
     }
 
@@ -191,6 +241,7 @@ impl MemStorage {
             memory_limit: self.limit,
             objects: i.objects.len(),
             fills: i.fills.len(),
+            disk: self.disk.map(|d| d.stats()),
         }
     }
 
@@ -203,11 +254,11 @@ impl MemStorage {
     /// fills: their readers finish, but the fills are not committed and new requests miss.
     /// Returns whether anything was removed.
     pub(crate) fn purge_asset(&self, asset: &str) -> bool {
+        let mut removed = self.disk.is_some_and(|d| d.purge_asset(asset));
         let mut i = self.index();
         let Some(keys) = i.assets.remove(asset) else {
-            return false;
+            return removed;
         };
-        let mut removed = false;
         for key in keys {
             removed |= i.fills.remove(&key).is_some();
             if let Some(o) = i.objects.remove(&key) {
@@ -222,20 +273,23 @@ impl MemStorage {
 
     /// Called by a writer's `finish`: commits the fill if it is still the key's current one
     /// (a purge, or a newer writer after a lock timeout, detaches it), evicting the least
-    /// recently used objects to stay within the bound.
-    fn commit(&self, key: &HashBinary, asset: &str, id: u64) {
+    /// recently used objects to stay within the bound. Returns whether the fill was still
+    /// current (whether its disk copy may be published), even if it is too large for memory.
+    fn commit(&self, key: &HashBinary, asset: &str, id: u64) -> bool {
         let mut i = self.index();
         if i.fills.get(key).map(|f| f.id) != Some(id) {
-            return;
+            return false;
         }
-        let Some(fill) = i.fills.remove(key) else { return };
+        let Some(fill) = i.fills.remove(key) else {
+            return false;
+        };
         let chunks = fill.body.chunks.read().unwrap_or_else(|e| e.into_inner()).len();
         let weight =
             fill.body.len + fill.meta.0.len() + fill.meta.1.len() + OBJECT_OVERHEAD + chunks * CHUNK_OVERHEAD;
         if weight > self.limit {
             // Never admitted: it would evict everything, itself included.
             i.forget_asset_key(asset, key);
-            return;
+            return true;
         }
         i.remove_object(key);
         while i.bytes + weight > self.limit {
@@ -266,6 +320,7 @@ impl MemStorage {
         i.assets.entry(asset.to_string()).or_default().insert(*key);
         self.metrics.stored_bytes.inc_by(fill.body.len as u64);
         self.metrics.memory_bytes.set(i.bytes as i64);
+        true
     }
 
     /// Called when a fill fails: new lookups must not find it.
@@ -290,22 +345,31 @@ impl Storage for MemStorage {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let k = key.combined_bin();
-        let mut i = self.index();
-        // A fill first: behind a stale object's refresh, new requests follow the new body.
-        if let Some(f) = i.fills.get(&k) {
-            if *f.state_now() != FillState::Failed {
-                let meta = meta_of(&f.meta)?;
-                let reader = Reader::new(f.body.clone(), true, Some(self.metrics));
+        {
+            let mut i = self.index();
+            // A fill first: behind a stale object's refresh, new requests follow the new body.
+            if let Some(f) = i.fills.get(&k) {
+                if *f.state_now() != FillState::Failed {
+                    let meta = meta_of(&f.meta)?;
+                    let reader = Reader::new(f.body.clone(), true, Some(self.metrics));
+                    return Ok(Some((meta, Box::new(reader))));
+                }
+            }
+            if let Some(o) = i.objects.get(&k) {
+                let meta = meta_of(&o.meta)?;
+                let reader = Reader::new(o.body.clone(), false, Some(self.metrics));
+                i.touch(&k);
                 return Ok(Some((meta, Box::new(reader))));
             }
         }
-        let Some(o) = i.objects.get(&k) else {
-            return Ok(None);
-        };
-        let meta = meta_of(&o.meta)?;
-        let reader = Reader::new(o.body.clone(), false, Some(self.metrics));
-        i.touch(&k);
-        Ok(Some((meta, Box::new(reader))))
+        // Then the disk, streamed from its file (not promoted to memory).
+        match self.disk {
+            Some(d) => Ok(d
+                .lookup(&k)
+                .await?
+                .map(|(meta, reader)| (meta, Box::new(reader) as HitHandler))),
+            None => Ok(None),
+        }
     }
 
     /// The writer's own reader: the fill it just registered, found by its tag.
@@ -342,8 +406,23 @@ impl Storage for MemStorage {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache: no Content-Length"))?;
         let k = key.combined_bin();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = Arc::new(Body::new(len, FillState::Filling { written: 0 }));
         let asset = key.user_tag.clone();
+        let serialized = meta.serialize()?;
+        let disk = self
+            .disk
+            .and_then(|d| d.start_write(k, id, &asset, len, serialized.clone()));
+        let mut body = Body::new(len, FillState::Filling { written: 0 });
+        // Too large for memory: to disk only, held in memory only until written there.
+        // (Without a disk copy such a fill is never admitted at `finish`; `Cache` does not
+        // store objects larger than every tier, so it does not happen outside unit tests.)
+        let too_large = len + serialized.0.len() + serialized.1.len() + OBJECT_OVERHEAD > self.limit;
+        if let (true, Some(d)) = (too_large, &disk) {
+            body.spill = Some(Spill {
+                file: d.file.clone(),
+                persisted: d.persisted.clone(),
+            });
+        }
+        let body = Arc::new(body);
         let mut i = self.index();
         // Registered before returning: Pingora releases the cache lock right after this, and
         // the waiters' next lookup must find the fill. A previous writer (after a lock
@@ -352,7 +431,7 @@ impl Storage for MemStorage {
             k,
             Fill {
                 id,
-                meta: meta.serialize()?,
+                meta: serialized,
                 body: body.clone(),
             },
         );
@@ -366,6 +445,7 @@ impl Storage for MemStorage {
             body,
             written: 0,
             done: false,
+            disk,
         }))
     }
 
@@ -376,8 +456,9 @@ impl Storage for MemStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let k = target.key().combined_bin();
+        let on_disk = self.disk.is_some_and(|d| d.purge_key(&k));
         let mut i = self.index();
-        let removed = i.remove_object(&k).is_some();
+        let removed = i.remove_object(&k).is_some() | on_disk;
         self.metrics.memory_bytes.set(i.bytes as i64);
         Ok(if removed {
             PurgeOutcome::Purged(None)
@@ -393,15 +474,20 @@ impl Storage for MemStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let k = key.combined_bin();
-        let mut i = self.index();
-        match i.objects.get_mut(&k) {
+        let serialized = meta.serialize()?;
+        let in_memory = match self.index().objects.get_mut(&k) {
             Some(o) => {
-                o.meta = meta.serialize()?;
-                Ok(true)
+                o.meta = serialized.clone();
+                true
             }
             // Pingora's MemCache panics here; the object may have been evicted meanwhile.
-            None => Ok(false),
-        }
+            None => false,
+        };
+        let on_disk = match self.disk {
+            Some(d) => d.update_meta(&k, serialized).await,
+            None => false,
+        };
+        Ok(in_memory || on_disk)
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -429,10 +515,13 @@ struct Writer {
     body: Arc<Body>,
     written: usize,
     done: bool,
+    /// The disk copy being written alongside; dropping it discards the temp file.
+    disk: Option<DiskWrite>,
 }
 
 impl Writer {
     fn fail(&mut self) {
+        self.disk = None;
         if !self.done {
             self.done = true;
             self.body.state.send_replace(FillState::Failed);
@@ -458,10 +547,23 @@ impl HandleMiss for Writer {
             .chunks
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .push((start, data));
+            .push((start, data.clone()));
         self.body.state.send_replace(FillState::Filling {
             written: self.written,
         });
+        // After publishing to memory readers: the fill waits for the disk (a bounded queue),
+        // its readers do not.
+        if let Some(d) = &self.disk {
+            if !d.write(data).await {
+                self.disk = None;
+                if self.body.spill.is_some() {
+                    // A fill too large for memory cannot go on without its file.
+                    self.fail();
+                    return Error::e_explain(FILL_ABORTED, "cache: the disk write of a large fill failed");
+                }
+            }
+        }
+        self.body.trim();
         Ok(())
     }
 
@@ -470,7 +572,12 @@ impl HandleMiss for Writer {
             self.fail();
             return Error::e_explain(FILL_ABORTED, "cache: body shorter than its Content-Length");
         }
-        self.storage.commit(&self.key, &self.asset, self.id);
+        let current = self.storage.commit(&self.key, &self.asset, self.id);
+        // The disk copy is in place before the fill's readers see the end.
+        match self.disk.take() {
+            Some(d) if current => d.commit().await,
+            _ => {}
+        }
         self.done = true;
         self.body.state.send_replace(FillState::Complete);
         Ok(MissFinishType::Created(self.written))
@@ -534,6 +641,12 @@ impl HandleHit for Reader {
                     m.hit_bytes.inc_by(b.len() as u64);
                 }
                 return Ok(Some(b));
+            } else if let Some(b) = self.body.read_spilled(self.pos, self.end).await? {
+                self.pos += b.len();
+                if let Some(m) = self.metrics {
+                    m.hit_bytes.inc_by(b.len() as u64);
+                }
+                return Ok(Some(b));
             }
             // Readers hold the sender (in `body`), so this cannot end by the channel closing;
             // if it ever did, it is a failure, never a clean end.
@@ -589,7 +702,7 @@ pub(crate) mod tests {
 
     pub(crate) fn storage(limit: usize) -> &'static MemStorage {
         let metrics = CacheMetrics::get().unwrap();
-        Box::leak(Box::new(MemStorage::new(limit, metrics)))
+        Box::leak(Box::new(MemStorage::new(limit, metrics, None)))
     }
 
     pub(crate) fn meta(len: usize) -> CacheMeta {

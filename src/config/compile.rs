@@ -2,7 +2,9 @@
 //! peer names resolved, TLS files read, `${VAR}` expanded. Every problem is collected with
 //! its key path and all are reported together; nothing is returned half-built.
 
-use super::file::{CacheFile, DiscoveryFile, GatewayFile, PeerFile, QueryPolicy, TlsFile, UpstreamFile};
+use super::file::{
+    CacheFile, DiscoveryFile, DiskFile, GatewayFile, PeerFile, QueryPolicy, TlsFile, UpstreamFile,
+};
 use super::runtime::*;
 use super::tls;
 use crate::downstream::Limits;
@@ -141,14 +143,11 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
     })
 }
 
-/// The memory tier needs room for at least a few objects; the disk tier does not exist yet.
+/// The memory tier needs room for at least a few objects; the disk directory must exist or be
+/// creatable, and be writable (checked with a probe file, also by `-t`).
 fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
     let before = p.len();
-    if c.disk.is_some() {
-        p.push(
-            "gateway.cache.disk: not supported yet (only the memory tier exists); remove the key".to_string(),
-        );
-    }
+    let disk = c.disk.as_ref().and_then(|d| disk(d, p));
     if c.memory.0 < MIN_CACHE_MEMORY {
         p.push(format!(
             "gateway.cache.memory: {} bytes is below the minimum of 1MiB",
@@ -173,7 +172,34 @@ fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
         max_object_size,
         default_ttl: c.default_ttl.0,
         lock_timeout: c.lock_timeout.0,
+        disk,
     })
+}
+
+fn disk(d: &DiskFile, p: &mut Vec<String>) -> Option<DiskSettings> {
+    let before = p.len();
+    if d.size.0 < MIN_CACHE_MEMORY {
+        p.push(format!(
+            "gateway.cache.disk.size: {} bytes is below the minimum of 1MiB",
+            d.size.0
+        ));
+    }
+    if d.path.is_empty() {
+        p.push("gateway.cache.disk.path: must not be empty".to_string());
+        return None;
+    }
+    let path = std::path::PathBuf::from(&d.path);
+    let probe = path.join(format!(".asset-gateway-probe-{}", std::process::id()));
+    let checked = std::fs::create_dir_all(&path)
+        .map_err(|e| format!("cannot create the directory: {e}"))
+        .and_then(|()| {
+            std::fs::write(&probe, b"probe").map_err(|e| format!("not writable: {e}"))?;
+            std::fs::remove_file(&probe).map_err(|e| format!("cannot delete a probe file: {e}"))
+        });
+    if let Err(e) = checked {
+        p.push(format!("gateway.cache.disk.path: {}: {e}", d.path));
+    }
+    (p.len() == before).then_some(DiskSettings { path, size: d.size.0 })
 }
 
 fn listeners(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Listener> {

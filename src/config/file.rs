@@ -46,9 +46,17 @@ pub(super) struct CacheFile {
     pub default_ttl: Dur,
     #[serde(default = "thirty_seconds")]
     pub lock_timeout: Dur,
-    /// Accepted by the parser only to be refused with a clear message: no disk tier yet.
+    /// The optional disk tier.
     #[serde(default)]
-    pub disk: Option<serde_yaml::Value>,
+    pub disk: Option<DiskFile>,
+}
+
+/// `gateway.cache.disk`: both keys are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DiskFile {
+    pub path: String,
+    pub size: Size,
 }
 
 fn one_gib() -> Size {

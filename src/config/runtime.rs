@@ -26,7 +26,7 @@ pub(crate) struct Settings {
 }
 
 /// `gateway.cache`, checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CacheSettings {
     /// The memory tier's bound, in bytes.
     pub memory: usize,
@@ -37,6 +37,16 @@ pub(crate) struct CacheSettings {
     /// How long a writer may hold the cache lock (until its response header) before waiters
     /// compete to replace it, and the most a waiter waits in all.
     pub lock_timeout: Duration,
+    /// `None`: memory only.
+    pub disk: Option<DiskSettings>,
+}
+
+/// `gateway.cache.disk`, checked: the directory exists and is writable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DiskSettings {
+    pub path: std::path::PathBuf,
+    /// The bound on the object files, in bytes.
+    pub size: u64,
 }
 
 pub(crate) struct Listener {

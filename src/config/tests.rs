@@ -420,6 +420,7 @@ fn cache_settings_and_defaults() {
             max_object_size: 1 << 30,
             default_ttl: Duration::from_secs(3600),
             lock_timeout: Duration::from_secs(30),
+            disk: None,
         }
     );
     assert!(c.gateway.routes[0].cache, "routes use the cache by default");
@@ -442,10 +443,37 @@ fn cache_settings_and_defaults() {
 
 #[test]
 fn cache_problems_name_their_keys() {
-    let p = problems(&with_cache(
-        "    memory: 64MiB\n    disk: {path: /var/cache, size: 1GiB}",
-    ));
-    assert!(p.contains("gateway.cache.disk: not supported yet"), "{p}");
+    // A disk path under a regular file cannot be created.
+    let file = std::env::temp_dir().join(format!("agw-config-disk-{}", std::process::id()));
+    std::fs::write(&file, b"x").unwrap();
+    let p = problems(&with_cache(&format!(
+        "    memory: 64MiB\n    disk: {{path: {}/cache, size: 1GiB}}",
+        file.display()
+    )));
+    let _ = std::fs::remove_file(&file);
+    assert!(p.contains("gateway.cache.disk.path: "), "{p}");
+    assert!(p.contains("cannot create the directory"), "{p}");
+    let ok = std::env::temp_dir().join(format!("agw-config-disk-ok-{}", std::process::id()));
+    let p = problems(&with_cache(&format!(
+        "    memory: 64MiB\n    disk: {{path: {}, size: 1KiB}}",
+        ok.display()
+    )));
+    assert!(
+        p.contains("gateway.cache.disk.size: 1024 bytes is below the minimum of 1MiB"),
+        "{p}"
+    );
+    let p = problems(&with_cache("    memory: 64MiB\n    disk: {path: /nonexistent}"));
+    assert!(p.contains("missing field `size`"), "{p}");
+    // A valid one: created, and empty again after the probe.
+    let c = Config::from_yaml(&with_cache(&format!(
+        "    memory: 64MiB\n    disk: {{path: {}, size: 20GiB}}",
+        ok.display()
+    )))
+    .unwrap();
+    let disk = c.gateway.cache.unwrap().disk.unwrap();
+    assert_eq!((disk.path.as_path(), disk.size), (ok.as_path(), 20 << 30));
+    assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&ok);
     let p = problems(&with_cache("    memory: 64MiB\n    memroy_size: 1"));
     assert!(
         p.contains("gateway.cache") && p.contains("unknown field `memroy_size`"),

@@ -1,0 +1,506 @@
+//! The disk tier: found again after a restart (whole body and Range, without the origin), a
+//! failed fill leaves nothing on disk, eviction keeps `disk.size`, a purge removes the file,
+//! `-t` refuses a path that cannot be created, and `GET /cache` reports both tiers. Real
+//! gateway process, real origin, real client; no test asserts on time.
+
+mod common;
+
+use common::origin::{pattern, Behavior, Origin};
+use common::{client, free_addrs, temp_dir, wait_listening, Gateway, BIN, EVENTUALLY};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+const IDS: [&str; 5] = [
+    "0d15c2a7-9b4d-4e8a-8c21-5d6f7a8b9c01",
+    "0d15c2a7-9b4d-4e8a-8c21-5d6f7a8b9c02",
+    "0d15c2a7-9b4d-4e8a-8c21-5d6f7a8b9c03",
+    "0d15c2a7-9b4d-4e8a-8c21-5d6f7a8b9c04",
+    "0d15c2a7-9b4d-4e8a-8c21-5d6f7a8b9c05",
+];
+
+fn yaml(origin: SocketAddr, admin: SocketAddr, disk: &Path, size: &str) -> String {
+    yaml_mem(origin, admin, disk, size, "64MiB")
+}
+
+fn yaml_mem(origin: SocketAddr, admin: SocketAddr, disk: &Path, size: &str, memory: &str) -> String {
+    format!(
+        r#"threads: 2
+gateway:
+  listen: ["{{listen}}"]
+  admin: "{admin}"
+  cache:
+    memory: {memory}
+    disk: {{path: "{}", size: {size}}}
+  upstreams:
+    assets:
+      peers: ["{origin}"]
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+"#,
+        disk.display()
+    )
+}
+
+/// A gateway with a disk tier in `disk`, in front of `origin`; returns it and its admin address.
+fn start(origin: &Origin, disk: &Path, size: &str) -> (Gateway, SocketAddr) {
+    start_mem(origin, disk, size, "64MiB")
+}
+
+fn start_mem(origin: &Origin, disk: &Path, size: &str, memory: &str) -> (Gateway, SocketAddr) {
+    let [listen, admin] = free_addrs();
+    let gw = Gateway::start_at(&yaml_mem(origin.addr, admin, disk, size, memory), &[], listen);
+    wait_listening(admin);
+    (gw, admin)
+}
+
+fn asset_requests(origin: &Origin, id: &str) -> usize {
+    origin
+        .asset_requests()
+        .iter()
+        .filter(|r| r.target.ends_with(id))
+        .count()
+}
+
+async fn get(url: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut req = client().get(url);
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let cs = r
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, cs, r.bytes().await.unwrap().to_vec())
+}
+
+async fn cache_json(admin: SocketAddr) -> serde_json::Value {
+    let r = client()
+        .get(format!("http://{admin}/cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+async fn delete(admin: SocketAddr, id: &str) -> serde_json::Value {
+    let r = client()
+        .delete(format!("http://{admin}/cache/content/v1/assets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+/// Waits until no fill is in flight (the disk copy is in place before a fill ends).
+async fn settled(admin: SocketAddr) {
+    let start = Instant::now();
+    while cache_json(admin).await["fills_in_flight"] != 0 {
+        assert!(start.elapsed() < EVENTUALLY, "a fill never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The files in the disk directory: (name, size).
+fn files(dir: &Path) -> Vec<(String, u64)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect()
+}
+
+fn objects(dir: &Path) -> Vec<(String, u64)> {
+    files(dir)
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".obj"))
+        .collect()
+}
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
+}
+
+fn disk_dir() -> Dir {
+    // A directory the gateway creates itself.
+    Dir(temp_dir().join("disk-cache"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_disk_tier_hits_without_the_origin() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let size = 300_000u64;
+    let id = IDS[0];
+    origin.set(id, Behavior::Generated { size });
+    let (gw, admin) = start(&origin, &dir.0, "64MiB");
+    let url = gw.asset_url(id);
+    let (status, cs, body) = get(&url, None).await;
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=uri-miss; stored")
+    );
+    assert!(body == pattern(0..size));
+    settled(admin).await;
+    let objs = objects(&dir.0);
+    assert_eq!(objs.len(), 1, "{:?}", files(&dir.0));
+    assert!(objs[0].1 > size);
+    let json = cache_json(admin).await;
+    assert_eq!(json["disk"]["objects"], 1, "{json}");
+    assert_eq!(json["disk"]["bytes"].as_u64(), Some(objs[0].1), "{json}");
+    assert_eq!(json["memory"]["objects"], 1, "{json}");
+    drop(gw);
+
+    // A new process: memory is empty, the disk tier answers.
+    let (gw, admin) = start(&origin, &dir.0, "64MiB");
+    let json = cache_json(admin).await;
+    assert_eq!(json["disk"]["objects"], 1, "{json}");
+    assert_eq!(json["disk"]["limit"].as_u64(), Some(64 << 20), "{json}");
+    assert_eq!(json["memory"]["objects"], 0, "{json}");
+    let url = gw.asset_url(id);
+    let (status, cs, body) = get(&url, None).await;
+    assert_eq!(status, 200);
+    assert!(cs.contains("; hit"), "{cs}");
+    assert!(body == pattern(0..size), "byte-identical body from disk");
+    let (status, _, body) = get(&url, Some("bytes=100000-200099")).await;
+    assert_eq!(status, 206);
+    assert!(body == pattern(100_000..200_100), "a range from disk");
+    let (status, _, body) = get(&url, Some("bytes=-10")).await;
+    assert_eq!(status, 206);
+    assert!(body == pattern(size - 10..size));
+    assert_eq!(
+        asset_requests(&origin, id),
+        1,
+        "the origin saw only the first request"
+    );
+    let m = metrics(admin).await;
+    assert!(metric(&m, "asset_gateway_cache_disk_hits_total") >= 3.0, "{m}");
+    assert!(
+        metric(&m, "asset_gateway_cache_disk_hit_bytes_total") >= size as f64,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "asset_gateway_cache_disk_bytes"), objs[0].1 as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fill_leaves_nothing_on_disk() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let id = IDS[1];
+    let total = 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    origin.set(
+        id,
+        Behavior::FailAfterHold {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let (gw, admin) = start(&origin, &dir.0, "64MiB");
+    let url = gw.asset_url(id);
+    let c = tokio::spawn(async move { client().get(url).send().await.unwrap().bytes().await });
+    eventually("the origin holds mid-body", || held.load(Ordering::SeqCst)).await;
+    // The temp file exists while the fill streams.
+    eventually("a temp file", || {
+        files(&dir.0).iter().any(|(n, _)| n.ends_with(".tmp"))
+    })
+    .await;
+    release.notify_one();
+    assert!(c.await.unwrap().is_err(), "the client must not see a clean end");
+    eventually("no file left", || files(&dir.0).is_empty()).await;
+    settled(admin).await;
+    assert_eq!(cache_json(admin).await["disk"]["objects"], 0);
+
+    origin.set(id, Behavior::Generated { size: total as u64 });
+    let url = gw.asset_url(id);
+    let (_, cs, body) = get(&url, None).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(body == pattern(0..total as u64));
+    settled(admin).await;
+    assert_eq!(objects(&dir.0).len(), 1);
+    assert_eq!(asset_requests(&origin, id), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_the_disk_bound() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let size = 300_000u64;
+    let bound = 1u64 << 20;
+    let (gw, admin) = start(&origin, &dir.0, "1MiB");
+    for id in IDS {
+        origin.set(id, Behavior::Generated { size });
+        let (status, _, body) = get(&gw.asset_url(id), None).await;
+        assert_eq!(status, 200);
+        assert!(body == pattern(0..size));
+        settled(admin).await;
+        let on_disk: u64 = objects(&dir.0).iter().map(|o| o.1).sum();
+        assert!(on_disk <= bound, "{on_disk} bytes on disk");
+        assert_eq!(cache_json(admin).await["disk"]["bytes"].as_u64(), Some(on_disk));
+    }
+    assert_eq!(objects(&dir.0).len(), 3, "{:?}", files(&dir.0));
+    let m = metrics(admin).await;
+    assert_eq!(metric(&m, "asset_gateway_cache_disk_evictions_total"), 2.0, "{m}");
+    drop(gw);
+
+    // After a restart the oldest objects are misses, the newest a hit.
+    let (gw, _admin) = start(&origin, &dir.0, "1MiB");
+    let (_, cs, _) = get(&gw.asset_url(IDS[4]), None).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    let (_, cs, _) = get(&gw.asset_url(IDS[0]), None).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert_eq!(asset_requests(&origin, IDS[4]), 1);
+    assert_eq!(asset_requests(&origin, IDS[0]), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_removes_the_disk_copy() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let (a, b) = (IDS[2], IDS[3]);
+    origin.set(a, Behavior::Generated { size: 5000 });
+    origin.set(b, Behavior::Generated { size: 5000 });
+    let (gw, admin) = start(&origin, &dir.0, "64MiB");
+    get(&gw.asset_url(a), None).await;
+    get(&gw.asset_url(b), None).await;
+    settled(admin).await;
+    assert_eq!(objects(&dir.0).len(), 2);
+    assert_eq!(delete(admin, a).await, serde_json::json!({"purged": true}));
+    assert_eq!(objects(&dir.0).len(), 1);
+    assert_eq!(cache_json(admin).await["disk"]["objects"], 1);
+    drop(gw);
+
+    let (gw, _admin) = start(&origin, &dir.0, "64MiB");
+    let (_, cs, body) = get(&gw.asset_url(a), None).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(body == pattern(0..5000));
+    let (_, cs, _) = get(&gw.asset_url(b), None).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert_eq!((asset_requests(&origin, a), asset_requests(&origin, b)), (2, 1));
+}
+
+#[test]
+fn dash_t_refuses_a_disk_path_that_cannot_be_created() {
+    let dir = temp_dir();
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let conf = dir.join("c.yaml");
+    let yaml = yaml(
+        "127.0.0.1:9".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        &file.join("cache"),
+        "20GiB",
+    )
+    .replace("{listen}", "127.0.0.1:1");
+    std::fs::write(&conf, yaml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("gateway.cache.disk.path: "), "{text}");
+
+    // A creatable one passes and is created.
+    let ok = dir.join("new").join("cache");
+    let yaml = std::fs::read_to_string(&conf).unwrap().replace(
+        &file.join("cache").display().to_string(),
+        &ok.display().to_string(),
+    );
+    std::fs::write(&conf, yaml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ok.is_dir());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stale disk object (after a restart, so memory is empty) is revalidated with a 304: the
+/// body is served from the file, whose meta is rewritten in place, and the next request hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_disk_object_is_revalidated_in_place() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let id = IDS[4];
+    let etag = "\"v1\"";
+    origin.set(
+        id,
+        Behavior::Validated {
+            size: 5000,
+            etag,
+            max_age: 2,
+        },
+    );
+    let (gw, admin) = start(&origin, &dir.0, "64MiB");
+    assert_eq!(
+        get(&gw.asset_url(id), None).await.1,
+        "asset-gateway; fwd=uri-miss; stored"
+    );
+    settled(admin).await;
+    drop(gw);
+    let objs = objects(&dir.0);
+    assert_eq!(objs.len(), 1);
+    let path = dir.0.join(&objs[0].0);
+    let before = std::fs::read(&path).unwrap();
+
+    let (gw, _admin) = start(&origin, &dir.0, "64MiB");
+    // Let the two seconds of freshness pass (a wait, not a timing assertion).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let url = gw.asset_url(id);
+    let (status, cs, body) = get(&url, None).await;
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=stale; fwd-status=304")
+    );
+    assert!(body == pattern(0..5000));
+    let seen = origin.asset_requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header("if-none-match"), Some(etag));
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(&after[..5000], &before[..5000], "the body is untouched");
+    assert_ne!(after, before, "the meta was rewritten");
+    let (_, cs, body) = get(&url, None).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..5000));
+    assert_eq!(origin.asset_requests().len(), 2);
+}
+
+/// An object larger than the memory tier goes to disk only: while it fills, the bytes already
+/// written to the file are dropped from memory and the followers (and a Range) read them from
+/// the file; afterwards it is a disk hit, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_larger_than_memory_goes_to_disk_only() {
+    let origin = Origin::start().await;
+    let dir = disk_dir();
+    let id = IDS[3];
+    let total = 3 * 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    origin.set(
+        id,
+        Behavior::HoldAfter {
+            first: 2 * 1024 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let (gw, admin) = start_mem(&origin, &dir.0, "64MiB", "1MiB");
+    let url = gw.asset_url(id);
+    let heads = Arc::new(AtomicUsize::new(0));
+    let spawn = |range: Option<&'static str>| {
+        let (url, heads) = (url.clone(), heads.clone());
+        tokio::spawn(async move {
+            let mut req = client().get(url);
+            if let Some(r) = range {
+                req = req.header("range", r);
+            }
+            let r = req.send().await.unwrap();
+            heads.fetch_add(1, Ordering::SeqCst);
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (r.status().as_u16(), cs, r.bytes().await.unwrap().to_vec())
+        })
+    };
+    let first = spawn(None);
+    eventually("the origin holds after 2 MiB", || held.load(Ordering::SeqCst)).await;
+    // Followers join now, from offset 0: the fill's first bytes are only in its file.
+    let followers: Vec<_> = (0..4).map(|_| spawn(None)).collect();
+    let range = spawn(Some("bytes=100-199"));
+    eventually("every response head", || heads.load(Ordering::SeqCst) == 6).await;
+    let (status, _, body) = range.await.unwrap();
+    assert_eq!(status, 206);
+    assert!(body == pattern(100..200));
+    release.notify_one();
+    let want = pattern(0..total as u64);
+    let (status, cs, body) = first.await.unwrap();
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=uri-miss; stored")
+    );
+    assert!(body == want);
+    for f in followers {
+        let (status, cs, body) = f.await.unwrap();
+        assert_eq!(
+            (status, cs.as_str()),
+            (200, "asset-gateway; fwd=uri-miss; collapsed")
+        );
+        assert!(body == want, "a follower got {} bytes, not the asset", body.len());
+    }
+    settled(admin).await;
+    let json = cache_json(admin).await;
+    assert_eq!(json["memory"]["objects"], 0, "{json}");
+    assert_eq!(json["disk"]["objects"], 1, "{json}");
+    let (_, cs, body) = get(&url, None).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert!(body == want);
+    assert_eq!(asset_requests(&origin, id), 1);
+    drop(gw);
+
+    let (gw, _admin) = start_mem(&origin, &dir.0, "64MiB", "1MiB");
+    let (_, cs, body) = get(&gw.asset_url(id), None).await;
+    assert!(cs.contains("; hit"), "{cs}");
+    assert!(body == want);
+    assert_eq!(asset_requests(&origin, id), 1);
+}
