@@ -114,20 +114,21 @@ async fn metrics_count_known_traffic() {
 }
 
 /// Every metric the Grafana dashboard (deploy/grafana) queries is one a gateway with every
-/// feature on (failover, DNS discovery, the cache) exports (a `# TYPE` line of its scrape; histogram series by their family).
+/// feature on (failover, DNS discovery, the cache with a disk tier) exports (a `# TYPE` line of its scrape; histogram series by their family).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_queries_only_metrics_the_gateway_exports() {
     let origin = Origin::start().await;
     origin.set_body(ID, "asset");
     let dns = TestDns::start(Answer::A(vec![Ipv4Addr::LOCALHOST])).await;
     let (dead, admin) = (free_addr(), free_addr());
+    let disk_dir = common::temp_dir();
     let yaml = format!(
         r#"threads: 2
 gateway:
   listen: ["{{listen}}"]
   admin: "{admin}"
   resolver: "{dns}"
-  cache: {{memory: 16MiB}}
+  cache: {{memory: 16MiB, disk: {{path: "{disk}", size: 16MiB}}}}
   upstreams:
     assets:
       peers: ["{dead}", "{origin}"]
@@ -142,6 +143,7 @@ gateway:
       upstream: discovered
       rewrite: /v1/assets/{{id}}
 "#,
+        disk = disk_dir.join("cache").display(),
         dns = dns.addr,
         origin = origin.addr,
         port = origin.addr.port()
@@ -174,6 +176,7 @@ gateway:
         assert_eq!(r.status(), 404);
     }
     dashboard_queries_only_exported_metrics(&scrape(admin).await);
+    let _ = std::fs::remove_dir_all(&disk_dir);
 }
 
 fn dashboard_queries_only_exported_metrics(scrape: &str) {

@@ -740,7 +740,12 @@ pub(crate) mod tests {
         assert_eq!(r.read_body().await.unwrap().unwrap(), "hello");
         let waiting = tokio::spawn(async move { r.read_body().await });
         drop(w);
-        let e = waiting.await.unwrap().unwrap_err();
+        // Bounded: with the guard broken the reader would wait for bytes forever.
+        let e = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the reader must end with an error, not wait")
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e.etype(), &FILL_ABORTED);
         assert!(s.lookup(&k, &span()).await.unwrap().is_none());
     }
@@ -754,7 +759,10 @@ pub(crate) mod tests {
         w.write_body(Bytes::from_static(b"hello"), true).await.unwrap();
         let (_, mut r) = s.lookup(&k, &span()).await.unwrap().unwrap();
         assert!(w.finish().await.is_err());
-        assert!(read_all(&mut r).await.is_err());
+        let read = tokio::time::timeout(Duration::from_secs(10), read_all(&mut r)).await;
+        assert!(read
+            .expect("the reader must end with an error, not wait")
+            .is_err());
         assert!(s.lookup(&k, &span()).await.unwrap().is_none());
         assert_eq!(s.stats().objects, 0);
     }
