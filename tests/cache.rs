@@ -905,3 +905,66 @@ async fn pipelined_requests_through_the_cache() {
     assert_eq!(asset_requests(&s.origin, A), 1);
     assert_eq!(asset_requests(&s.origin, B), 1);
 }
+
+/// Fills in progress count against `memory`: with 2 MiB of cache, three held 900 KiB fills
+/// of distinct assets cannot all be in memory at once; the one that does not fit streams
+/// through uncached (`detail=memory-full`) and every client still gets its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_in_progress_stay_within_memory() {
+    let s = setup("2MiB", "").await;
+    let total = 900 * 1024;
+    let ids = [
+        "00000000-0000-4000-8000-00000000f001",
+        "00000000-0000-4000-8000-00000000f002",
+        "00000000-0000-4000-8000-00000000f003",
+    ];
+    let (mut helds, mut releases) = (Vec::new(), Vec::new());
+    for id in ids {
+        let held = Arc::new(AtomicBool::new(false));
+        // One per fill, released with `notify_one`, which a fill not yet waiting still gets.
+        let release = Arc::new(Notify::new());
+        s.origin.set(
+            id,
+            Behavior::HoldAfter {
+                first: 64 * 1024,
+                total,
+                release: release.clone(),
+                held: held.clone(),
+            },
+        );
+        helds.push(held);
+        releases.push(release);
+    }
+    let mut clients = Vec::new();
+    for id in ids {
+        let url = s.gw.asset_url(id);
+        clients.push(tokio::spawn(async move {
+            let r = client().get(url).send().await.unwrap();
+            let cs = cache_status(&r);
+            (cs, r.bytes().await.unwrap().to_vec())
+        }));
+        // One at a time, so which one is refused is known: the third.
+        let held = helds[clients.len() - 1].clone();
+        eventually("the origin holding the fill", move || held.load(Ordering::SeqCst)).await;
+    }
+    for release in &releases {
+        release.notify_one();
+    }
+    let want = pattern(0..total as u64);
+    let mut statuses = Vec::new();
+    for c in clients {
+        let (cs, body) = c.await.unwrap();
+        assert!(body == want, "a client got {} bytes", body.len());
+        statuses.push(cs);
+    }
+    assert_eq!(
+        statuses,
+        [
+            "asset-gateway; fwd=uri-miss; stored",
+            "asset-gateway; fwd=uri-miss; stored",
+            "asset-gateway; fwd=uri-miss; detail=memory-full",
+        ]
+    );
+    let (_, stats) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
+    assert!(stats["memory_bytes"].as_u64().unwrap() <= 2 << 20, "{stats}");
+}

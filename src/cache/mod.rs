@@ -145,7 +145,13 @@ impl Cache {
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION);
-        let r = policy::cacheable(resp, authorization, self.store_limit);
+        let mut r = policy::cacheable(resp, authorization, self.store_limit);
+        // Fills in progress count against `memory`: beyond it, a response streams through
+        // uncached rather than letting a herd of distinct cold assets grow memory unbounded.
+        if r.is_cacheable() && !policy::content_length(resp).is_some_and(|len| self.storage.admits_fill(len))
+        {
+            r = RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom("memory-full"));
+        }
         rc.storing |= r.is_cacheable();
         r
     }

@@ -27,7 +27,7 @@ use pingora::cache::CacheMeta;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -212,6 +212,9 @@ pub(crate) struct MemStorage {
     metrics: &'static CacheMetrics,
     /// The disk tier, if configured: lookups fall through to it, fills are copied to it.
     disk: Option<&'static DiskStore>,
+    /// Body bytes of the fills in progress that are held in memory whole (declared lengths):
+    /// with the committed objects, what `limit` bounds.
+    fill_bytes: AtomicUsize,
 }
 
 impl MemStorage {
@@ -226,7 +229,21 @@ impl MemStorage {
             next_id: AtomicU64::new(0),
             metrics,
             disk,
+            fill_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether a new fill of `len` body bytes may start: the fills in progress held in memory
+    /// stay within the memory bound together (committed objects are evicted to make room for
+    /// them). A fill too large for memory that goes to the disk tier holds only what waits for
+    /// its file, so it is always admitted.
+    pub(crate) fn admits_fill(&self, len: usize) -> bool {
+        (self.disk.is_some() && self.too_large(len))
+            || self.fill_bytes.load(Ordering::Relaxed) + len <= self.limit
+    }
+
+    fn too_large(&self, len: usize) -> bool {
+        len + OBJECT_OVERHEAD > self.limit
     }
 
     /// A poisoned lock only means another request panicked mid-update; the index stays usable.
@@ -275,7 +292,7 @@ impl MemStorage {
     /// (a purge, or a newer writer after a lock timeout, detaches it), evicting the least
     /// recently used objects to stay within the bound. Returns whether the fill was still
     /// current (whether its disk copy may be published), even if it is too large for memory.
-    fn commit(&self, key: &HashBinary, asset: &str, id: u64) -> bool {
+    fn commit(&self, key: &HashBinary, asset: &str, id: u64, charged: usize) -> bool {
         let mut i = self.index();
         if i.fills.get(key).map(|f| f.id) != Some(id) {
             return false;
@@ -292,7 +309,9 @@ impl MemStorage {
             return true;
         }
         i.remove_object(key);
-        while i.bytes + weight > self.limit {
+        // The other fills in progress hold memory too: objects make room for them.
+        let filling = self.fill_bytes.load(Ordering::Relaxed).saturating_sub(charged);
+        while i.bytes + weight + filling > self.limit {
             let Some((_, victim)) = i.lru.pop_first() else {
                 break;
             };
@@ -415,13 +434,16 @@ impl Storage for MemStorage {
         // Too large for memory: to disk only, held in memory only until written there.
         // (Without a disk copy such a fill is never admitted at `finish`; `Cache` does not
         // store objects larger than every tier, so it does not happen outside unit tests.)
-        let too_large = len + serialized.0.len() + serialized.1.len() + OBJECT_OVERHEAD > self.limit;
+        let too_large = self.too_large(len + serialized.0.len() + serialized.1.len());
         if let (true, Some(d)) = (too_large, &disk) {
             body.spill = Some(Spill {
                 file: d.file.clone(),
                 persisted: d.persisted.clone(),
             });
         }
+        // Charged until the writer goes (committed, the object is charged in the index).
+        let charged = if body.spill.is_some() { 0 } else { len };
+        self.fill_bytes.fetch_add(charged, Ordering::Relaxed);
         let body = Arc::new(body);
         let mut i = self.index();
         // Registered before returning: Pingora releases the cache lock right after this, and
@@ -446,6 +468,7 @@ impl Storage for MemStorage {
             written: 0,
             done: false,
             disk,
+            charged,
         }))
     }
 
@@ -517,6 +540,8 @@ struct Writer {
     done: bool,
     /// The disk copy being written alongside; dropping it discards the temp file.
     disk: Option<DiskWrite>,
+    /// Bytes counted in `MemStorage::fill_bytes` for this fill, released on drop.
+    charged: usize,
 }
 
 impl Writer {
@@ -572,7 +597,7 @@ impl HandleMiss for Writer {
             self.fail();
             return Error::e_explain(FILL_ABORTED, "cache: body shorter than its Content-Length");
         }
-        let current = self.storage.commit(&self.key, &self.asset, self.id);
+        let current = self.storage.commit(&self.key, &self.asset, self.id, self.charged);
         // The disk copy is in place before the fill's readers see the end.
         match self.disk.take() {
             Some(d) if current => d.commit().await,
@@ -592,6 +617,7 @@ impl Drop for Writer {
     /// Dropped without `finish`: an upstream error, a cache write error, a cancelled task.
     fn drop(&mut self) {
         self.fail();
+        self.storage.fill_bytes.fetch_sub(self.charged, Ordering::Relaxed);
     }
 }
 
@@ -748,6 +774,41 @@ pub(crate) mod tests {
             .unwrap_err();
         assert_eq!(e.etype(), &FILL_ABORTED);
         assert!(s.lookup(&k, &span()).await.unwrap().is_none());
+    }
+
+    /// Fills in progress count against the bound: a new fill is admitted only while they fit
+    /// together, committed objects make room for them, and a writer's charge ends with it.
+    #[tokio::test]
+    async fn fills_in_progress_count_against_the_bound() {
+        let s = storage(1 << 20);
+        let (big, small) = (600 << 10, 300 << 10);
+        let mut w = s.get_miss_handler(&key("a"), &meta(big), &span()).await.unwrap();
+        assert!(!s.admits_fill(big), "two 600 KiB fills in 1 MiB");
+        assert!(s.admits_fill(small));
+        // An object stored while the big fill runs evicts to leave it room.
+        let mut o = s
+            .get_miss_handler(&key("b"), &meta(small), &span())
+            .await
+            .unwrap();
+        o.write_body(Bytes::from(vec![1u8; small]), true).await.unwrap();
+        o.finish().await.unwrap();
+        assert_eq!(s.stats().objects, 1);
+        let mut o = s
+            .get_miss_handler(&key("c"), &meta(small), &span())
+            .await
+            .unwrap();
+        o.write_body(Bytes::from(vec![2u8; small]), true).await.unwrap();
+        o.finish().await.unwrap();
+        assert_eq!(
+            s.stats().objects,
+            1,
+            "b was evicted: b + c + the fill exceed 1 MiB"
+        );
+        assert!(s.stats().memory_bytes + big <= 1 << 20);
+        // The fill fails: its charge goes with it.
+        w.write_body(Bytes::from(vec![3u8; 10]), false).await.unwrap();
+        drop(w);
+        assert!(s.admits_fill(big));
     }
 
     /// A body shorter than its Content-Length is a failure at `finish`, not an object.
