@@ -12,7 +12,8 @@
 //! The body comes first so it can be appended while it arrives; the meta follows at commit
 //! (and is rewritten in place by `update_meta`: truncate to the body, append a new trailer).
 //! A fill writes `<hex>.<id>.tmp` from a blocking thread fed by a bounded channel (the fill
-//! waits for the disk, never the other way round, and no runtime thread does file I/O), and
+//! waits for the disk, never the other way round; the temp file is created and written off
+//! the runtime threads; deletions after a purge or a 304 run where they are asked for), and
 //! renames it to `<hex>.obj` only after the memory tier's `finish` checked the length. A fill
 //! that fails, is purged or loses to a newer writer deletes its temp file. At start-up the
 //! directory is scanned: temp files and files whose footer does not add up are deleted, the
@@ -313,6 +314,12 @@ impl DiskStore {
         }
     }
 
+    /// Whether an object of `body_len` body bytes can fit the tier (its trailer aside, which
+    /// is small: `start_write` checks exactly).
+    pub(crate) fn can_hold(&self, body_len: usize) -> bool {
+        (body_len as u64) < self.limit
+    }
+
     /// Starts the disk copy of a fill of `body_len` bytes; `None` if it can never fit.
     pub(crate) fn start_write(
         &'static self,
@@ -416,16 +423,17 @@ impl DiskStore {
             i.remove(&key);
             let victims = self.evict(&mut i, size);
             // Under the lock, so a purge or a newer commit cannot interleave.
-            if let Err(e) = std::fs::rename(tmp, self.path(&key)) {
-                log::warn!("cache: renaming {}: {e}", tmp.display());
-                let _ = std::fs::remove_file(tmp);
-                // The previous version is out of the index: its file goes too.
-                let _ = std::fs::remove_file(self.path(&key));
-                self.metrics.disk_bytes.set(i.bytes as i64);
-                return;
+            match std::fs::rename(tmp, self.path(&key)) {
+                Ok(()) => i.insert(key, size, asset.to_string()),
+                Err(e) => {
+                    log::warn!("cache: renaming {}: {e}", tmp.display());
+                    let _ = std::fs::remove_file(tmp);
+                    // The previous version is out of the index: its file goes too.
+                    let _ = std::fs::remove_file(self.path(&key));
+                }
             }
-            i.insert(key, size, asset.to_string());
             self.metrics.disk_bytes.set(i.bytes as i64);
+            // Evicted either way: their files go.
             victims
         };
         self.delete(victims);
@@ -461,12 +469,16 @@ impl DiskStore {
                     },
                 )))
             }
-            Err(e) => {
-                // Evicted or purged meanwhile, or damaged: a miss.
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("cache: dropping disk object {}: {e}", hex(key));
-                }
+            // Evicted or purged meanwhile: a miss, and the index forgets it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.remove_keys(&[*key]);
+                Ok(None)
+            }
+            // Anything else is a miss but not a reason to delete: it may be passing (out of
+            // descriptors, a meta rewrite in progress); the next fill replaces a damaged file,
+            // and the start-up scan deletes one that does not parse.
+            Err(e) => {
+                log::warn!("cache: reading disk object {}: {e}", hex(key));
                 Ok(None)
             }
         }

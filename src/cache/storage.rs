@@ -238,8 +238,10 @@ impl MemStorage {
     /// them). A fill too large for memory that goes to the disk tier holds only what waits for
     /// its file, so it is always admitted.
     pub(crate) fn admits_fill(&self, len: usize) -> bool {
-        (self.disk.is_some() && self.too_large(len))
-            || self.fill_bytes.load(Ordering::Relaxed) + len <= self.limit
+        if self.too_large(len) {
+            return self.disk.is_some_and(|d| d.can_hold(len));
+        }
+        self.fill_bytes.load(Ordering::Relaxed) + len <= self.limit
     }
 
     fn too_large(&self, len: usize) -> bool {
@@ -303,12 +305,14 @@ impl MemStorage {
         let chunks = fill.body.chunks.read().unwrap_or_else(|e| e.into_inner()).len();
         let weight =
             fill.body.len + fill.meta.0.len() + fill.meta.1.len() + OBJECT_OVERHEAD + chunks * CHUNK_OVERHEAD;
+        // The previous version goes whether or not this one fits: lookups try memory first, so
+        // a stale object left here would hide the new one on disk.
+        i.remove_object(key);
         if weight > self.limit {
             // Never admitted: it would evict everything, itself included.
             i.forget_asset_key(asset, key);
             return true;
         }
-        i.remove_object(key);
         // The other fills in progress hold memory too: objects make room for them.
         let filling = self.fill_bytes.load(Ordering::Relaxed).saturating_sub(charged);
         while i.bytes + weight + filling > self.limit {
@@ -427,9 +431,17 @@ impl Storage for MemStorage {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let asset = key.user_tag.clone();
         let serialized = meta.serialize()?;
-        let disk = self
-            .disk
-            .and_then(|d| d.start_write(k, id, &asset, len, serialized.clone()));
+        // Creating the temp file is file-system work: not on the runtime thread.
+        let disk = match self.disk {
+            Some(d) => {
+                let (a, m) = (asset.clone(), serialized.clone());
+                tokio::task::spawn_blocking(move || d.start_write(k, id, &a, len, m))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
         let mut body = Body::new(len, FillState::Filling { written: 0 });
         // Too large for memory: to disk only, held in memory only until written there.
         // (Without a disk copy such a fill is never admitted at `finish`; `Cache` does not
@@ -809,6 +821,24 @@ pub(crate) mod tests {
         w.write_body(Bytes::from(vec![3u8; 10]), false).await.unwrap();
         drop(w);
         assert!(s.admits_fill(big));
+    }
+
+    /// A new version that does not fit memory still replaces the old one there: lookups try
+    /// memory first, and a stale old version would hide the new one (on disk, in production).
+    #[tokio::test]
+    async fn a_new_version_too_large_for_memory_removes_the_old_one() {
+        let s = storage(1 << 20);
+        let k = key("v");
+        let mut w = s.get_miss_handler(&k, &meta(5), &span()).await.unwrap();
+        w.write_body(Bytes::from_static(b"small"), true).await.unwrap();
+        w.finish().await.unwrap();
+        assert!(s.lookup(&k, &span()).await.unwrap().is_some());
+        let big = 2 << 20;
+        let mut w = s.get_miss_handler(&k, &meta(big), &span()).await.unwrap();
+        w.write_body(Bytes::from(vec![0u8; big]), true).await.unwrap();
+        w.finish().await.unwrap();
+        assert!(s.lookup(&k, &span()).await.unwrap().is_none());
+        assert_eq!(s.stats().objects, 0);
     }
 
     /// A body shorter than its Content-Length is a failure at `finish`, not an object.
