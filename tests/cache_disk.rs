@@ -6,7 +6,7 @@
 mod common;
 
 use common::origin::{pattern, Behavior, Origin};
-use common::{client, free_addrs, temp_dir, wait_listening, Gateway, BIN, EVENTUALLY};
+use common::{client, free_addrs, temp_dir, wait_listening, Gateway, EVENTUALLY};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -334,7 +334,6 @@ fn dash_t_refuses_a_disk_path_that_cannot_be_created() {
     let dir = temp_dir();
     let file = dir.join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let conf = dir.join("c.yaml");
     let yaml = yaml(
         "127.0.0.1:9".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
@@ -342,33 +341,18 @@ fn dash_t_refuses_a_disk_path_that_cannot_be_created() {
         "20GiB",
     )
     .replace("{listen}", "127.0.0.1:1");
-    std::fs::write(&conf, yaml).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["-t", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::check_config(&yaml);
+    assert!(!ok, "{text}");
     assert!(text.contains("gateway.cache.disk.path: "), "{text}");
 
     // A creatable one passes and is created.
     let ok = dir.join("new").join("cache");
-    let yaml = std::fs::read_to_string(&conf).unwrap().replace(
+    let yaml = yaml.replace(
         &file.join("cache").display().to_string(),
         &ok.display().to_string(),
     );
-    std::fs::write(&conf, yaml).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["-t", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (passed, text) = common::check_config(&yaml);
+    assert!(passed, "{text}");
     assert!(ok.is_dir());
     let _ = std::fs::remove_dir_all(&dir);
 }

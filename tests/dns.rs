@@ -6,7 +6,7 @@ mod common;
 
 use common::dns::{Answer, TestDns};
 use common::origin::{pattern, Behavior, Origin};
-use common::{client, free_addr, metric, scrape, temp_dir, Gateway, BIN, EVENTUALLY, ID};
+use common::{check_config, client, free_addr, metric, scrape, Gateway, EVENTUALLY, ID};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -285,22 +285,6 @@ async fn an_upstream_that_never_resolved_is_not_ready() {
     dns.set_a(&["127.0.0.2"]);
     eventually!("ready", readyz(admin).await.0 == 200);
     assert_eq!(get(&gw).await, (200, os[0].addr.to_string()));
-}
-
-fn check_config(yaml: &str) -> (bool, String) {
-    let path = temp_dir().join("c.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["-t", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[test]

@@ -488,3 +488,18 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Runs `asset-gateway -t` on `yaml`: whether it passed, and what it printed.
+pub fn check_config(yaml: &str) -> (bool, String) {
+    let dir = temp_dir();
+    let path = dir.join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(BIN).args(["-t", "-c"]).arg(&path).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
