@@ -481,6 +481,7 @@ impl Storage for MemStorage {
             done: false,
             disk,
             charged,
+            committed: false,
         }))
     }
 
@@ -554,6 +555,8 @@ struct Writer {
     disk: Option<DiskWrite>,
     /// Bytes counted in `MemStorage::fill_bytes` for this fill, released on drop.
     charged: usize,
+    /// `finish` checked the length and committed to memory.
+    committed: bool,
 }
 
 impl Writer {
@@ -561,6 +564,12 @@ impl Writer {
         self.disk = None;
         if !self.done {
             self.done = true;
+            if self.committed {
+                // `finish` was dropped while it waited for the disk: the body is whole and
+                // already an object in memory; only the disk copy is lost.
+                self.body.state.send_replace(FillState::Complete);
+                return;
+            }
             self.body.state.send_replace(FillState::Failed);
             self.storage.abandon(&self.key, &self.asset, self.id);
         }
@@ -610,6 +619,7 @@ impl HandleMiss for Writer {
             return Error::e_explain(FILL_ABORTED, "cache: body shorter than its Content-Length");
         }
         let current = self.storage.commit(&self.key, &self.asset, self.id, self.charged);
+        self.committed = true;
         // The disk copy is in place before the fill's readers see the end.
         match self.disk.take() {
             Some(d) if current => d.commit().await,
