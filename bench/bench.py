@@ -152,14 +152,8 @@ NGINX_CACHE_BODY = """
     }}
 """
 
-GATEWAY_CACHE_CONF = """threads: 1
-pid_file: {tmp}/gateway-cache.pid
-upgrade_sock: {tmp}/gateway-cache-upgrade.sock
-gateway:
-  listen: ["127.0.0.1:{port}"]
-  cache:
-    memory: 512MiB
-  upstreams:
+# The gateway's upstreams and routes, shared by its two benchmark configs.
+UPSTREAMS_AND_ROUTES = """  upstreams:
     fast:
       peers: ["127.0.0.1:{fast}"]
     slow:
@@ -173,6 +167,15 @@ gateway:
       rewrite: /v1/assets/{{id}}
 """
 
+GATEWAY_CACHE_CONF = """threads: 1
+pid_file: {tmp}/gateway-cache.pid
+upgrade_sock: {tmp}/gateway-cache-upgrade.sock
+gateway:
+  listen: ["127.0.0.1:{port}"]
+  cache:
+    memory: 512MiB
+""" + UPSTREAMS_AND_ROUTES
+
 GATEWAY_CONF = """threads: 1
 pid_file: {tmp}/gateway.pid
 upgrade_sock: {tmp}/gateway-upgrade.sock
@@ -181,19 +184,7 @@ gateway:
     - "127.0.0.1:{port}"
     - addr: "127.0.0.1:{h2}"
       tls: {{cert: "{tmp}/tls/cert.pem", key: "{tmp}/tls/key.pem"}}
-  upstreams:
-    fast:
-      peers: ["127.0.0.1:{fast}"]
-    slow:
-      peers: ["127.0.0.1:{slow}"]
-  routes:
-    - path: /content/v1/assets/{{id}}
-      upstream: fast
-      rewrite: /v1/assets/{{id}}
-    - path: /slow/v1/assets/{{id}}
-      upstream: slow
-      rewrite: /v1/assets/{{id}}
-"""
+""" + UPSTREAMS_AND_ROUTES
 
 
 def start_nginx(name, body, core):

@@ -78,14 +78,6 @@ gateway:
     }
 }
 
-fn asset_requests(origin: &Origin, id: &str) -> usize {
-    origin
-        .asset_requests()
-        .iter()
-        .filter(|r| r.target.ends_with(id))
-        .count()
-}
-
 fn cache_status(r: &reqwest::Response) -> String {
     r.headers()
         .get("cache-status")
@@ -174,7 +166,7 @@ async fn a_cold_herd_makes_one_origin_request() {
         assert!(body == want, "a client got {} bytes, not the asset", body.len());
         statuses.push(cs);
     }
-    assert_eq!(asset_requests(&s.origin, A), 1, "the herd was not coalesced");
+    assert_eq!(s.origin.requests_for(A), 1, "the herd was not coalesced");
     settled(s.admin).await;
     let stored = statuses
         .iter()
@@ -190,7 +182,7 @@ async fn a_cold_herd_makes_one_origin_request() {
     assert_eq!(status, 200);
     assert!(cs.starts_with("asset-gateway; hit; ttl="), "{cs}");
     assert!(body == want);
-    assert_eq!(asset_requests(&s.origin, A), 1, "a hit went to the origin");
+    assert_eq!(s.origin.requests_for(A), 1, "a hit went to the origin");
 
     let m = common::scrape(s.admin).await;
     assert_eq!(
@@ -252,12 +244,12 @@ async fn the_fill_survives_its_client_leaving() {
         assert_eq!(status, 200);
         assert!(body == pattern(0..total as u64), "got {} bytes", body.len());
     }
-    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
     settled(s.admin).await;
     let (_, cs, body) = get(&url).await;
     assert!(cs.contains("; hit"), "not stored: {cs}");
     assert_eq!(body.len(), total);
-    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
 }
 
 async fn get_owned(url: String) -> (u16, String, Vec<u8>) {
@@ -303,7 +295,7 @@ async fn an_origin_failing_mid_fill_fails_every_reader() {
             Ok(b) => panic!("a client saw a clean end after {} of {total} bytes", b.len()),
         }
     }
-    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
 
     // Nothing was stored: the next request goes to the origin and fills the cache.
     s.origin.set(A, Behavior::Generated { size: total as u64 });
@@ -313,11 +305,11 @@ async fn an_origin_failing_mid_fill_fails_every_reader() {
         (200, "asset-gateway; fwd=uri-miss; stored")
     );
     assert!(body == pattern(0..total as u64));
-    assert_eq!(asset_requests(&s.origin, A), 2);
+    assert_eq!(s.origin.requests_for(A), 2);
     settled(s.admin).await;
     let (_, cs, _) = get(&url).await;
     assert!(cs.contains("; hit"), "{cs}");
-    assert_eq!(asset_requests(&s.origin, A), 2);
+    assert_eq!(s.origin.requests_for(A), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,11 +333,11 @@ async fn purge_removes_one_asset() {
     let (_, cs, body) = get(&a).await;
     assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
     assert!(body == pattern(0..1000));
-    assert_eq!(asset_requests(&s.origin, A), 2);
+    assert_eq!(s.origin.requests_for(A), 2);
     settled(s.admin).await;
     // The other asset is untouched.
     assert!(get(&b).await.1.contains("; hit"));
-    assert_eq!(asset_requests(&s.origin, B), 1);
+    assert_eq!(s.origin.requests_for(B), 1);
 
     let (status, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
     assert_eq!(status, 200);
@@ -408,11 +400,7 @@ async fn what_must_not_be_stored_is_not() {
             assert_eq!(status, 200);
             assert_eq!(cs, want, "{url}");
             assert!(body == pattern(0..size), "{url}");
-            assert_eq!(
-                asset_requests(&s.origin, id),
-                n,
-                "{url} was served from the cache"
-            );
+            assert_eq!(s.origin.requests_for(id), n, "{url} was served from the cache");
         }
     }
 }
@@ -489,11 +477,7 @@ async fn range_304_and_head_from_the_cache() {
     assert!(cache_status(&r).contains("; hit"));
     assert!(r.bytes().await.unwrap().is_empty());
 
-    assert_eq!(
-        asset_requests(&s.origin, A),
-        1,
-        "served by the origin, not the cache"
-    );
+    assert_eq!(s.origin.requests_for(A), 1, "served by the origin, not the cache");
 }
 
 /// A Range request that starts a fill gets its range; the fill stores the whole object.
@@ -517,7 +501,7 @@ async fn a_range_miss_fills_the_whole_object() {
     let (_, cs, body) = get(&url).await;
     assert!(cs.contains("; hit"), "{cs}");
     assert!(body == pattern(0..300_000));
-    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
 }
 
 /// With a 1 MiB memory tier, storing a fourth 300 KiB object evicts the least recently used.
@@ -549,7 +533,7 @@ async fn eviction_keeps_the_memory_bound() {
     let (_, cs, body) = get(&s.gw.asset_url(B)).await;
     assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored", "B was not evicted");
     assert!(body == pattern(0..300 * 1024));
-    assert_eq!(asset_requests(&s.origin, B), 2);
+    assert_eq!(s.origin.requests_for(B), 2);
     let m = common::scrape(s.admin).await;
     assert!(metric(&m, "asset_gateway_cache_evictions_total") >= 1.0);
     assert!(metric(&m, "asset_gateway_cache_memory_bytes") <= (1024 * 1024) as f64);
@@ -602,13 +586,13 @@ async fn a_stalled_client_does_not_hold_back_the_fill() {
     first
         .send(format!("GET /content/v1/assets/{A} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await;
-    eventually("the origin request", || asset_requests(&s.origin, A) == 1).await;
+    eventually("the origin request", || s.origin.requests_for(A) == 1).await;
     let (status, _, body) = tokio::time::timeout(EVENTUALLY, get(&s.gw.asset_url(A)))
         .await
         .expect("the second client was held back by the first one");
     assert_eq!(status, 200);
     assert!(body == pattern(0..total), "got {} bytes", body.len());
-    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
     // The stalled client still gets its whole response once it reads.
     let r = first
         .response(false)
@@ -712,7 +696,7 @@ async fn http2_streams_coalesce_and_see_a_failed_fill() {
             }
         }
         assert_eq!(
-            asset_requests(&s.origin, id),
+            s.origin.requests_for(id),
             1,
             "{id} fail={fail}; origin saw {:?}; gateway log:\n{}",
             s.origin.asset_requests(),
@@ -765,7 +749,7 @@ async fn vary_variants_are_stored_apart() {
         let (cs, body) = get_accept(&url, accept).await;
         assert!(cs.starts_with(status), "{accept}: {cs}");
         assert!(body == want);
-        assert_eq!(asset_requests(&s.origin, A), origin_requests, "{accept}");
+        assert_eq!(s.origin.requests_for(A), origin_requests, "{accept}");
         settled(s.admin).await;
     }
     let seen = s.origin.asset_requests();
@@ -789,7 +773,7 @@ async fn vary_variants_are_stored_apart() {
     for n in 1..=2 {
         let (cs, _) = get_accept(&s.gw.asset_url(B), "image/webp").await;
         assert_eq!(cs, "asset-gateway; fwd=uri-miss; detail=vary");
-        assert_eq!(asset_requests(&s.origin, B), n);
+        assert_eq!(s.origin.requests_for(B), n);
     }
 }
 
@@ -803,16 +787,16 @@ async fn a_waiter_gives_up_after_lock_timeout() {
     s.origin.set(A, Behavior::NeverAnswer);
     let url = s.gw.asset_url(A);
     let first = tokio::spawn(get_owned(url.clone()));
-    eventually("the first origin request", || asset_requests(&s.origin, A) == 1).await;
+    eventually("the first origin request", || s.origin.requests_for(A) == 1).await;
     s.origin.set(A, Behavior::Generated { size: 1000 });
     let (status, cs, body) = get(&url).await;
     assert_eq!(status, 200);
     assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
     assert!(body == pattern(0..1000));
-    assert_eq!(asset_requests(&s.origin, A), 2);
+    assert_eq!(s.origin.requests_for(A), 2);
     settled(s.admin).await;
     assert!(get(&url).await.1.starts_with("asset-gateway; hit"));
-    assert_eq!(asset_requests(&s.origin, A), 2);
+    assert_eq!(s.origin.requests_for(A), 2);
     first.abort();
 }
 
@@ -833,7 +817,7 @@ async fn a_head_miss_fills_the_cache() {
     let (_, cs, body) = get(&url).await;
     assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
     assert!(body == pattern(0..100_000));
-    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
 }
 
 /// A fill that stalls mid-body fails its followers once the upstream `read_timeout` fails its
@@ -866,7 +850,7 @@ async fn a_stalled_origin_fails_the_followers_at_read_timeout() {
     for c in clients {
         assert!(c.await.unwrap().is_err(), "a client saw a clean end");
     }
-    assert_eq!(asset_requests(&s.origin, A), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
     let (_, json) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
     assert_eq!(
         (json["objects"].as_u64(), json["fills_in_flight"].as_u64()),
@@ -902,8 +886,8 @@ async fn pipelined_requests_through_the_cache() {
         .unwrap()
         .starts_with("asset-gateway; hit"));
     assert!(r.body == pattern(0..1000));
-    assert_eq!(asset_requests(&s.origin, A), 1);
-    assert_eq!(asset_requests(&s.origin, B), 1);
+    assert_eq!(s.origin.requests_for(A), 1);
+    assert_eq!(s.origin.requests_for(B), 1);
 }
 
 /// Fills in progress count against `memory`: with 2 MiB of cache, three held 900 KiB fills

@@ -59,14 +59,6 @@ fn start_mem(origin: &Origin, disk: &Path, size: &str, memory: &str) -> (Gateway
     (gw, admin)
 }
 
-fn asset_requests(origin: &Origin, id: &str) -> usize {
-    origin
-        .asset_requests()
-        .iter()
-        .filter(|r| r.target.ends_with(id))
-        .count()
-}
-
 async fn get(url: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
     let mut req = client().get(url);
     if let Some(r) = range {
@@ -216,7 +208,7 @@ async fn after_a_restart_the_disk_tier_hits_without_the_origin() {
     assert_eq!(status, 206);
     assert!(body == pattern(size - 10..size));
     assert_eq!(
-        asset_requests(&origin, id),
+        origin.requests_for(id),
         1,
         "the origin saw only the first request"
     );
@@ -268,7 +260,7 @@ async fn a_failed_fill_leaves_nothing_on_disk() {
     assert!(body == pattern(0..total as u64));
     settled(admin).await;
     assert_eq!(objects(&dir.0).len(), 1);
-    assert_eq!(asset_requests(&origin, id), 2);
+    assert_eq!(origin.requests_for(id), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,8 +291,8 @@ async fn eviction_keeps_the_disk_bound() {
     assert!(cs.contains("; hit"), "{cs}");
     let (_, cs, _) = get(&gw.asset_url(IDS[0]), None).await;
     assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
-    assert_eq!(asset_requests(&origin, IDS[4]), 1);
-    assert_eq!(asset_requests(&origin, IDS[0]), 2);
+    assert_eq!(origin.requests_for(IDS[4]), 1);
+    assert_eq!(origin.requests_for(IDS[0]), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +318,7 @@ async fn a_purge_removes_the_disk_copy() {
     assert!(body == pattern(0..5000));
     let (_, cs, _) = get(&gw.asset_url(b), None).await;
     assert!(cs.contains("; hit"), "{cs}");
-    assert_eq!((asset_requests(&origin, a), asset_requests(&origin, b)), (2, 1));
+    assert_eq!((origin.requests_for(a), origin.requests_for(b)), (2, 1));
 }
 
 #[test]
@@ -479,12 +471,12 @@ async fn an_object_larger_than_memory_goes_to_disk_only() {
     let (_, cs, body) = get(&url, None).await;
     assert!(cs.contains("; hit"), "{cs}");
     assert!(body == want);
-    assert_eq!(asset_requests(&origin, id), 1);
+    assert_eq!(origin.requests_for(id), 1);
     drop(gw);
 
     let (gw, _admin) = start_mem(&origin, &dir.0, "64MiB", "1MiB");
     let (_, cs, body) = get(&gw.asset_url(id), None).await;
     assert!(cs.contains("; hit"), "{cs}");
     assert!(body == want);
-    assert_eq!(asset_requests(&origin, id), 1);
+    assert_eq!(origin.requests_for(id), 1);
 }

@@ -252,6 +252,11 @@ impl Origin {
             .collect()
     }
 
+    /// How many requests for the asset `id` arrived.
+    pub fn requests_for(&self, id: &str) -> usize {
+        self.requests().iter().filter(|r| r.target.ends_with(id)).count()
+    }
+
     /// Closes every idle keep-alive connection (with a reset when `reset_on_close` is set).
     pub fn close_idle_connections(&self) {
         self.state.close_idle.notify_waiters();
