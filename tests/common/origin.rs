@@ -68,6 +68,20 @@ pub enum Behavior {
     Status { status: u16, body: &'static str },
     /// Writes `bytes` verbatim as the whole answer (a misbehaving origin), then does `after`.
     Raw { bytes: Bytes, after: After },
+    /// Answers with what the function returns for the request (it may wait first): for
+    /// assets whose answer changes while a test runs.
+    Respond(Respond),
+}
+
+/// See [`Behavior::Respond`].
+pub type Respond = Arc<dyn Fn(Seen) -> futures::future::BoxFuture<'static, Reply> + Send + Sync>;
+
+/// An answer of [`Behavior::Respond`]: the status, header lines (each ending in CRLF) and the
+/// body (`None`: no body and no Content-Length, as for a 304). A HEAD gets the head only.
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: Option<Bytes>,
 }
 
 /// What a [`Behavior::Raw`] origin does once it has written its bytes.
@@ -478,6 +492,21 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
                     std::future::pending::<()>().await;
                     false
                 }
+            }
+        }
+        Behavior::Respond(f) => {
+            let r = f(req.clone()).await;
+            let length = match &r.body {
+                Some(b) => format!("content-length: {}\r\n", b.len()),
+                None => String::new(),
+            };
+            let h = format!("HTTP/1.1 {} Status\r\n{}{length}\r\n", r.status, r.headers);
+            if !write_head(sock, st, h.as_bytes()).await {
+                return false;
+            }
+            match r.body {
+                Some(b) if !head_only && !b.is_empty() => write_all(sock, st, &b, true).await,
+                _ => true,
             }
         }
         Behavior::Status { status, body } => {
