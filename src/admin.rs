@@ -58,14 +58,15 @@ impl Admin {
                 // `disk` is null without a disk tier.
                 let disk = match s.disk {
                     Some(d) => format!(
-                        "{{\"bytes\":{},\"limit\":{},\"objects\":{}}}",
-                        d.bytes, d.limit, d.objects
+                        "{{\"bytes\":{},\"limit\":{},\"objects\":{},\"writes_in_flight\":{},\"state\":\"{}\"}}",
+                        d.bytes, d.limit, d.objects, d.writes_in_flight, d.state
                     ),
                     None => "null".to_string(),
                 };
+                let m = s.memory;
                 let body = format!(
                     "{{\"memory_bytes\":{},\"memory_limit\":{},\"objects\":{},\"fills_in_flight\":{},\"memory\":{{\"bytes\":{},\"limit\":{},\"objects\":{}}},\"disk\":{disk}}}\n",
-                    s.memory_bytes, s.memory_limit, s.objects, s.fills, s.memory_bytes, s.memory_limit, s.objects
+                    m.bytes, m.limit, m.objects, m.fills, m.bytes, m.limit, m.objects
                 );
                 Some(reply(200, "application/json", body))
             }

@@ -267,7 +267,8 @@ pub(crate) fn scrape<'a>(
 
 /// The cache's metrics, registered once when a cache is configured.
 pub(crate) struct CacheMetrics {
-    /// `asset_gateway_cache_lookups_total{result}`: hit, miss, stale, coalesced.
+    /// `asset_gateway_cache_lookups_total{result}`: hit, miss, stale, coalesced,
+    /// stale_while_revalidate, stale_if_error.
     lookups: IntCounterVec,
     pub(crate) hit_bytes: IntCounter,
     pub(crate) stored_bytes: IntCounter,
@@ -278,6 +279,10 @@ pub(crate) struct CacheMetrics {
     pub(crate) disk_hits: IntCounter,
     pub(crate) disk_hit_bytes: IntCounter,
     pub(crate) disk_evictions: IntCounter,
+    /// 1 while the disk tier stores objects, 0 while a full or failing disk stops it.
+    pub(crate) disk_storing: IntGauge,
+    pub(crate) disk_write_errors: IntCounterVec,
+    pub(crate) disk_damaged: IntCounter,
 }
 
 static CACHE: OnceLock<CacheMetrics> = OnceLock::new();
@@ -300,13 +305,20 @@ impl CacheMetrics {
         let lookups = IntCounterVec::new(
             Opts::new(
                 "asset_gateway_cache_lookups_total",
-                "Cache lookups of cacheable requests: hit (stored object), coalesced (joined another request's fill), miss, stale.",
+                "Cache lookups of cacheable requests: hit (stored object), coalesced (joined another request's fill), miss, stale (a stale object revalidated or replaced), stale_while_revalidate and stale_if_error (a stale object served).",
             ),
             &["result"],
         )?;
         register(Box::new(lookups.clone()));
         // Every result is exported from the start (at 0), so rates work before the first one.
-        for result in ["hit", "coalesced", "miss", "stale"] {
+        for result in [
+            "hit",
+            "coalesced",
+            "miss",
+            "stale",
+            "stale_while_revalidate",
+            "stale_if_error",
+        ] {
             lookups.with_label_values(&[result]);
         }
         let memory_bytes = IntGauge::new(
@@ -319,6 +331,19 @@ impl CacheMetrics {
             "Bytes of object files in gateway.cache.disk.path, charged against gateway.cache.disk.size.",
         )?;
         register(Box::new(disk_bytes.clone()));
+        let disk_storing = IntGauge::new(
+            "asset_gateway_cache_disk_storing",
+            "1 while the disk tier stores objects; 0 while a full or failing disk stops it (responses are not affected).",
+        )?;
+        register(Box::new(disk_storing.clone()));
+        let disk_write_errors = IntCounterVec::new(
+            Opts::new(
+                "asset_gateway_cache_disk_write_errors_total",
+                "Disk tier writes that failed (kind: full for ENOSPC/EDQUOT, failing for the rest); each loses one object's disk copy.",
+            ),
+            &["kind"],
+        )?;
+        register(Box::new(disk_write_errors.clone()));
         Ok(CacheMetrics {
             lookups,
             hit_bytes: counter(
@@ -346,6 +371,12 @@ impl CacheMetrics {
             disk_evictions: counter(
                 "asset_gateway_cache_disk_evictions_total",
                 "Object files deleted to stay within gateway.cache.disk.size.",
+            )?,
+            disk_storing,
+            disk_write_errors,
+            disk_damaged: counter(
+                "asset_gateway_cache_disk_damaged_total",
+                "Disk objects found damaged (a block or a meta failing its checksum, a truncated file) and deleted.",
             )?,
         })
     }

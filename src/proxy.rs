@@ -133,6 +133,11 @@ impl ProxyHttp for Gateway {
         Cache::variance(meta, req, &mut ctx.cache)
     }
 
+    /// Pingora's default serves stale only on an upstream error, never while revalidating.
+    fn should_serve_stale(&self, _session: &mut Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        Cache::should_serve_stale(&mut ctx.cache, error)
+    }
+
     /// Pingora's default stores nothing.
     fn response_cache_filter(
         &self,
@@ -153,7 +158,9 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.attempts.first_pick = upstream.select(ctx.hash_key(), &[]);
-        if ctx.attempts.first_pick.is_some() {
+        // With a stale object to fall back on, go on: `upstream_peer` fails and Pingora
+        // serves the object (stale-if-error) instead of this 502.
+        if ctx.attempts.first_pick.is_some() || session.cache.can_serve_stale_error() {
             return Ok(true);
         }
         ctx.attempts.failures.push(upstream.down_reasons());
@@ -278,7 +285,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -304,6 +311,9 @@ impl ProxyHttp for Gateway {
                 |authority| upstream.is_peer_authority(authority),
                 |path| self.router.client_path(m.index, path),
             );
+        }
+        if let Some(cache) = self.cache {
+            cache.prepare(session, resp, &mut ctx.cache).await;
         }
         Ok(())
     }

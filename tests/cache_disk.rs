@@ -34,6 +34,8 @@ gateway:
   admin: "{admin}"
   cache:
     memory: {memory}
+    # The revalidation test waits for its own 304.
+    stale_while_revalidate: 0s
     disk: {{path: "{}", size: {size}}}
   upstreams:
     assets:
@@ -94,11 +96,16 @@ async fn delete(admin: SocketAddr, id: &str) -> serde_json::Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
-/// Waits until no fill is in flight (the disk copy is in place before a fill ends).
+/// Waits until no fill and no disk write is in flight (a disk copy is committed after its fill
+/// ended).
 async fn settled(admin: SocketAddr) {
     let start = Instant::now();
-    while cache_json(admin).await["fills_in_flight"] != 0 {
-        assert!(start.elapsed() < EVENTUALLY, "a fill never ended");
+    loop {
+        let j = cache_json(admin).await;
+        if j["fills_in_flight"] == 0 && j["disk"]["writes_in_flight"] == 0 {
+            return;
+        }
+        assert!(start.elapsed() < EVENTUALLY, "a fill never ended: {j}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -144,11 +151,21 @@ fn files(dir: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The objects' body files (`<key>.<id>.obj`; each has a `<key>.meta`).
 fn objects(dir: &Path) -> Vec<(String, u64)> {
     files(dir)
         .into_iter()
         .filter(|(n, _)| n.ends_with(".obj"))
         .collect()
+}
+
+/// Bytes of all the objects' files (bodies and metas).
+fn disk_bytes(dir: &Path) -> u64 {
+    files(dir)
+        .iter()
+        .filter(|(n, _)| n.ends_with(".obj") || n.ends_with(".meta"))
+        .map(|(_, len)| len)
+        .sum()
 }
 
 struct Dir(PathBuf);
@@ -186,7 +203,7 @@ async fn after_a_restart_the_disk_tier_hits_without_the_origin() {
     assert!(objs[0].1 > size);
     let json = cache_json(admin).await;
     assert_eq!(json["disk"]["objects"], 1, "{json}");
-    assert_eq!(json["disk"]["bytes"].as_u64(), Some(objs[0].1), "{json}");
+    assert_eq!(json["disk"]["bytes"].as_u64(), Some(disk_bytes(&dir.0)), "{json}");
     assert_eq!(json["memory"]["objects"], 1, "{json}");
     drop(gw);
 
@@ -218,7 +235,10 @@ async fn after_a_restart_the_disk_tier_hits_without_the_origin() {
         metric(&m, "asset_gateway_cache_disk_hit_bytes_total") >= size as f64,
         "{m}"
     );
-    assert_eq!(metric(&m, "asset_gateway_cache_disk_bytes"), objs[0].1 as f64);
+    assert_eq!(
+        metric(&m, "asset_gateway_cache_disk_bytes"),
+        disk_bytes(&dir.0) as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +296,7 @@ async fn eviction_keeps_the_disk_bound() {
         assert_eq!(status, 200);
         assert!(body == pattern(0..size));
         settled(admin).await;
-        let on_disk: u64 = objects(&dir.0).iter().map(|o| o.1).sum();
+        let on_disk = disk_bytes(&dir.0);
         assert!(on_disk <= bound, "{on_disk} bytes on disk");
         assert_eq!(cache_json(admin).await["disk"]["bytes"].as_u64(), Some(on_disk));
     }
@@ -337,7 +357,7 @@ fn dash_t_refuses_a_disk_path_that_cannot_be_created() {
     assert!(!ok, "{text}");
     assert!(text.contains("gateway.cache.disk.path: "), "{text}");
 
-    // A creatable one passes and is created.
+    // A creatable one passes, and is not created: `-t` changes nothing.
     let ok = dir.join("new").join("cache");
     let yaml = yaml.replace(
         &file.join("cache").display().to_string(),
@@ -345,12 +365,20 @@ fn dash_t_refuses_a_disk_path_that_cannot_be_created() {
     );
     let (passed, text) = common::check_config(&yaml);
     assert!(passed, "{text}");
-    assert!(ok.is_dir());
+    assert!(!dir.join("new").exists());
+    // A size larger than the file system the directory is on is refused.
+    let (passed, text) = common::check_config(&yaml.replace("size: 20GiB", "size: 1000000GiB"));
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains("gateway.cache.disk.size: ") && text.contains("is larger than the file system"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A stale disk object (after a restart, so memory is empty) is revalidated with a 304: the
-/// body is served from the file, whose meta is rewritten in place, and the next request hits.
+/// body is served from its file, which is untouched, the meta file is replaced, and the next
+/// request hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_disk_object_is_revalidated_in_place() {
     let origin = Origin::start().await;
@@ -376,6 +404,8 @@ async fn a_stale_disk_object_is_revalidated_in_place() {
     assert_eq!(objs.len(), 1);
     let path = dir.0.join(&objs[0].0);
     let before = std::fs::read(&path).unwrap();
+    let meta_path = path.with_extension("").with_extension("meta");
+    let meta_before = std::fs::read(&meta_path).unwrap();
 
     let (gw, _admin) = start(&origin, &dir.0, "64MiB");
     // Let the two seconds of freshness pass (a wait, not a timing assertion).
@@ -390,9 +420,16 @@ async fn a_stale_disk_object_is_revalidated_in_place() {
     let seen = origin.asset_requests();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].header("if-none-match"), Some(etag));
-    let after = std::fs::read(&path).unwrap();
-    assert_eq!(&after[..5000], &before[..5000], "the body is untouched");
-    assert_ne!(after, before, "the meta was rewritten");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the body file is untouched"
+    );
+    assert_ne!(
+        std::fs::read(&meta_path).unwrap(),
+        meta_before,
+        "the meta was rewritten"
+    );
     let (_, cs, body) = get(&url, None).await;
     assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
     assert!(body == pattern(0..5000));

@@ -40,7 +40,7 @@ impl CacheKeyLock for FillAwareLock {
     fn lock(&self, key: &CacheKey, stale_writer: bool) -> Locked {
         let locked = self.inner.lock(key, stale_writer);
         // A stale writer revalidates an object it found: that object is expected.
-        if stale_writer || !self.storage.has_fill(&key.combined_bin()) {
+        if stale_writer || !self.storage.tier.has_fill(&key.combined_bin()) {
             return locked;
         }
         if let Locked::Write(permit) = locked {
@@ -68,7 +68,7 @@ impl CacheKeyLock for FillAwareLock {
 
 #[cfg(test)]
 mod tests {
-    use super::super::storage::tests::{meta, span, storage};
+    use super::super::storage::tests::{admitted, span, storage};
     use super::*;
     use pingora::cache::Storage;
 
@@ -81,7 +81,7 @@ mod tests {
         let Locked::Write(permit) = lock.lock(&key, false) else {
             panic!("the first request must write");
         };
-        let writer = s.get_miss_handler(&key, &meta(1), &span()).await.unwrap();
+        let writer = s.get_miss_handler(&key, &admitted(s, 1), &span()).await.unwrap();
         lock.release(&key, permit, LockStatus::Done);
         // Looked up before the fill existed, locks after the release.
         match lock.lock(&key, false) {

@@ -29,8 +29,19 @@ fn default_fresh(status: http::StatusCode) -> Option<Duration> {
         .flatten()
 }
 
-/// No stale-while-revalidate or stale-if-error unless the origin asks for them.
-const DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(default_fresh, 0, 0);
+/// `gateway.cache.stale_while_revalidate` and `stale_if_error`, in seconds (the origin's own
+/// directives take precedence), set once at start-up like `DEFAULT_TTL`.
+static STALE: OnceLock<(u32, u32)> = OnceLock::new();
+
+pub(crate) fn set_stale(while_revalidate: Duration, if_error: Duration) {
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let _ = STALE.set((secs(while_revalidate), secs(if_error)));
+}
+
+fn defaults() -> CacheMetaDefaults {
+    let (swr, sie) = STALE.get().copied().unwrap_or((0, 0));
+    CacheMetaDefaults::new(default_fresh, swr, sie)
+}
 
 /// The key of an asset: route template and asset id, framed unambiguously (a NUL cannot occur
 /// in either), plus the query string when the route forwards it (it may select a different
@@ -85,7 +96,32 @@ pub(crate) fn cacheable(resp: &ResponseHeader, authorization: bool, limit: usize
         return Uncacheable(NoCacheReason::Custom("vary"));
     }
     let cc = CacheControl::from_resp_headers(resp);
-    resp_cacheable(cc.as_ref(), resp.clone(), authorization, &DEFAULTS)
+    let mut r = resp_cacheable(cc.as_ref(), resp.clone(), authorization, &defaults());
+    // Pingora already refuses stale for `must-revalidate`, `proxy-revalidate` and `s-maxage`;
+    // `no-cache` means every use is validated first, so never stale either.
+    if let (RespCacheable::Cacheable(meta), Some(cc)) = (&mut r, &cc) {
+        if cc.no_cache() {
+            meta.disable_serve_stale();
+        }
+    }
+    r
+}
+
+/// Whether an upstream failure lets a stale object be served (`stale-if-error`): a 5xx, a
+/// connection refused or failing before a response, a timeout, or no usable peer. A 404 or a
+/// 410 is an answer, not a failure; nor is anything the client did.
+pub(crate) fn is_origin_failure(e: &pingora::Error) -> bool {
+    use pingora::ErrorType::*;
+    if *e.esource() == pingora::ErrorSource::Downstream {
+        return false;
+    }
+    match e.etype() {
+        HTTPStatus(code) => (500..600).contains(code),
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | TLSHandshakeTimedout | HandshakeError | ReadTimedout | WriteTimedout
+        | ReadError | WriteError | ConnectionClosed => true,
+        t => *t == crate::errors::NO_PEER_ERROR,
+    }
 }
 
 /// The header names a response's `Vary` lists, lower-cased.
@@ -133,6 +169,12 @@ pub(crate) enum Outcome {
     StaleStored,
     /// A stale object was revalidated by a 304 and served.
     Revalidated,
+    /// A stale object within its stale-while-revalidate window, served at once while one
+    /// background request revalidates it.
+    StaleWhileRevalidate,
+    /// A stale object within its stale-if-error window, served because the origin failed
+    /// (with this status, when it answered).
+    StaleIfError(Option<u16>),
 }
 
 impl Outcome {
@@ -150,6 +192,19 @@ impl Outcome {
             Outcome::Miss(reason) => format!("{NAME}; fwd={miss}; detail={}", detail(reason)),
             Outcome::StaleStored => format!("{NAME}; fwd=stale; stored"),
             Outcome::Revalidated => format!("{NAME}; fwd=stale; fwd-status=304"),
+            Outcome::StaleWhileRevalidate => {
+                format!(
+                    "{NAME}; hit; ttl={}; detail=stale-while-revalidate",
+                    ttl.unwrap_or(0)
+                )
+            }
+            Outcome::StaleIfError(status) => {
+                let fwd_status = status.map(|s| format!("; fwd-status={s}")).unwrap_or_default();
+                format!(
+                    "{NAME}; fwd=stale{fwd_status}; ttl={}; detail=stale-if-error",
+                    ttl.unwrap_or(0)
+                )
+            }
         }
     }
 
@@ -162,6 +217,8 @@ impl Outcome {
             Outcome::Miss(_) => "miss",
             Outcome::StaleStored => "stale-stored",
             Outcome::Revalidated => "revalidated",
+            Outcome::StaleWhileRevalidate => "stale-while-revalidate",
+            Outcome::StaleIfError(_) => "stale-if-error",
         }
     }
 
@@ -172,6 +229,8 @@ impl Outcome {
             Outcome::Collapsed => "coalesced",
             Outcome::MissStored | Outcome::Miss(_) => "miss",
             Outcome::StaleStored | Outcome::Revalidated => "stale",
+            Outcome::StaleWhileRevalidate => "stale_while_revalidate",
+            Outcome::StaleIfError(_) => "stale_if_error",
         }
     }
 }
@@ -305,6 +364,53 @@ mod tests {
             Outcome::Collapsed.header(None, false),
             "asset-gateway; fwd=uri-miss; collapsed"
         );
+        assert_eq!(
+            Outcome::StaleWhileRevalidate.header(Some(-3), false),
+            "asset-gateway; hit; ttl=-3; detail=stale-while-revalidate"
+        );
+        assert_eq!(
+            Outcome::StaleIfError(Some(503)).header(Some(-40), false),
+            "asset-gateway; fwd=stale; fwd-status=503; ttl=-40; detail=stale-if-error"
+        );
+        assert_eq!(
+            Outcome::StaleIfError(None).header(Some(-40), false),
+            "asset-gateway; fwd=stale; ttl=-40; detail=stale-if-error"
+        );
+    }
+
+    #[test]
+    fn stale_windows_follow_config_then_origin_and_never_for_no_cache() {
+        set_default_ttl(Duration::from_secs(3600));
+        set_stale(Duration::from_secs(10), Duration::from_secs(3600));
+        let windows = |cc: &str| match cacheable(
+            &resp(200, &[("content-length", "1"), ("cache-control", cc)]),
+            false,
+            100,
+        ) {
+            RespCacheable::Cacheable(m) => (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(windows("max-age=60"), (10, 3600));
+        assert_eq!(
+            windows("max-age=60, stale-while-revalidate=5, stale-if-error=30"),
+            (5, 30)
+        );
+        assert_eq!(windows("max-age=60, must-revalidate"), (0, 0));
+        assert_eq!(windows("no-cache"), (0, 0));
+    }
+
+    #[test]
+    fn only_origin_failures_serve_stale() {
+        use pingora::{Error, ErrorSource, ErrorType};
+        let up = |t: ErrorType| Error::create(t, ErrorSource::Upstream, None, None);
+        assert!(is_origin_failure(&up(ErrorType::HTTPStatus(503))));
+        assert!(is_origin_failure(&up(ErrorType::ConnectRefused)));
+        assert!(is_origin_failure(&up(ErrorType::ReadTimedout)));
+        assert!(is_origin_failure(&Error::new(crate::errors::NO_PEER_ERROR)));
+        assert!(!is_origin_failure(&up(ErrorType::HTTPStatus(404))));
+        assert!(!is_origin_failure(&up(ErrorType::InvalidHTTPHeader)));
+        let down = Error::create(ErrorType::WriteError, ErrorSource::Downstream, None, None);
+        assert!(!is_origin_failure(&down));
     }
 
     #[test]

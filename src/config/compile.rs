@@ -144,7 +144,8 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
 }
 
 /// The memory tier needs room for at least a few objects; the disk directory must exist or be
-/// creatable, and be writable (checked with a probe file, also by `-t`).
+/// creatable, and be writable (checked with a probe file, also by `-t`, which creates nothing),
+/// and `disk.size` must fit the file system it is on.
 fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
     let before = p.len();
     let disk = c.disk.as_ref().and_then(|d| disk(d, p));
@@ -172,6 +173,8 @@ fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
         max_object_size,
         default_ttl: c.default_ttl.0,
         lock_timeout: c.lock_timeout.0,
+        stale_while_revalidate: c.stale_while_revalidate.0,
+        stale_if_error: c.stale_if_error.0,
         disk,
     })
 }
@@ -189,15 +192,14 @@ fn disk(d: &DiskFile, p: &mut Vec<String>) -> Option<DiskSettings> {
         return None;
     }
     let path = std::path::PathBuf::from(&d.path);
-    let probe = path.join(format!(".asset-gateway-probe-{}", std::process::id()));
-    let checked = std::fs::create_dir_all(&path)
-        .map_err(|e| format!("cannot create the directory: {e}"))
-        .and_then(|()| {
-            std::fs::write(&probe, b"probe").map_err(|e| format!("not writable: {e}"))?;
-            std::fs::remove_file(&probe).map_err(|e| format!("cannot delete a probe file: {e}"))
-        });
-    if let Err(e) = checked {
-        p.push(format!("gateway.cache.disk.path: {}: {e}", d.path));
+    // Checked, not created (`-t` changes nothing): the gateway creates it at start.
+    match crate::cache::disk::check_path(&path) {
+        Err(e) => p.push(format!("gateway.cache.disk.path: {}: {e}", d.path)),
+        Ok(total) if d.size.0 > total => p.push(format!(
+            "gateway.cache.disk.size: {} bytes is larger than the file system of {} ({total} bytes)",
+            d.size.0, d.path
+        )),
+        Ok(_) => {}
     }
     (p.len() == before).then_some(DiskSettings { path, size: d.size.0 })
 }

@@ -2,7 +2,7 @@
 //! refuses unknown keys, and nothing outside `config` sees them (`compile` turns them into
 //! the runtime types).
 
-use super::units::{Dur, Size};
+use super::units::{Dur, Size, Window};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -46,6 +46,10 @@ pub(super) struct CacheFile {
     pub default_ttl: Dur,
     #[serde(default = "thirty_seconds")]
     pub lock_timeout: Dur,
+    #[serde(default = "ten_second_window")]
+    pub stale_while_revalidate: Window,
+    #[serde(default = "one_hour_window")]
+    pub stale_if_error: Window,
     /// The optional disk tier.
     #[serde(default)]
     pub disk: Option<DiskFile>,
@@ -67,6 +71,12 @@ fn one_hour() -> Dur {
 }
 fn thirty_seconds() -> Dur {
     Dur(Duration::from_secs(30))
+}
+fn ten_second_window() -> Window {
+    Window(Duration::from_secs(10))
+}
+fn one_hour_window() -> Window {
+    Window(Duration::from_secs(3600))
 }
 
 fn yes() -> bool {

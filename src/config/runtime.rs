@@ -37,6 +37,12 @@ pub(crate) struct CacheSettings {
     /// How long a writer may hold the cache lock (until its response header) before waiters
     /// compete to replace it, and the most a waiter waits in all.
     pub lock_timeout: Duration,
+    /// How long past its freshness a stored object is served at once while one background
+    /// request revalidates it (zero: never), unless the origin says otherwise.
+    pub stale_while_revalidate: Duration,
+    /// How long past its freshness a stored object is served when the origin fails (5xx,
+    /// refused, timed out), unless the origin says otherwise.
+    pub stale_if_error: Duration,
     /// `None`: memory only.
     pub disk: Option<DiskSettings>,
 }

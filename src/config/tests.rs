@@ -420,15 +420,19 @@ fn cache_settings_and_defaults() {
             max_object_size: 1 << 30,
             default_ttl: Duration::from_secs(3600),
             lock_timeout: Duration::from_secs(30),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(3600),
             disk: None,
         }
     );
     assert!(c.gateway.routes[0].cache, "routes use the cache by default");
     let c = Config::from_yaml(&with_cache(
-        "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s",
+        "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s\n    stale_while_revalidate: 0s\n    stale_if_error: 1m",
     ))
     .unwrap();
     let cache = c.gateway.cache.unwrap();
+    assert_eq!(cache.stale_while_revalidate, Duration::ZERO, "0s turns it off");
+    assert_eq!(cache.stale_if_error, Duration::from_secs(60));
     assert_eq!(cache.max_object_size, 8 << 20);
     assert_eq!(cache.default_ttl, Duration::from_secs(300));
     assert_eq!(cache.lock_timeout, Duration::from_secs(2));
@@ -452,7 +456,7 @@ fn cache_problems_name_their_keys() {
     )));
     let _ = std::fs::remove_file(&file);
     assert!(p.contains("gateway.cache.disk.path: "), "{p}");
-    assert!(p.contains("cannot create the directory"), "{p}");
+    assert!(p.contains("is not a directory"), "{p}");
     let ok = std::env::temp_dir().join(format!("agw-config-disk-ok-{}", std::process::id()));
     let p = problems(&with_cache(&format!(
         "    memory: 64MiB\n    disk: {{path: {}, size: 1KiB}}",
@@ -464,7 +468,16 @@ fn cache_problems_name_their_keys() {
     );
     let p = problems(&with_cache("    memory: 64MiB\n    disk: {path: /nonexistent}"));
     assert!(p.contains("missing field `size`"), "{p}");
-    // A valid one: created, and empty again after the probe.
+    // Larger than the file system it would be on.
+    let p = problems(&with_cache(&format!(
+        "    memory: 64MiB\n    disk: {{path: {}, size: 1000000GiB}}",
+        ok.display()
+    )));
+    assert!(
+        p.contains("gateway.cache.disk.size: ") && p.contains("is larger than the file system of"),
+        "{p}"
+    );
+    // A valid one: checked, not created (the gateway creates it at start).
     let c = Config::from_yaml(&with_cache(&format!(
         "    memory: 64MiB\n    disk: {{path: {}, size: 20GiB}}",
         ok.display()
@@ -472,6 +485,14 @@ fn cache_problems_name_their_keys() {
     .unwrap();
     let disk = c.gateway.cache.unwrap().disk.unwrap();
     assert_eq!((disk.path.as_path(), disk.size), (ok.as_path(), 20 << 30));
+    assert!(!ok.exists());
+    // An existing one is probed, and left as it was.
+    std::fs::create_dir_all(&ok).unwrap();
+    assert!(Config::from_yaml(&with_cache(&format!(
+        "    memory: 64MiB\n    disk: {{path: {}, size: 20GiB}}",
+        ok.display()
+    )))
+    .is_ok());
     assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&ok);
     let p = problems(&with_cache("    memory: 64MiB\n    memroy_size: 1"));

@@ -23,6 +23,26 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A duration written with its unit that may be zero (`"0s"`: off), for windows such as
+/// `stale_while_revalidate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window(pub Duration);
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextVisitor {
+            expecting: "a duration with a unit, such as \"10s\" or \"1h\" (\"0s\" turns it off)",
+            parse: |s| match parse_duration(s) {
+                Err(_) if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" => {
+                    Ok(Window(Duration::ZERO))
+                }
+                r => r.map(Window),
+            },
+            from_int: None,
+        })
+    }
+}
+
 /// A size in bytes: `"512"`, `"64KiB"`, `"1MiB"` (also `B`, `KB`, `MB`, `GiB`, `GB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Size(pub u64);
