@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::cache::{cache_json, settled};
 use common::origin::{pattern, Behavior, Origin};
 use common::{client, free_addrs, temp_dir, wait_listening, Gateway, EVENTUALLY};
 use std::net::SocketAddr;
@@ -76,16 +77,6 @@ async fn get(url: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
     (status, cs, r.bytes().await.unwrap().to_vec())
 }
 
-async fn cache_json(admin: SocketAddr) -> serde_json::Value {
-    let r = client()
-        .get(format!("http://{admin}/cache"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-}
-
 async fn delete(admin: SocketAddr, id: &str) -> serde_json::Value {
     let r = client()
         .delete(format!("http://{admin}/cache/content/v1/assets/{id}"))
@@ -94,20 +85,6 @@ async fn delete(admin: SocketAddr, id: &str) -> serde_json::Value {
         .unwrap();
     assert_eq!(r.status(), 200);
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-}
-
-/// Waits until no fill and no disk write is in flight (a disk copy is committed after its fill
-/// ended).
-async fn settled(admin: SocketAddr) {
-    let start = Instant::now();
-    loop {
-        let j = cache_json(admin).await;
-        if j["fills_in_flight"] == 0 && j["disk"]["writes_in_flight"] == 0 {
-            return;
-        }
-        assert!(start.elapsed() < EVENTUALLY, "a fill never ended: {j}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn eventually(what: &str, cond: impl Fn() -> bool) {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ca;
+pub mod cache;
 pub mod dns;
 pub mod origin;
 
