@@ -135,6 +135,7 @@ impl DiskStore {
         }
         let s = store.stats();
         metrics.disk_bytes.set(s.bytes as i64);
+        metrics.disk_damaged.inc_by(found.damaged as u64);
         if found.legacy > 0 {
             log::info!(
                 "cache: deleted {} disk objects of the previous format (no checksums)",

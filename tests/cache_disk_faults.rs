@@ -1,0 +1,622 @@
+//! The disk tier against faults, with the real binary: SIGKILL during concurrent fills (many
+//! rounds), damaged files, a full file system (a real tmpfs), meta rewrites racing lookups,
+//! and two processes on one directory during an upgrade. After each, every asset is checked
+//! byte for byte against the origin. No test asserts on time.
+
+mod common;
+
+use bytes::Bytes;
+use common::cache::{cache_json, settled};
+use common::origin::{pattern, Behavior, Origin, Reply, Seen};
+use common::{client, free_addrs, signal, temp_dir, wait_listening, Gateway, EVENTUALLY};
+use futures::FutureExt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+fn yaml(origin: SocketAddr, admin: SocketAddr, disk: &Path, memory: &str, size: &str) -> String {
+    format!(
+        r#"threads: 2
+grace_period_seconds: 60
+graceful_shutdown_timeout_seconds: 1
+gateway:
+  listen: ["{{listen}}"]
+  admin: "{admin}"
+  cache:
+    memory: {memory}
+    disk: {{path: "{}", size: {size}}}
+  upstreams:
+    assets:
+      peers: ["{origin}"]
+      read_timeout: 60s
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+"#,
+        disk.display()
+    )
+}
+
+struct Setup {
+    gw: Gateway,
+    admin: SocketAddr,
+    yaml: String,
+}
+
+fn start(origin: &Origin, disk: &Path, memory: &str, size: &str) -> Setup {
+    let [listen, admin] = free_addrs();
+    let yaml = yaml(origin.addr, admin, disk, memory, size);
+    let gw = Gateway::start_at(&yaml, &[], listen);
+    wait_listening(admin);
+    Setup { gw, admin, yaml }
+}
+
+impl Setup {
+    /// SIGKILLs the gateway (dropping it does) and starts it again on the same directory.
+    fn kill_and_restart(&mut self) {
+        let listen = self.gw.addr;
+        // The old one goes first: the new one binds the same addresses.
+        let _ = self.gw.child().kill();
+        let _ = self.gw.child().wait();
+        self.gw = Gateway::start_at(&self.yaml, &[], listen);
+        wait_listening(self.admin);
+    }
+}
+
+fn id(i: usize) -> String {
+    format!("0c1c2a7e-9b4d-4e8a-8c21-5d6f7a8b{i:04}")
+}
+
+/// A body of `len` bytes no other asset shares (a seeded xorshift).
+fn random_body(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Serves `body` with `ETag: "<etag>"` and `max-age`, and 304 to a request that names the
+/// ETag.
+fn versioned(body: Bytes, etag: String, max_age: u32) -> Behavior {
+    Behavior::Respond(Arc::new(move |req: Seen| {
+        let (body, etag) = (body.clone(), etag.clone());
+        async move {
+            let headers =
+                format!("content-type: video/mp4\r\netag: {etag}\r\ncache-control: max-age={max_age}\r\n");
+            if req.header("if-none-match") == Some(etag.as_str()) {
+                return Reply {
+                    status: 304,
+                    headers,
+                    body: None,
+                };
+            }
+            Reply {
+                status: 200,
+                headers,
+                body: Some(body),
+            }
+        }
+        .boxed()
+    }))
+}
+
+/// GETs `url` (with `range`); `Err` if the response did not arrive whole.
+async fn fetch(url: &str, range: Option<(usize, usize)>) -> Result<(u16, String, Vec<u8>), String> {
+    let mut req = client().get(url);
+    if let Some((a, b)) = range {
+        req = req.header("range", format!("bytes={a}-{b}"));
+    }
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let cs = r
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = r.bytes().await.map_err(|e| e.to_string())?;
+    Ok((status, cs, body.to_vec()))
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SIGKILL at a random moment of concurrent fills, disk commits and meta rewrites, twelve
+/// rounds; after each restart every asset is fetched whole and compared byte for byte with
+/// the origin's (and a range of each), whether it comes from the disk tier or the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
+    let origin = Origin::start().await;
+    let dir = temp_dir();
+    let disk = dir.join("disk");
+    let assets: Vec<(String, Bytes)> = (0..20)
+        .map(|i| {
+            // 10 KiB to 3 MiB: the largest do not fit `memory` and fill to disk only.
+            let len = 10_240 + i * i * 8_000;
+            (id(i), random_body(i as u64 + 1, len))
+        })
+        .collect();
+    for (i, (id, body)) in assets.iter().enumerate() {
+        // Half of them go stale within a second: their revalidations rewrite metas.
+        let max_age = if i % 2 == 0 { 1 } else { 3600 };
+        origin.set(id, versioned(body.clone(), format!("\"{i}\""), max_age));
+    }
+    let mut s = start(&origin, &disk, "2MiB", "64MiB");
+    let mut seed = 0x5eed_u64;
+    let mut stored = 0;
+    for round in 0..12 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wrong = Arc::new(AtomicUsize::new(0));
+        let load: Vec<_> = (0..6)
+            .map(|c| {
+                let (assets, stop, wrong) = (assets.clone(), stop.clone(), wrong.clone());
+                let base = s.gw.asset_url("");
+                tokio::spawn(async move {
+                    let mut n = round * 7 + c;
+                    while !stop.load(Ordering::SeqCst) {
+                        n = (n * 31 + 17) % assets.len();
+                        let (id, body) = &assets[n];
+                        // A response that arrives whole must be right; one cut by the kill is
+                        // not a wrong body.
+                        if let Ok((200, _, got)) = fetch(&format!("{base}{id}"), None).await {
+                            if got != body[..] {
+                                wrong.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(100 + seed % 900)).await;
+        s.kill_and_restart();
+        stop.store(true, Ordering::SeqCst);
+        for l in load {
+            l.await.unwrap();
+        }
+        assert_eq!(
+            wrong.load(Ordering::SeqCst),
+            0,
+            "round {round}: a wrong body under load"
+        );
+        let hits_before = stored;
+        for (id, body) in &assets {
+            let url = s.gw.asset_url(id);
+            let (status, cs, got) = fetch(&url, None)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, {id}: {e}"));
+            assert_eq!(status, 200, "round {round}, {id}");
+            assert!(
+                got == body[..],
+                "round {round}, {id} ({cs}): {} bytes, not the origin's",
+                got.len()
+            );
+            if cs.contains("; hit") {
+                stored += 1;
+            }
+            let (a, b) = (body.len() / 3, body.len() / 3 + 5000);
+            let (status, _, got) = fetch(&url, Some((a, b))).await.unwrap();
+            assert_eq!(status, 206);
+            assert!(
+                got == body[a..=b],
+                "round {round}, {id}: a range, not the origin's bytes"
+            );
+        }
+        eprintln!(
+            "round {round}: {} of {} assets were disk hits after the restart",
+            stored - hits_before,
+            assets.len()
+        );
+    }
+    assert!(
+        stored > 0,
+        "no round found anything on disk: the test checked nothing"
+    );
+    let m = common::scrape(s.admin).await;
+    assert_eq!(
+        common::metric(&m, "asset_gateway_cache_disk_damaged_total"),
+        Some(0.0),
+        "{m}"
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The object files in `disk`: for each asset, (body file, meta file if apart), found by
+/// the body they start with.
+fn object_files(disk: &Path, assets: &[(String, Bytes)]) -> Vec<(PathBuf, Option<PathBuf>)> {
+    let names: Vec<PathBuf> = std::fs::read_dir(disk)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "obj"))
+        .collect();
+    assets
+        .iter()
+        .map(|(_, body)| {
+            let obj = names
+                .iter()
+                .find(|p| std::fs::read(p).unwrap().starts_with(&body[..1000]))
+                .expect("every asset is on disk")
+                .clone();
+            let key = obj
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap()
+                .to_string();
+            let meta = disk.join(format!("{key}.meta"));
+            (obj, meta.exists().then_some(meta))
+        })
+        .collect()
+}
+
+/// Item 2: bytes flipped inside stored objects (in their first block, in a later block, in
+/// their header) and a truncated object: a damaged block is never sent as if whole (the
+/// response ends incomplete), a damaged object is deleted, counted and named in one warning,
+/// and the next request gets the origin's bytes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_objects_are_never_served() {
+    let origin = Origin::start().await;
+    let dir = temp_dir();
+    let disk = dir.join("disk");
+    let assets: Vec<(String, Bytes)> = (0..4)
+        .map(|i| (id(100 + i), random_body(100 + i as u64, 300_000)))
+        .collect();
+    for (id, body) in &assets {
+        origin.set_body(id, body.clone());
+    }
+    let mut s = start(&origin, &disk, "64MiB", "64MiB");
+    for (id, _) in &assets {
+        fetch(&s.gw.asset_url(id), None).await.unwrap();
+    }
+    settled(s.admin).await;
+    let files = object_files(&disk, &assets);
+    let flip = |path: &Path, at: usize| {
+        let mut b = std::fs::read(path).unwrap();
+        b[at] ^= 0x20;
+        std::fs::write(path, b).unwrap();
+    };
+    flip(&files[0].0, 100);
+    flip(&files[1].0, 200_000);
+    match &files[2].1 {
+        Some(meta) => flip(meta, 40),
+        None => flip(&files[2].0, 300_000 + 5),
+    }
+    let f = std::fs::File::options().write(true).open(&files[3].0).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - 1000).unwrap();
+    s.kill_and_restart();
+
+    for (i, (id, body)) in assets.iter().enumerate() {
+        let url = s.gw.asset_url(id);
+        let first = fetch(&url, None).await;
+        match i {
+            // A damaged block: the response ends incomplete, never as a clean wrong body.
+            0 | 1 => assert!(
+                first.is_err(),
+                "asset {i}: {:?}",
+                first.map(|r| (r.0, r.1, r.2.len()))
+            ),
+            // A damaged header or a truncated file: found before a byte is sent: a miss.
+            _ => {
+                let (status, cs, got) = first.unwrap();
+                assert_eq!(
+                    (status, cs.as_str()),
+                    (200, "asset-gateway; fwd=uri-miss; stored"),
+                    "asset {i}"
+                );
+                assert!(got == body[..], "asset {i}");
+            }
+        }
+        settled(s.admin).await;
+        // Then the origin's bytes, stored again.
+        let (status, _, got) = fetch(&url, None).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(got == body[..], "asset {i} after the damage");
+    }
+    let m = common::scrape(s.admin).await;
+    assert_eq!(
+        common::metric(&m, "asset_gateway_cache_disk_damaged_total"),
+        Some(4.0),
+        "{m}"
+    );
+    let warnings: Vec<String> =
+        s.gw.logs()
+            .into_iter()
+            .filter(|l| l.contains("is damaged"))
+            .collect();
+    assert_eq!(warnings.len(), 4, "one warning per damaged object: {warnings:#?}");
+    for (obj, _) in &files {
+        let key = obj
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap();
+        assert!(warnings.iter().any(|w| w.contains(key)), "no warning names {key}");
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 6: a meta rewrite never shows a lookup a missing or torn object. An object on disk
+/// only (larger than `memory`) is always stale (`max-age=0`), so requests revalidate it over
+/// and over, each 304 rewriting its meta while other requests look it up: the origin only
+/// ever sees revalidations, never a refill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_rewrites_never_turn_a_hit_into_a_miss() {
+    let origin = Origin::start().await;
+    let dir = temp_dir();
+    let disk = dir.join("disk");
+    let a = id(200);
+    let body = random_body(200, 1_500_000);
+    origin.set(&a, versioned(body.clone(), "\"r\"".into(), 0));
+    let s = start(&origin, &disk, "1MiB", "64MiB");
+    let url = s.gw.asset_url(&a);
+    assert_eq!(fetch(&url, None).await.unwrap().2, body[..]);
+    settled(s.admin).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop, body) = (url.clone(), stop.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let (status, _, got) = fetch(&url, Some((1000, 1999))).await.unwrap();
+                    assert_eq!(status, 206);
+                    assert!(got == body[1000..2000]);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while origin.requests_for(&a) < 200 && start.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut served = 0;
+    for c in clients {
+        served += c.await.unwrap();
+    }
+    let requests = origin.requests();
+    let refills = requests
+        .iter()
+        .skip(1)
+        .filter(|r| r.target.ends_with(&a) && r.header("if-none-match").is_none())
+        .count();
+    eprintln!(
+        "{served} responses, {} origin requests, {refills} refills",
+        requests.len()
+    );
+    assert!(requests.len() > 20, "too few revalidations to race anything");
+    assert_eq!(
+        refills, 0,
+        "a lookup missed the object while its meta was rewritten"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tmpfs mounted for one test; unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs failed (the test runs as root: CI does)");
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Item 8: a full file system (a real tmpfs, filled up) changes nothing for clients: every
+/// response is whole and right, objects that fit memory are stored there, a fill too large
+/// for memory streams through uncached; one warning says the disk tier stopped, not one per
+/// fill; once space is back, storing resumes by itself (and says so once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_changes_nothing_for_clients() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs the tests as root)");
+        return;
+    }
+    let origin = Origin::start().await;
+    let dir = temp_dir();
+    let disk = dir.join("disk");
+    let fs = Tmpfs::mount(&disk, "8m");
+    let small: Vec<(String, Bytes)> = (0..5)
+        .map(|i| (id(300 + i), random_body(300 + i as u64, 200_000)))
+        .collect();
+    let large = (id(310), random_body(310, 3 << 20));
+    for (id, body) in small.iter().chain([&large]) {
+        origin.set_body(id, body.clone());
+    }
+    let s = start(&origin, &disk, "2MiB", "8MiB");
+    let filler = disk.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+
+    for (id, body) in &small {
+        let (status, cs, got) = fetch(&s.gw.asset_url(id), None).await.unwrap();
+        assert_eq!(
+            (status, cs.as_str()),
+            (200, "asset-gateway; fwd=uri-miss; stored")
+        );
+        assert!(got == body[..]);
+    }
+    let (status, cs, got) = fetch(&s.gw.asset_url(&large.0), None).await.unwrap();
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=uri-miss; detail=disk-unavailable")
+    );
+    assert!(got == large.1[..]);
+    settled(s.admin).await;
+    for (id, body) in &small {
+        let (_, cs, got) = fetch(&s.gw.asset_url(id), None).await.unwrap();
+        assert!(cs.starts_with("asset-gateway; hit"), "{cs}: stored in memory");
+        assert!(got == body[..]);
+    }
+    let j = cache_json(s.admin).await;
+    assert_eq!(j["disk"]["state"], "full", "{j}");
+    let stops = |s: &Setup| s.gw.logs().iter().filter(|l| l.contains("stops storing")).count();
+    assert_eq!(
+        stops(&s),
+        1,
+        "one warning for the change of state, not one per fill"
+    );
+
+    // Space is back: the next object is stored on disk, and the tier says so once.
+    std::fs::remove_file(&filler).unwrap();
+    let (_, cs, got) = fetch(&s.gw.asset_url(&large.0), None).await.unwrap();
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    assert!(got == large.1[..]);
+    settled(s.admin).await;
+    let (_, cs, got) = fetch(&s.gw.asset_url(&large.0), None).await.unwrap();
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(got == large.1[..]);
+    let j = cache_json(s.admin).await;
+    assert_eq!(j["disk"]["state"], "storing", "{j}");
+    assert_eq!(j["disk"]["objects"], 1, "{j}");
+    assert_eq!(
+        s.gw.logs()
+            .iter()
+            .filter(|l| l.contains("stores objects again"))
+            .count(),
+        1
+    );
+    assert_eq!(stops(&s), 1);
+    drop(s);
+    drop(fs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 7: during an upgrade the old and the new process share the disk directory. The new
+/// one's start-up leaves the old one's fills in progress alone; the old one's commits after
+/// that (one of a key the new one stored meanwhile) delete nothing of the new one's; after
+/// the old one exited, every object either stored is a hit in the new one, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_the_disk_during_an_upgrade() {
+    let origin = Origin::start().await;
+    let dir = temp_dir();
+    let disk = dir.join("disk");
+    let [x, y, z, w] = [id(400), id(401), id(402), id(403)];
+    let len = 600_000;
+    origin.set_body(&x, random_body(400, len));
+    origin.set_body(&z, random_body(402, len));
+    let (release, held_y, held_w) = (
+        Arc::new(Notify::new()),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    for (id, held) in [(&y, &held_y), (&w, &held_w)] {
+        origin.set(
+            id,
+            Behavior::HoldAfter {
+                first: 100_000,
+                total: len,
+                release: release.clone(),
+                held: held.clone(),
+            },
+        );
+    }
+    let old = start(&origin, &disk, "64MiB", "64MiB");
+    let url = |id: &str| old.gw.asset_url(id);
+    fetch(&url(&x), None).await.unwrap();
+    settled(old.admin).await;
+    // Two fills on the old process, held by the origin mid-body.
+    let slow: Vec<_> = [y.clone(), w.clone()]
+        .into_iter()
+        .map(|id| {
+            let u = url(&id);
+            tokio::spawn(async move { fetch(&u, None).await })
+        })
+        .collect();
+    eventually("the origin holds both fills", || {
+        held_y.load(Ordering::SeqCst) && held_w.load(Ordering::SeqCst)
+    })
+    .await;
+
+    let new = old.gw.takeover();
+    let sock = old.gw.dir.join("upgrade.sock");
+    eventually("the new process waits for the sockets", || sock.exists()).await;
+    signal(old.gw.pid(), "QUIT");
+    // From here on, new connections reach the new process only.
+    old.gw.wait_for_log(|l| l.contains("listeners closed")).await;
+    // The new process stores z, and y as well (it does not know the old one's fill of y).
+    origin.set(&y, Behavior::Generated { size: len as u64 });
+    let (_, cs, _) = fetch(&url(&z), None).await.unwrap();
+    assert!(cs.ends_with("; stored"), "{cs}");
+    let (_, cs, got) = fetch(&url(&y), None).await.unwrap();
+    assert!(cs.ends_with("; stored"), "{cs}");
+    assert!(got == pattern(0..len as u64));
+    settled(old.admin).await;
+    // The old process finishes its fills (y and w) and commits them, then exits.
+    release.notify_waiters();
+    for f in slow {
+        let (status, _, got) = f.await.unwrap().unwrap();
+        assert_eq!(status, 200);
+        assert!(got == pattern(0..len as u64));
+    }
+    let mut old_gw = old.gw;
+    old_gw.wait_exit();
+    let warnings: Vec<String> = old_gw
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("WARN") && l.contains("asset_gateway::cache"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+
+    // Everything either stored is there: hits in the new process, the origin not asked.
+    let before = origin.asset_requests().len();
+    for (id, want) in [
+        (&x, random_body(400, len).to_vec()),
+        (&y, pattern(0..len as u64)),
+        (&z, random_body(402, len).to_vec()),
+        (&w, pattern(0..len as u64)),
+    ] {
+        let (status, cs, got) = fetch(&new.asset_url(id), None).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(cs.starts_with("asset-gateway; hit"), "{id}: {cs}");
+        assert!(got == want, "{id}");
+    }
+    assert_eq!(origin.asset_requests().len(), before);
+    drop(new);
+    let _ = std::fs::remove_dir_all(&dir);
+}
