@@ -42,7 +42,7 @@ impl Admin {
     }
 
     /// `GET /cache` and `DELETE /cache/<path>`; `None` when the request is not for the cache.
-    fn cache_request(&self, method: &http::Method, path: &str) -> Option<Response<Vec<u8>>> {
+    async fn cache_request(&self, method: &http::Method, path: &str) -> Option<Response<Vec<u8>>> {
         let asset_path = match path.strip_prefix("/cache") {
             Some("") => None,
             Some(rest) if rest.starts_with('/') => Some(rest),
@@ -73,7 +73,7 @@ impl Admin {
             (&http::Method::DELETE, Some(asset_path)) => Some(match self.router.resolve(asset_path) {
                 Resolution::Asset { route, id } => {
                     let tag = policy::asset_tag(&self.router.route(route).template, id.as_str());
-                    let purged = cache.storage.purge_asset(&tag);
+                    let purged = cache.storage.purge_asset(&tag).await;
                     reply(200, "application/json", format!("{{\"purged\":{purged}}}\n"))
                 }
                 Resolution::BadId => reply(400, "text/plain", "not a valid asset id\n"),
@@ -100,7 +100,7 @@ impl ServeHttp for Admin {
             return reply(reject.status, "text/plain", format!("{}\n", reject.message));
         }
         let req = session.req_header();
-        if let Some(answer) = self.cache_request(&req.method, req.uri.path()) {
+        if let Some(answer) = self.cache_request(&req.method, req.uri.path()).await {
             return answer;
         }
         if !downstream::is_allowed_method(&req.method) {

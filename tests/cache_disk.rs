@@ -304,6 +304,7 @@ async fn a_purge_removes_the_disk_copy() {
     get(&gw.asset_url(b), None).await;
     settled(admin).await;
     assert_eq!(objects(&dir.0).len(), 2);
+    // The answer comes once the files are deleted.
     assert_eq!(delete(admin, a).await, serde_json::json!({"purged": true}));
     assert_eq!(objects(&dir.0).len(), 1);
     assert_eq!(cache_json(admin).await["disk"]["objects"], 1);

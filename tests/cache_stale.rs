@@ -149,8 +149,19 @@ async fn let_it_go_stale() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
+/// Waits until `asset_gateway_cache_lookups_total{result}` satisfies `ok` (the metric is
+/// counted when a request's logging runs, a moment after its client has the response).
+async fn wait_for_lookups(admin: SocketAddr, result: &str, ok: impl Fn(f64) -> bool) {
+    let series = format!("asset_gateway_cache_lookups_total{{result=\"{result}\"}}");
+    let start = Instant::now();
+    loop {
+        let m = common::scrape(admin).await;
+        if ok(common::metric(&m, &series).unwrap_or(0.0)) {
+            return;
+        }
+        assert!(start.elapsed() < EVENTUALLY, "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 const BODY: &[u8] = b"the stored asset, 42 bytes long, abcdefghi";
@@ -206,14 +217,7 @@ async fn stale_while_revalidate_serves_at_once_and_revalidates_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.origin.requests_for(&a), 2);
-    let m = common::scrape(s.admin).await;
-    assert!(
-        metric(
-            &m,
-            "asset_gateway_cache_lookups_total{result=\"stale_while_revalidate\"}"
-        ) >= 20.0,
-        "{m}"
-    );
+    wait_for_lookups(s.admin, "stale_while_revalidate", |n| n >= 20.0).await;
     let lines = s.gw.wait_access_lines(22).await;
     assert!(
         lines
@@ -316,12 +320,7 @@ async fn stale_if_error_serves_the_stored_object_when_the_origin_fails() {
     assert_eq!((status, body.as_slice()), (200, BODY));
     assert!(cs.ends_with("; detail=stale-if-error"), "{cs}");
 
-    let m = common::scrape(s.admin).await;
-    assert_eq!(
-        metric(&m, "asset_gateway_cache_lookups_total{result=\"stale_if_error\"}"),
-        3.0,
-        "{m}"
-    );
+    wait_for_lookups(s.admin, "stale_if_error", |n| n == 3.0).await;
     let lines = s.gw.wait_access_lines(13).await;
     assert_eq!(
         lines

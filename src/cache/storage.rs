@@ -96,10 +96,14 @@ impl MemStorage {
 
     /// Removes every stored object of `asset` (the `user_tag` of its keys) from both tiers
     /// and detaches its fills: their readers finish, but they are not stored and new requests
-    /// miss. Returns whether anything was removed.
-    pub(crate) fn purge_asset(&self, asset: &str) -> bool {
-        let on_disk = self.disk.is_some_and(|d| d.purge_asset(asset));
-        self.tier.purge_asset(asset) | on_disk
+    /// miss. Returns whether anything was removed, once the disk files are deleted.
+    pub(crate) async fn purge_asset(&self, asset: &str) -> bool {
+        let in_memory = self.tier.purge_asset(asset);
+        let on_disk = match self.disk {
+            Some(d) => d.purge_asset(asset).await,
+            None => false,
+        };
+        in_memory | on_disk
     }
 
     /// Removes one key's object from both tiers.

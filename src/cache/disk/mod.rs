@@ -68,9 +68,12 @@ pub(crate) struct DiskStore {
 pub(crate) fn check_path(path: &Path) -> Result<u64, String> {
     let mut existing = path;
     while !existing.exists() {
-        existing = existing
-            .parent()
-            .ok_or_else(|| "no existing parent directory".to_string())?;
+        existing = match existing.parent() {
+            // A relative path's last parent is the working directory.
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return Err("no existing parent directory".to_string()),
+        };
     }
     if !existing.is_dir() {
         return Err(format!("{} is not a directory", existing.display()));
@@ -175,15 +178,21 @@ impl DiskStore {
     }
 
     /// Removes every disk object of `asset` and stops its writes in progress from being
-    /// published.
-    pub(crate) fn purge_asset(&'static self, asset: &str) -> bool {
+    /// published; returns once their files are deleted (a purge survives a crash right after
+    /// it answered).
+    pub(crate) async fn purge_asset(&'static self, asset: &str) -> bool {
         let (victims, any) = {
             let mut i = self.index();
             let r = i.purge_asset(asset);
             self.metrics.disk_bytes.set(i.bytes as i64);
             r
         };
-        self.delete(victims);
+        for v in victims {
+            if let Err(e) = pools().write.run(move || self.delete_files(&v)).await {
+                log::warn!("cache: deleting disk object {}: {e}", format::hex(&v.0));
+            }
+            self.index().buried(&v);
+        }
         any
     }
 

@@ -125,7 +125,11 @@ async fn objects_survive_a_reopen_and_junk_is_deleted() {
     r.seek(150_000, Some(150_010)).unwrap();
     assert_eq!(read_all(&mut r).await.unwrap(), &data[150_000..150_010]);
     assert!(r.seek(200_000, None).is_err());
-    assert!(again.purge_asset(&crate::cache::policy::asset_tag("/a/{id}", "one")));
+    assert!(
+        again
+            .purge_asset(&crate::cache::policy::asset_tag("/a/{id}", "one"))
+            .await
+    );
     settle(again).await;
     let start = Instant::now();
     while files(&d).len() != 1 {
@@ -247,7 +251,10 @@ async fn file_system_calls_run_on_the_pools_and_never_under_an_index_lock() {
     let (_, r) = disk.lookup(&kb).await.unwrap().unwrap();
     let mut r: pingora::cache::HitHandler = Box::new(r);
     read_all(&mut r).await.unwrap();
-    assert!(s.purge_asset(&crate::cache::policy::asset_tag("/a/{id}", "k1")));
+    assert!(
+        s.purge_asset(&crate::cache::policy::asset_tag("/a/{id}", "k1"))
+            .await
+    );
     s.remove_key(&kb);
     let other = key(&on_disk[1]).combined_bin();
     let id = disk.index().get(&other).map(|e| e.id);

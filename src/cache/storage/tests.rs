@@ -206,7 +206,10 @@ async fn eviction_is_lru_and_bounded() {
     let present = |id: &'static str| async move { s.lookup(&key(id), &span()).await.unwrap().is_some() };
     assert!(present("a").await && present("c").await && present("d").await);
     assert!(!present("b").await, "b was the least recently used");
-    assert!(s.purge_asset(&crate::cache::policy::asset_tag("/a/{id}", "a")));
+    assert!(
+        s.purge_asset(&crate::cache::policy::asset_tag("/a/{id}", "a"))
+            .await
+    );
     assert!(!present("a").await);
     assert_eq!(s.stats().memory.objects, 2);
 }
