@@ -88,11 +88,18 @@ lock = threading.Lock()
 stop = threading.Event()
 
 
+T0 = time.monotonic()
+unexpected = []
+
+
 def record(outcome, detail=None):
     with lock:
         results[outcome] += 1
         if detail and len(wrong) < 20:
             wrong.append(detail)
+        if outcome.startswith("unexpected") or "outside" in outcome:
+            if len(unexpected) < 20:
+                unexpected.append((round(time.monotonic() - T0, 1), outcome, detail))
 
 
 def client_worker(assets, seed):
@@ -109,10 +116,23 @@ def client_worker(assets, seed):
             headers["Range"] = f"bytes={a}-{b}"
         t0 = time.monotonic()
         try:
+            reused = conn is not None
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=30)
-            conn.request("GET", f"/content/v1/assets/{asset}", headers=headers)
-            r = conn.getresponse()
+            try:
+                conn.request("GET", f"/content/v1/assets/{asset}", headers=headers)
+                r = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # The server closed the idle kept-alive connection as the request went out
+                # (an upgrade's old process closes its idle connections): retry once on a new
+                # connection, as HTTP clients do.
+                record("retried after a kept-alive connection closed")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=30)
+                conn.request("GET", f"/content/v1/assets/{asset}", headers=headers)
+                r = conn.getresponse()
             data = r.read()
             etag = r.getheader("etag", "")
             cs = r.getheader("cache-status", "")
@@ -134,14 +154,14 @@ def client_worker(assets, seed):
             elif r.status in (502, 503, 504):
                 # Only an asset with no stored object (never stored, or purged) can fail while
                 # the origin is down; any other 5xx is unexpected.
-                record(f"{r.status} during an outage" if in_outage(t0) else f"unexpected {r.status}")
+                record(f"{r.status} during an outage" if in_outage(t0) else f"unexpected {r.status}", f"{asset} {cs}")
             else:
                 record(f"unexpected {r.status}")
         except Exception as e:
             # A connection cut by the gateway's kill or upgrade, or an incomplete (never wrong)
             # body.
             where = "during an outage" if in_outage(t0) else "outside outages"
-            record(f"error {type(e).__name__} {where}")
+            record(f"error {type(e).__name__} {where}", f"{asset}: {e}")
             if conn is not None:
                 conn.close()
             conn = None
@@ -180,6 +200,7 @@ gateway:
       connect_timeout: 500ms
       read_timeout: 5s
       idle_timeout: 2s
+      passive_ejection: {{failures: 3, cooldown: 1s}}
   routes:
     - path: /content/v1/assets/{{id}}
       upstream: assets
@@ -282,7 +303,8 @@ def main():
                 proc.wait()
                 proc = gw.start()
             if what != "upgrade":
-                outages[-1] = (outages[-1][0], time.monotonic() + 1.0)
+                # Plus the ejection cool-down (1 s) that lets the restarted origin back in.
+                outages[-1] = (outages[-1][0], time.monotonic() + 2.0)
         s = sample(proc.pid)
         if s:
             series.append((round(now, 1), s))
@@ -314,6 +336,7 @@ def main():
         "events": log_events,
         "outcomes": dict(sorted(results.items())),
         "wrong_examples": wrong,
+        "unexpected_examples": unexpected,
         "gateway_alive_at_end": alive,
         "rss_mib": {"start": start[0] >> 20, "peak": max(rss) >> 20, "at_load_end": at_load_end[0] >> 20,
                     "after_12s_idle": end[0] >> 20, "bound": RSS_BOUND >> 20,
