@@ -7,7 +7,7 @@
 
 use crate::cache::{policy, Cache};
 use crate::config::Downstream;
-use crate::routing::{Resolution, Router};
+use crate::routing::{self, Resolution, Router};
 use crate::upstreams::{PeerState, Upstreams};
 use crate::{downstream, headers, metrics};
 use async_trait::async_trait;
@@ -102,7 +102,7 @@ impl ServeHttp for Admin {
         if let Some(answer) = self.cache_request(&req.method, req.uri.path()) {
             return answer;
         }
-        if !downstream::is_allowed_method(&req.method) {
+        if !routing::is_allowed_method(&req.method) {
             return reply(405, "text/plain", "method not allowed\n");
         }
         match req.uri.path() {

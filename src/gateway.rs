@@ -5,11 +5,11 @@
 use crate::attempts::Attempts;
 use crate::cache::{Cache, RequestCache};
 use crate::config::{AccessLogFormat, Settings};
-use crate::downstream::{self, Limits};
+use crate::downstream::Limits;
 use crate::errors::{self, Reject};
 use crate::metrics::RouteMetrics;
 use crate::request_id::RequestId;
-use crate::routing::{AssetId, Resolution, Route, Router};
+use crate::routing::{self, AssetId, Resolution, Route, Router};
 use crate::shutdown::InFlight;
 use crate::upstreams::{Upstream, Upstreams};
 use pingora::proxy::Session;
@@ -133,7 +133,7 @@ impl Gateway {
         if resolution == Resolution::NoRoute {
             return Err(errors::NO_ROUTE);
         }
-        if !downstream::is_allowed_method(&req.method) {
+        if !routing::is_allowed_method(&req.method) {
             return Err(errors::METHOD_NOT_ALLOWED);
         }
         let Resolution::Asset { route, id } = resolution else {

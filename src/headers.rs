@@ -2,7 +2,7 @@
 //! (`X-Content-Type-Options: nosniff`, `X-Request-Id`) and on the answers it makes itself
 //! (the same, plus `Cache-Control: no-store`, a content type and length, `Allow` on 405).
 
-use crate::downstream::ALLOWED_METHODS;
+use crate::routing::ALLOWED_METHODS;
 use crate::request_id::RequestId;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;

@@ -1,10 +1,18 @@
-//! Pure routing: request path -> asset id -> upstream path. No I/O, no Pingora types.
+//! Pure routing: request path -> asset id -> upstream path, and the methods served. No I/O, no
+//! Pingora types.
 //!
 //! Matching is done on the path exactly as the client sent it, with no decoding: a route's
 //! literal parts must match byte for byte and the `{id}` segment must be a canonical UUID
 //! (hex digits and four hyphens). Percent-encodings, dot segments, doubled or trailing slashes
 //! therefore can never match, and the only path that goes upstream is the route's rewrite
 //! template with a validated, lower-cased UUID in it.
+
+/// The only methods an asset gateway serves (the proxy and the admin listener alike).
+pub(crate) const ALLOWED_METHODS: [http::Method; 2] = [http::Method::GET, http::Method::HEAD];
+
+pub(crate) fn is_allowed_method(m: &http::Method) -> bool {
+    ALLOWED_METHODS.contains(m)
+}
 
 /// One compiled route.
 #[derive(Debug, Clone)]
