@@ -8,7 +8,7 @@
 //! `RUST_LOG` still decides whether lines are written (target `access`).
 
 use crate::config::AccessLogFormat;
-use crate::fmt::{push_addr, push_json_str, push_ms, push_now, push_u64};
+use crate::fmt::{push_addr, push_ip, push_json_str, push_ms, push_now, push_u64};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -56,6 +56,11 @@ pub(crate) struct AccessRecord<'a> {
     /// What the cache did (`hit`, `collapsed`, `miss-stored`, `miss`, ...); `None` when the
     /// request did not use the cache (the field is then left out).
     pub cache: Option<&'a str>,
+    /// Why access control refused the request (`missing-credentials`, `rate-limit`, ...).
+    pub refused: Option<&'a str>,
+    /// The client's address when it is not the connection's peer (from `X-Forwarded-For`
+    /// behind trusted proxies).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// A field's value, written the way each format writes it.
@@ -65,6 +70,7 @@ enum Value<'a> {
     /// A quoted string in both formats.
     Quoted(&'a str),
     Addr(SocketAddr),
+    Ip(std::net::IpAddr),
     Int(u64),
     Ms(Duration),
     Bool(bool),
@@ -74,12 +80,13 @@ enum Value<'a> {
 
 impl AccessRecord<'_> {
     /// Every field, in order. `None` leaves the field out of the line.
-    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 15] {
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 17] {
         fn or_missing(v: Option<Value<'_>>) -> Option<Value<'_>> {
             Some(v.unwrap_or(Value::Missing))
         }
         [
             ("client", or_missing(self.client.map(Value::Addr))),
+            ("client_ip", self.client_ip.map(Value::Ip)),
             ("proto", Some(Value::Word(self.proto))),
             ("method", Some(Value::Word(self.method))),
             ("path", Some(Value::Quoted(self.path))),
@@ -92,6 +99,7 @@ impl AccessRecord<'_> {
             ("total_ms", Some(Value::Ms(self.total))),
             ("request_id", Some(Value::Word(self.request_id))),
             ("cache", self.cache.map(Value::Word)),
+            ("refused", self.refused.map(Value::Word)),
             ("error", self.error.as_deref().map(Value::Quoted)),
             ("upstream_failures", self.failures.as_deref().map(Value::Quoted)),
         ]
@@ -112,6 +120,7 @@ impl AccessRecord<'_> {
                 Value::Word(s) => line.push_str(s),
                 Value::Quoted(s) => push_json_str(&mut line, s),
                 Value::Addr(a) => push_addr(&mut line, &a),
+                Value::Ip(ip) => push_ip(&mut line, &ip),
                 Value::Int(n) => push_u64(&mut line, n),
                 Value::Ms(d) => push_ms(&mut line, d),
                 Value::Bool(b) => line.push_str(if b { "true" } else { "false" }),
@@ -138,6 +147,11 @@ impl AccessRecord<'_> {
                 Value::Addr(a) => {
                     line.push('"');
                     push_addr(&mut line, &a);
+                    line.push('"');
+                }
+                Value::Ip(ip) => {
+                    line.push('"');
+                    push_ip(&mut line, &ip);
                     line.push('"');
                 }
                 Value::Int(n) => push_u64(&mut line, n),
@@ -247,6 +261,8 @@ mod tests {
             error: error.map(str::to_string),
             failures: None,
             cache: None,
+            refused: None,
+            client_ip: None,
         }
     }
 

@@ -2,9 +2,12 @@
 //! upstream has a usable peer; a DNS upstream has resolved at least once), and with a cache
 //! `GET /cache` (sizes) and `DELETE /cache/<client path of an asset>` (purge). Anything else
 //! is 404. The main listener never serves these.
+//! With `admin_token` every endpoint but the probes needs it; without, purges come only from
+//! loopback (`access::admin`).
 //! Its clients get the main listener's protections: `app` wraps it in the same head deadline,
 //! and each request gets the same head checks and keep-alive rules.
 
+use crate::access::admin::AdminGate;
 use crate::cache::{policy, Cache};
 use crate::config::Downstream;
 use crate::routing::{self, Resolution, Router};
@@ -23,6 +26,8 @@ pub(crate) struct Admin {
     pub cache: Option<&'static Cache>,
     /// To resolve a purge path exactly as the proxy resolves a request path.
     pub router: Router,
+    /// `admin_token`, or loopback-only purges.
+    gate: AdminGate,
 }
 
 impl Admin {
@@ -31,6 +36,7 @@ impl Admin {
         d: &Downstream,
         cache: Option<&'static Cache>,
         router: Router,
+        admin_token: Option<&[u8]>,
     ) -> Admin {
         Admin {
             upstreams,
@@ -38,6 +44,7 @@ impl Admin {
             keepalive_secs: d.keepalive_secs(),
             cache,
             router,
+            gate: AdminGate::new(admin_token),
         }
     }
 
@@ -97,6 +104,10 @@ impl ServeHttp for Admin {
         if let Err(reject) = checked {
             session.set_keepalive(None);
             return reply(reject.status, "text/plain", format!("{}\n", reject.message));
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Some(answer) = self.gate.check(session.req_header(), peer) {
+            return answer;
         }
         let req = session.req_header();
         if let Some(answer) = self.cache_request(&req.method, req.uri.path()) {

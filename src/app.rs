@@ -25,6 +25,7 @@ pub fn run(opt: Opt, config: Config) -> ! {
     let Config {
         server: server_conf,
         gateway: settings,
+        ..
     } = config;
     let gateway = Gateway::build(&settings).unwrap_or_else(|e| {
         eprintln!("asset-gateway: {e}");
@@ -53,6 +54,9 @@ pub fn run(opt: Opt, config: Config) -> ! {
     for service in gateway.upstreams.services() {
         server.add_boxed_service(service);
     }
+    if let Some(service) = gateway.access.jwks_service() {
+        server.add_boxed_service(service);
+    }
     let header_timeout = settings.downstream.header_timeout;
     if let Some(addr) = &settings.admin {
         let admin = Admin::new(
@@ -60,6 +64,7 @@ pub fn run(opt: Opt, config: Config) -> ! {
             &settings.downstream,
             gateway.cache,
             gateway.router.clone(),
+            settings.access.admin_token.as_deref(),
         );
         let mut admin = Service::new(
             "admin".to_string(),

@@ -2,6 +2,7 @@
 //! the per-request context its hooks share, with the two decisions made before any upstream
 //! work: whether a request is admitted, and which upstream serves it.
 
+use crate::access::{Access, RequestAccess};
 use crate::attempts::Attempts;
 use crate::cache::{Cache, RequestCache};
 use crate::config::{AccessLogFormat, Settings};
@@ -33,25 +34,33 @@ pub(crate) struct Gateway {
     pub(crate) cache: Option<&'static Cache>,
     /// Indexed like the routes: whether the route's responses go through the cache.
     pub(crate) cache_routes: Vec<bool>,
+    /// Who may fetch: CORS, rate limits, signed URLs and tokens.
+    pub(crate) access: Access,
+}
+
+/// The router of the configured routes (the proxy's, the admin's, `sign`'s).
+pub(crate) fn router(s: &Settings) -> Router {
+    let routes: Vec<Route> = s
+        .routes
+        .iter()
+        .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.forward_query))
+        .collect();
+    Router::new(routes)
 }
 
 impl Gateway {
     /// Builds the runtime structures from settings `config` has already checked; only the
     /// metric families can still fail to register.
     pub(crate) fn build(s: &Settings) -> std::result::Result<Gateway, String> {
-        let routes: Vec<Route> = s
+        let route_metrics = s
             .routes
-            .iter()
-            .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.forward_query))
-            .collect();
-        let route_metrics = routes
             .iter()
             .map(|r| r.template.as_str())
             .chain(["unmatched"])
             .map(RouteMetrics::new)
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Gateway {
-            router: Router::new(routes),
+            router: router(s),
             upstreams: Arc::new(Upstreams::build(&s.upstreams)?),
             route_metrics,
             keepalive_secs: s.downstream.keepalive_secs(),
@@ -61,6 +70,7 @@ impl Gateway {
             access_log: s.access_log,
             cache: s.cache.as_ref().map(Cache::build).transpose()?,
             cache_routes: s.routes.iter().map(|r| r.cache).collect(),
+            access: Access::build(s)?,
         })
     }
 }
@@ -75,6 +85,7 @@ pub(crate) struct Ctx {
     /// The status `fail_to_proxy` wrote, if it could write one.
     pub(crate) error_status: Option<u16>,
     pub(crate) cache: RequestCache,
+    pub(crate) access: RequestAccess,
     _in_flight: InFlight,
 }
 
@@ -108,6 +119,7 @@ impl Ctx {
             },
             error_status: None,
             cache: RequestCache::default(),
+            access: RequestAccess::default(),
             _in_flight: InFlight::start(),
         }
     }
@@ -133,7 +145,10 @@ impl Gateway {
         if resolution == Resolution::NoRoute {
             return Err(errors::NO_ROUTE);
         }
-        if !routing::is_allowed_method(&req.method) {
+        // `OPTIONS` only for CORS preflights, which `access` answers.
+        let preflight = req.method == http::Method::OPTIONS
+            && matches!(resolution, Resolution::Asset { route, .. } if self.access.has_cors(route));
+        if !routing::is_allowed_method(&req.method) && !preflight {
             return Err(errors::METHOD_NOT_ALLOWED);
         }
         let Resolution::Asset { route, id } = resolution else {

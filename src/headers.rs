@@ -2,8 +2,8 @@
 //! (`X-Content-Type-Options: nosniff`, `X-Request-Id`) and on the answers it makes itself
 //! (the same, plus `Cache-Control: no-store`, a content type and length, `Allow` on 405).
 
-use crate::routing::ALLOWED_METHODS;
 use crate::request_id::RequestId;
+use crate::routing::ALLOWED_METHODS;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the path of one request through the hooks and where each concern
 //! lives. Only what `main.rs` needs is public.
 
+mod access;
 mod access_log;
 mod admin;
 pub mod app;
@@ -24,4 +25,5 @@ mod routing;
 mod shutdown;
 mod upstreams;
 
+pub use access::sign;
 pub use config::{Config, ConfigError};

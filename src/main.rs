@@ -1,6 +1,6 @@
 //! `asset-gateway -c <file> [-t] [-d] [-u]`: Pingora's usual flags.
 
-use asset_gateway::{app, logging, Config};
+use asset_gateway::{app, logging, sign, Config};
 use pingora::server::configuration::Opt;
 use std::process::exit;
 
@@ -11,6 +11,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     logging::init();
+    if std::env::args().nth(1).as_deref() == Some("sign") {
+        exit(sign::main(std::env::args().skip(2)));
+    }
     let mut opt = Opt::parse_args();
     // We read the file ourselves (Pingora would ignore unknown keys); Pingora must not
     // read it again.
@@ -22,6 +25,9 @@ fn main() {
         eprintln!("{e}");
         exit(1);
     });
+    for w in &config.warnings {
+        eprintln!("{path}: warning: {w}");
+    }
     if opt.test {
         println!("{path}: configuration OK");
         exit(0);

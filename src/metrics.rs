@@ -28,6 +28,7 @@ struct Families {
     peer_healthy: IntGaugeVec,
     upstream_peers: IntGaugeVec,
     dns_resolutions: IntCounterVec,
+    refusals: IntCounterVec,
 }
 
 static FAMILIES: OnceLock<Families> = OnceLock::new();
@@ -121,6 +122,11 @@ impl Families {
                 "DNS discovery polls by outcome: ok (peers found), empty (no A/AAAA record; the last peers are kept), error (lookup failed; the last peers are kept).",
                 &["upstream", "result"],
             )?,
+            refusals: counter(
+                "asset_gateway_refusals_total",
+                "Requests refused by access control, by route and reason (missing-credentials, url-*, jwt-*, rate-limit, cors-refused).",
+                &["route", "reason"],
+            )?,
             active,
             peer_healthy,
             upstream_peers,
@@ -141,6 +147,8 @@ pub(crate) struct RouteMetrics {
     requests: [IntCounter; 6],
     duration: Histogram,
     body_bytes: IntCounter,
+    /// Indexed like `access::Reason::ALL`.
+    refusals: Vec<IntCounter>,
 }
 
 impl RouteMetrics {
@@ -150,7 +158,18 @@ impl RouteMetrics {
             requests: STATUS_CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
             duration: f.duration.with_label_values(&[route]),
             body_bytes: f.body_bytes.with_label_values(&[route]),
+            refusals: crate::access::Reason::ALL
+                .iter()
+                .map(|r| f.refusals.with_label_values(&[route, r.as_str()]))
+                .collect(),
         })
+    }
+
+    /// Counts a request that access control refused.
+    pub(crate) fn refused(&self, reason: crate::access::Reason) {
+        if let Some(c) = self.refusals.get(reason.index()) {
+            c.inc();
+        }
     }
 
     /// Records a finished request; `status` is `None` when no response was sent.
@@ -353,5 +372,60 @@ impl CacheMetrics {
     /// `result` is one of a fixed set of words, so the label lookup stays cheap.
     pub(crate) fn lookup(&self, result: &str) {
         self.lookups.with_label_values(&[result]).inc();
+    }
+}
+
+/// The JWK set's refreshes and size (with `gateway.auth.jwt`).
+pub(crate) struct JwksMetrics {
+    ok: IntCounter,
+    error: IntCounter,
+    keys: IntGauge,
+}
+
+static JWKS: OnceLock<(IntCounterVec, IntGauge)> = OnceLock::new();
+
+impl JwksMetrics {
+    pub(crate) fn get() -> Result<JwksMetrics, String> {
+        let (refreshes, keys) = match JWKS.get() {
+            Some(m) => m,
+            None => {
+                let made = Self::families().map_err(|e| format!("metrics: {e}"))?;
+                JWKS.get_or_init(|| made)
+            }
+        };
+        Ok(JwksMetrics {
+            ok: refreshes.with_label_values(&["ok"]),
+            error: refreshes.with_label_values(&["error"]),
+            keys: keys.clone(),
+        })
+    }
+
+    fn families() -> prometheus::Result<(IntCounterVec, IntGauge)> {
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "asset_gateway_jwks_refreshes_total",
+                "JWK set reloads (file) or fetches (jwks_url) by result; on error the last good keys are kept.",
+            ),
+            &["result"],
+        )?;
+        register(Box::new(refreshes.clone()));
+        let keys = IntGauge::new(
+            "asset_gateway_jwks_keys",
+            "Usable keys in the JWK set bearer tokens are checked against.",
+        )?;
+        register(Box::new(keys.clone()));
+        Ok((refreshes, keys))
+    }
+
+    pub(crate) fn refreshed(&self, ok: bool) {
+        if ok {
+            self.ok.inc()
+        } else {
+            self.error.inc()
+        }
+    }
+
+    pub(crate) fn keys(&self, n: usize) {
+        self.keys.set(n as i64);
     }
 }

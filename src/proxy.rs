@@ -77,7 +77,8 @@ impl ProxyHttp for Gateway {
         match self.admit(session) {
             Ok(matched) => {
                 ctx.route = Some(matched);
-                Ok(false)
+                // Who may fetch, before the cache: CORS preflight, rate limit, credentials.
+                self.access.on_request(session, ctx).await
             }
             Err(reject) => {
                 if !session.is_body_empty() {
@@ -149,6 +150,10 @@ impl ProxyHttp for Gateway {
     /// Picks the first peer before proxying starts, so that when every peer is known to be
     /// down the answer is an immediate 502 on a connection that stays open.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // A rate limit that counts only requests going upstream (hits never get here).
+        if !self.access.on_upstream(session, ctx).await? {
+            return Ok(false);
+        }
         let Some(upstream) = self.upstream_of(ctx) else {
             return Ok(true);
         };
@@ -270,6 +275,7 @@ impl ProxyHttp for Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         req.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP })?;
         req.insert_header("x-request-id", ctx.request_id.header())?;
+        self.access.upstream_request(req, ctx)?;
         // Hop-by-hop request headers are removed by Pingora's default upstream request
         // policy before this hook runs (those the client named in `Connection` already went
         // in `request_filter`).
@@ -321,6 +327,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         headers::stamp(resp, &ctx.request_id);
+        self.access.on_response(resp, ctx);
         // Per request, so here and not in `upstream_response_filter` (what that leaves in
         // the header is stored with the object).
         if let Some(outcome) = Cache::outcome(session.cache.phase(), &ctx.cache) {
@@ -387,6 +394,9 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map_or(self.route_metrics.len() - 1, |m| m.index);
         self.route_metrics[route].record(status, total, session.body_bytes_sent());
+        if let Some(reason) = ctx.access.refused {
+            self.route_metrics[route].refused(reason);
+        }
         // From the phase at the end, not the one the header reported: a fill that failed
         // after the header was sent is logged as not stored.
         let cache_outcome = Cache::outcome(session.cache.phase(), &ctx.cache);
@@ -418,6 +428,8 @@ impl ProxyHttp for Gateway {
             error: e.map(errors::describe),
             failures: a.failures_for_log(e.is_some()),
             cache: cache_outcome.map(|o| o.log_word()),
+            refused: ctx.access.refused.map(|r| r.as_str()),
+            client_ip: ctx.access.client_ip,
         };
         access_log::write(&record, format);
     }

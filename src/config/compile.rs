@@ -126,6 +126,7 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         .collect();
     let routes = routes(&g, &mut p);
     let cache = g.cache.as_ref().and_then(|c| cache(c, &mut p));
+    let access = super::access::compile(g.admin_token.as_ref(), &g.auth, &g.client_ip, &mut p);
 
     if !p.is_empty() {
         return Err(p);
@@ -140,6 +141,7 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         upstreams,
         routes,
         cache,
+        access,
     })
 }
 
@@ -286,6 +288,7 @@ fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
                 upstream,
                 forward_query: route.query == QueryPolicy::Forward,
                 cache: g.cache.is_some() && route.cache != Some(false),
+                access: super::access::compile_route(&key, route, &g.auth, p),
             }),
             None => {
                 let defined: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();

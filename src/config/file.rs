@@ -2,6 +2,10 @@
 //! refuses unknown keys, and nothing outside `config` sees them (`compile` turns them into
 //! the runtime types).
 
+use super::auth::{AuthFile, AuthMethod};
+use super::client_ip::ClientIpFile;
+use super::cors::CorsFile;
+use super::rate_limit::RateLimitFile;
 use super::units::{Dur, Size};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -33,6 +37,13 @@ pub(super) struct GatewayFile {
     /// The response cache; absent = no cache.
     #[serde(default)]
     pub cache: Option<CacheFile>,
+    /// Needed by every admin endpoint but `/healthz` and `/readyz` (see `access`).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub client_ip: ClientIpFile,
 }
 
 /// `gateway.cache`: `memory` is required (it is what turns the cache on).
@@ -392,6 +403,13 @@ pub(super) struct RouteFile {
     /// `gateway.cache` is set.
     #[serde(default)]
     pub cache: Option<bool>,
+    /// Any one admits; absent or empty: public (see `access`).
+    #[serde(default)]
+    pub auth: Vec<AuthMethod>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitFile>,
+    #[serde(default)]
+    pub cors: Option<CorsFile>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]

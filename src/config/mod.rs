@@ -9,8 +9,13 @@
 //! - `runtime`: what the rest of the gateway reads;
 //! - `tls`: PEM files read and parsed at start.
 
+mod access;
+mod auth;
+mod client_ip;
 mod compile;
+mod cors;
 mod file;
+mod rate_limit;
 mod runtime;
 mod tls;
 mod units;
@@ -18,8 +23,14 @@ mod units;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use access::{AccessSettings, RouteAccess};
+pub(crate) use auth::{AuthMethod, JwksSource, JwtSettings};
+pub(crate) use client_ip::ClientIpSettings;
+pub(crate) use cors::CorsSettings;
 pub(crate) use file::{AccessLogFormat, Selection};
+pub(crate) use rate_limit::Counts;
 pub(crate) use runtime::*;
+pub(crate) use units::parse_duration;
 
 use pingora::server::configuration::ServerConf;
 use serde_yaml::{Mapping, Value};
@@ -31,6 +42,8 @@ pub struct Config {
     /// Pingora's server settings (threads, pid_file, upgrade_sock, grace periods, ...).
     pub server: ServerConf,
     pub(crate) gateway: Settings,
+    /// What `-t` (and the start) warns about: valid, but probably not what was meant.
+    pub warnings: Vec<String>,
 }
 
 /// Every problem found in a config file. Displayed one per line, each naming its key.
@@ -110,7 +123,11 @@ impl Config {
             },
         };
         match (server, gateway) {
-            (Some(server), Some(gateway)) if problems.is_empty() => Ok(Config { server, gateway }),
+            (Some(server), Some(gateway)) if problems.is_empty() => Ok(Config {
+                warnings: access::warnings(gateway.admin, &gateway.access),
+                server,
+                gateway,
+            }),
             _ => Err(problems),
         }
     }

@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     pub routes: Vec<Route>,
     /// `None`: no cache.
     pub cache: Option<CacheSettings>,
+    /// `admin_token`, `auth`, `client_ip`.
+    pub access: super::AccessSettings,
 }
 
 /// `gateway.cache`, checked.
@@ -213,4 +215,6 @@ pub(crate) struct Route {
     pub forward_query: bool,
     /// Responses go through the cache (only when `Settings::cache` is set).
     pub cache: bool,
+    /// `auth`, `rate_limit`, `cors`.
+    pub access: super::RouteAccess,
 }
