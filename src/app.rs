@@ -1,7 +1,9 @@
 //! Wiring: the Pingora server, its services and start-up checks.
 
+use crate::access::client_ip::ClientIp;
 use crate::admin::Admin;
 use crate::config::{Config, Listener, ListenerKind, H2};
+use crate::downstream::proxy_protocol::{PreTls, ProxyProtocol};
 use crate::downstream::Guarded;
 use crate::gateway::Gateway;
 use crate::memory::Collector;
@@ -73,6 +75,9 @@ pub fn run(opt: Opt, config: Config) -> ! {
                 header_timeout,
                 h2c: Vec::new(),
                 count_connections: false,
+                max_uri_bytes: settings.downstream.limits.max_uri_bytes,
+                access_log: None,
+                proxy_protocol: None,
             },
         );
         admin.add_tcp(&addr.to_string());
@@ -103,13 +108,27 @@ pub fn run(opt: Opt, config: Config) -> ! {
         .filter(|l| matches!(l.kind, ListenerKind::H2c))
         .map(|l| l.addr)
         .collect();
+    let client_ip = &settings.access.client_ip;
+    let proxy_protocol = client_ip.proxy_protocol.then(|| {
+        Arc::new(ProxyProtocol {
+            trusted: ClientIp::new(client_ip),
+            timeout: header_timeout,
+        })
+    });
     let guarded = Guarded {
         inner: Arc::new(app),
         header_timeout,
         h2c,
         count_connections: true,
+        max_uri_bytes: settings.downstream.limits.max_uri_bytes,
+        access_log: settings.access_log,
+        proxy_protocol: proxy_protocol.clone(),
     };
     let mut proxy = Service::new("asset-gateway".to_string(), guarded);
+    if let Some(pp) = proxy_protocol {
+        // TLS listeners: the header comes before the handshake.
+        proxy.endpoints().set_pre_tls_callback(Arc::new(PreTls(pp)));
+    }
     for listener in &settings.listen {
         proxy.add_listener(listener_config(listener));
     }

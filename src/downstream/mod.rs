@@ -3,6 +3,8 @@
 //! (in `deadline`) a total deadline for receiving a request head, which Pingora lacks.
 
 mod deadline;
+pub(crate) mod proxy_protocol;
+mod request_line;
 
 pub(crate) use deadline::Guarded;
 
