@@ -176,8 +176,8 @@ fn jwt(j: &JwtFile, p: &mut Vec<String>) -> Option<JwtSettings> {
             .map_err(|_| p.push(format!("{KEY}.subject_header: {h:?} is not a header name")))
             .ok()
     });
-    if j.jwks_refresh.0 < Duration::from_secs(10) {
-        p.push(format!("{KEY}.jwks_refresh: must be at least 10s"));
+    if j.jwks_refresh.0 < Duration::from_secs(1) {
+        p.push(format!("{KEY}.jwks_refresh: must be at least 1s"));
     }
     let (source, initial) = match (&j.jwks, &j.jwks_url) {
         (Some(_), Some(_)) => {

@@ -296,9 +296,9 @@ impl AsyncRead for HeaderDeadline {
                         .inner
                         .get_socket_digest()
                         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()));
-                    let elapsed = this.timeout.saturating_sub(
-                        this.deadline.deadline().saturating_duration_since(Instant::now()),
-                    );
+                    let elapsed = this
+                        .timeout
+                        .saturating_sub(this.deadline.deadline().saturating_duration_since(Instant::now()));
                     this.refusal = Some(Refusal {
                         answer: this.scan.refuse(client, this.log, elapsed),
                         written: 0,

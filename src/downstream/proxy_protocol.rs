@@ -54,7 +54,9 @@ impl ProxyProtocol {
         };
         let header = tokio::time::timeout(self.timeout, read_header(stream))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no PROXY header within header_timeout"))??;
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "no PROXY header within header_timeout")
+            })??;
         let source = source(&header)?;
         if let Some(source) = source {
             let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
@@ -141,7 +143,10 @@ mod tests {
         v6_addrs.extend_from_slice(&"2001:db8::9".parse::<std::net::Ipv6Addr>().unwrap().octets());
         v6_addrs.extend_from_slice(&[0; 16]);
         v6_addrs.extend_from_slice(&[0x00, 0x50, 0x01, 0xbb]);
-        assert_eq!(source(&v2(1, 0x21, &v6_addrs)).unwrap(), Some("[2001:db8::9]:80".parse().unwrap()));
+        assert_eq!(
+            source(&v2(1, 0x21, &v6_addrs)).unwrap(),
+            Some("[2001:db8::9]:80".parse().unwrap())
+        );
         // LOCAL (a health check of the balancer's own): keep the peer.
         assert_eq!(source(&v2(0, 0x00, &[])).unwrap(), None);
         // Too short for its family.

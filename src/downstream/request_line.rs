@@ -102,7 +102,12 @@ impl TargetScan {
     }
 
     /// The complete 414 answer (the connection is closed after it), and the access line.
-    pub(crate) fn refuse(&self, client: Option<SocketAddr>, log: Option<AccessLogFormat>, elapsed: Duration) -> Vec<u8> {
+    pub(crate) fn refuse(
+        &self,
+        client: Option<SocketAddr>,
+        log: Option<AccessLogFormat>,
+        elapsed: Duration,
+    ) -> Vec<u8> {
         let id = RequestId::from_client(None);
         let body = errors::json_body(errors::URI_TOO_LONG, id.as_str());
         let mut answer = format!(
@@ -128,7 +133,9 @@ impl TargetScan {
                 upstream_ttfb: None,
                 total: elapsed,
                 request_id: id.as_str(),
-                error: Some("bad request from the client: request target longer than max_uri_bytes".to_string()),
+                error: Some(
+                    "bad request from the client: request target longer than max_uri_bytes".to_string(),
+                ),
                 failures: None,
                 cache: None,
                 refused: None,
@@ -177,7 +184,13 @@ mod tests {
         let answer = String::from_utf8(s.refuse(None, None, Duration::ZERO)).unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 414 "), "{head}");
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
-        assert!(body.starts_with("{\"error\":\"the request target is too long\""), "{body}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(
+            body.starts_with("{\"error\":\"the request target is too long\""),
+            "{body}"
+        );
     }
 }
