@@ -180,6 +180,8 @@ mod tests {
             urls().sign("k1", PATH, 1767225600, Some("w=640")),
             Some(B64.encode(tag.as_ref()))
         );
+        // The value the README prints (also computed there with Python and openssl).
+        assert_eq!(B64.encode(tag.as_ref()), "FX_Skm8DHQ2OKmTrLiZR4M0iisv-GlYr2KmHTPH0yVU");
     }
 
     #[test]
