@@ -196,6 +196,30 @@ pub(crate) fn write(record: &AccessRecord, format: AccessLogFormat) {
     }
 }
 
+/// The access line of a head the connection wrapper answered 414 (Pingora never saw it).
+pub(crate) fn write_refused_head(h: &crate::downstream::RefusedHead<'_>, format: AccessLogFormat) {
+    let record = AccessRecord {
+        client: h.client,
+        proto: "http/1.1",
+        method: h.method,
+        path: h.target,
+        status: 414,
+        body_bytes: h.body_bytes,
+        upstream_peer: None,
+        reused: false,
+        attempts: 0,
+        upstream_ttfb: None,
+        total: h.elapsed,
+        request_id: h.request_id,
+        error: Some("bad request from the client: request target longer than max_uri_bytes".to_string()),
+        failures: None,
+        cache: None,
+        refused: None,
+        client_ip: None,
+    };
+    write(&record, format);
+}
+
 fn writer_loop() {
     loop {
         let batch = {

@@ -1,10 +1,10 @@
 //! Wiring: the Pingora server, its services and start-up checks.
 
-use crate::access::client_ip::ClientIp;
+use crate::access_log;
 use crate::admin::Admin;
 use crate::config::{Config, Listener, ListenerKind, H2};
 use crate::downstream::proxy_protocol::{PreTls, ProxyProtocol};
-use crate::downstream::Guarded;
+use crate::downstream::{Guarded, LogRefused, RefusedHead};
 use crate::gateway::Gateway;
 use crate::memory::Collector;
 use crate::shutdown::ExitWhenDrained;
@@ -76,7 +76,7 @@ pub fn run(opt: Opt, config: Config) -> ! {
                 h2c: Vec::new(),
                 count_connections: false,
                 max_uri_bytes: settings.downstream.limits.max_uri_bytes,
-                access_log: None,
+                log_refused: None,
                 proxy_protocol: None,
             },
         );
@@ -111,7 +111,7 @@ pub fn run(opt: Opt, config: Config) -> ! {
     let client_ip = &settings.access.client_ip;
     let proxy_protocol = client_ip.proxy_protocol.then(|| {
         Arc::new(ProxyProtocol {
-            trusted: ClientIp::new(client_ip),
+            trusted: client_ip.trusted_proxies.clone(),
             timeout: header_timeout,
         })
     });
@@ -121,7 +121,11 @@ pub fn run(opt: Opt, config: Config) -> ! {
         h2c,
         count_connections: true,
         max_uri_bytes: settings.downstream.limits.max_uri_bytes,
-        access_log: settings.access_log,
+        log_refused: settings.access_log.map(|format| {
+            LogRefused(Arc::new(move |h: &RefusedHead<'_>| {
+                access_log::write_refused_head(h, format)
+            }))
+        }),
         proxy_protocol: proxy_protocol.clone(),
     };
     let mut proxy = Service::new("asset-gateway".to_string(), guarded);

@@ -2,7 +2,7 @@
 //! the per-request context its hooks share, with the two decisions made before any upstream
 //! work: whether a request is admitted, and which upstream serves it.
 
-use crate::access::{Access, RequestAccess};
+use crate::access::{self, Access, RequestAccess, RequestRef};
 use crate::attempts::Attempts;
 use crate::cache::{Cache, RequestCache};
 use crate::config::{AccessLogFormat, Settings};
@@ -57,7 +57,7 @@ impl Gateway {
             .iter()
             .map(|r| r.template.as_str())
             .chain(["unmatched"])
-            .map(RouteMetrics::new)
+            .map(|route| RouteMetrics::new(route, &access::Reason::ALL.map(access::Reason::as_str)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Gateway {
             router: router(s),
@@ -122,6 +122,17 @@ impl Ctx {
             access: RequestAccess::default(),
             _in_flight: InFlight::start(),
         }
+    }
+
+    /// What access control needs of this context, once a route matched.
+    pub(crate) fn access(&mut self) -> Option<RequestRef<'_>> {
+        let m = self.route.as_mut()?;
+        Some(RequestRef {
+            route: m.index,
+            upstream_uri: &mut m.upstream_uri,
+            request_id: &self.request_id,
+            state: &mut self.access,
+        })
     }
 
     pub(crate) fn hash_key(&self) -> &[u8] {

@@ -15,6 +15,7 @@ mod errors;
 mod fmt;
 mod gateway;
 mod headers;
+mod jwt;
 pub mod logging;
 mod memory;
 mod metrics;
@@ -23,7 +24,7 @@ mod request_id;
 mod response;
 mod routing;
 mod shutdown;
+pub mod sign;
 mod upstreams;
 
-pub use access::sign;
 pub use config::{Config, ConfigError};

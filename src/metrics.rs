@@ -152,22 +152,24 @@ pub(crate) struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub(crate) fn new(route: &str) -> Result<RouteMetrics, String> {
+    /// `refusal_reasons`: the `reason` labels of access-control refusals, in the order
+    /// [`RouteMetrics::refused`] indexes them.
+    pub(crate) fn new(route: &str, refusal_reasons: &[&str]) -> Result<RouteMetrics, String> {
         let f = families()?;
         Ok(RouteMetrics {
             requests: STATUS_CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
             duration: f.duration.with_label_values(&[route]),
             body_bytes: f.body_bytes.with_label_values(&[route]),
-            refusals: crate::access::Reason::ALL
+            refusals: refusal_reasons
                 .iter()
-                .map(|r| f.refusals.with_label_values(&[route, r.as_str()]))
+                .map(|r| f.refusals.with_label_values(&[route, r]))
                 .collect(),
         })
     }
 
-    /// Counts a request that access control refused.
-    pub(crate) fn refused(&self, reason: crate::access::Reason) {
-        if let Some(c) = self.refusals.get(reason.index()) {
+    /// Counts a request that access control refused, by the index of its reason.
+    pub(crate) fn refused(&self, reason: usize) {
+        if let Some(c) = self.refusals.get(reason) {
             c.inc();
         }
     }

@@ -78,7 +78,7 @@ impl ProxyHttp for Gateway {
             Ok(matched) => {
                 ctx.route = Some(matched);
                 // Who may fetch, before the cache: CORS preflight, rate limit, credentials.
-                self.access.on_request(session, ctx).await
+                self.access.on_request(session, ctx.access()).await
             }
             Err(reject) => {
                 if !session.is_body_empty() {
@@ -151,7 +151,7 @@ impl ProxyHttp for Gateway {
     /// down the answer is an immediate 502 on a connection that stays open.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // A rate limit that counts only requests going upstream (hits never get here).
-        if !self.access.on_upstream(session, ctx).await? {
+        if !self.access.on_upstream(session, ctx.access()).await? {
             return Ok(false);
         }
         let Some(upstream) = self.upstream_of(ctx) else {
@@ -275,7 +275,7 @@ impl ProxyHttp for Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         req.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP })?;
         req.insert_header("x-request-id", ctx.request_id.header())?;
-        self.access.upstream_request(req, ctx)?;
+        self.access.upstream_request(req, &ctx.access)?;
         // Hop-by-hop request headers are removed by Pingora's default upstream request
         // policy before this hook runs (those the client named in `Connection` already went
         // in `request_filter`).
@@ -327,7 +327,8 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         headers::stamp(resp, &ctx.request_id);
-        self.access.on_response(resp, ctx);
+        self.access
+            .on_response(resp, ctx.route.as_ref().map(|m| m.index), &ctx.access);
         // Per request, so here and not in `upstream_response_filter` (what that leaves in
         // the header is stored with the object).
         if let Some(outcome) = Cache::outcome(session.cache.phase(), &ctx.cache) {
@@ -395,7 +396,7 @@ impl ProxyHttp for Gateway {
             .map_or(self.route_metrics.len() - 1, |m| m.index);
         self.route_metrics[route].record(status, total, session.body_bytes_sent());
         if let Some(reason) = ctx.access.refused {
-            self.route_metrics[route].refused(reason);
+            self.route_metrics[route].refused(reason.index());
         }
         // From the phase at the end, not the one the header reported: a fill that failed
         // after the header was sent is logged as not stored.

@@ -67,7 +67,10 @@ async fn fetch(gw: &Gateway, id: &str, xff: Option<&str>) -> (u16, Option<String
     let status = r.status().as_u16();
     let body = r.text().await.unwrap();
     if status == 429 {
-        assert_eq!(body.split("\"request_id\"").next(), Some("{\"error\":\"too many requests from this client\","));
+        assert_eq!(
+            body.split("\"request_id\"").next(),
+            Some("{\"error\":\"too many requests from this client\",")
+        );
     }
     (status, retry)
 }
@@ -87,12 +90,19 @@ async fn a_burst_then_429_with_retry_after_and_other_clients_are_unaffected() {
     assert_eq!(status, 429);
     let retry: u64 = retry.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After: {retry}");
-    assert_eq!(origin.requests().len(), 3, "the refused request reached the origin");
+    assert_eq!(
+        origin.requests().len(),
+        3,
+        "the refused request reached the origin"
+    );
     // Another client has its own bucket.
     assert_eq!(fetch(&gw, A, Some("198.51.100.2")).await.0, 200);
     // The access line names the reason and the client.
     gw.wait_for_log(|l| {
-        l.contains(" access] ") && l.contains("status=429") && l.contains("refused=rate-limit") && l.contains("client_ip=198.51.100.1")
+        l.contains(" access] ")
+            && l.contains("status=429")
+            && l.contains("refused=rate-limit")
+            && l.contains("client_ip=198.51.100.1")
     })
     .await;
 }
@@ -113,7 +123,10 @@ async fn forwarded_for_counts_only_behind_trusted_proxies() {
     )
     .await;
     assert_eq!(fetch(&gw, A, Some("1.1.1.1, 198.51.100.7")).await.0, 200);
-    assert_eq!(fetch(&gw, A, Some("2.2.2.2, 198.51.100.7, 10.1.2.3")).await.0, 200);
+    assert_eq!(
+        fetch(&gw, A, Some("2.2.2.2, 198.51.100.7, 10.1.2.3")).await.0,
+        200
+    );
     assert_eq!(fetch(&gw, A, Some("3.3.3.3, 198.51.100.7")).await.0, 429);
     assert_eq!(fetch(&gw, A, Some("198.51.100.8")).await.0, 200);
 }
@@ -246,7 +259,8 @@ fn proxy_v2(local: bool, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 }
 
 fn request(id: &str, request_id: &str) -> Vec<u8> {
-    format!("GET /content/v1/assets/{id} HTTP/1.1\r\nHost: gw\r\nX-Request-Id: {request_id}\r\n\r\n").into_bytes()
+    format!("GET /content/v1/assets/{id} HTTP/1.1\r\nHost: gw\r\nX-Request-Id: {request_id}\r\n\r\n")
+        .into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +284,10 @@ async fn proxy_protocol_v2_from_a_trusted_balancer_gives_the_client() {
     conn.send(&first).await;
     assert_eq!(conn.response(false).await.unwrap().status, 200);
     let seen = origin.requests();
-    assert_eq!(seen.last().unwrap().header("x-forwarded-for"), Some("203.0.113.7"));
+    assert_eq!(
+        seen.last().unwrap().header("x-forwarded-for"),
+        Some("203.0.113.7")
+    );
     assert!(gw.access_line("pp-1").await.contains("client=203.0.113.7:5555"));
     // The same client on the same connection: its bucket (burst 1) is empty.
     conn.send(&request(A, "pp-2")).await;
@@ -296,7 +313,11 @@ async fn proxy_protocol_v2_from_a_trusted_balancer_gives_the_client() {
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(&request(C, "pp-5")).await;
     let (answer, closed) = conn.read_to_close().await;
-    assert!(closed && answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        closed && answer.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(origin.requests().len(), before);
 
     // An untrusted peer (127.0.0.3) sends no header and is its own client; a header from it
@@ -307,7 +328,11 @@ async fn proxy_protocol_v2_from_a_trusted_balancer_gives_the_client() {
     s.write_all(&request(C, "pp-6")).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     assert!(gw.access_line("pp-6").await.contains("client=127.0.0.3:"));
 
     // On the TLS listener the header comes before the handshake.
@@ -326,8 +351,15 @@ async fn proxy_protocol_v2_from_a_trusted_balancer_gives_the_client() {
     let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     tls.write_all(&request(B, "pp-7")).await.unwrap();
-    let n = tokio::time::timeout(EVENTUALLY, tls.read(&mut buf)).await.unwrap().unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let n = tokio::time::timeout(EVENTUALLY, tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     assert!(gw.access_line("pp-7").await.contains("client=203.0.113.9:7777"));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -4,8 +4,8 @@
 //! (logged once per change of outcome, counted in `asset_gateway_jwks_refreshes_total`). With
 //! a URL, the first fetch runs as the gateway starts; until it succeeds, tokens are refused.
 
-use super::jwt::{Claims, KeySet, Rules, TokenError};
 use crate::config::{JwksSource, JwtSettings};
+use crate::jwt::{Claims, KeySet, Rules, TokenError};
 use crate::metrics::JwksMetrics;
 use async_trait::async_trait;
 use http::HeaderName;

@@ -8,28 +8,26 @@
 //! it: RFC 9111 would keep such responses out of a shared cache) and the signature's `exp`,
 //! `kid` and `sig` leave the upstream target, and so the cache key.
 //!
-//! - `signed_url`, `jwt` + `jwks`: the two credentials; `rate_limit`: buckets in fixed memory;
+//! - `signed_url`, `jwks` (with `crate::jwt`): the two credentials; `rate_limit`: buckets in fixed memory;
 //! - `cors`: preflights and response headers; `client_ip`: who the client is;
-//! - `admin`: who may use the admin API; `sign`: `asset-gateway sign`.
+//! - `admin`: who may use the admin API. (`asset-gateway sign` is the top-level `sign`.)
 
 pub(crate) mod admin;
-pub(crate) mod client_ip;
+mod client_ip;
 mod cors;
 mod jwks;
-pub(crate) mod jwt;
 mod rate_limit;
-pub mod sign;
 pub(crate) mod signed_url;
 
 use crate::config::{AuthMethod, Counts, Settings};
 use crate::errors::{self, Reject};
-use crate::gateway::Ctx;
+use crate::jwt::TokenError;
+use crate::request_id::RequestId;
 use client_ip::ClientIp;
 use cors::Cors;
 use http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue};
 use jwks::{JwksRefresh, Jwt};
-use jwt::TokenError;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::services::ServiceWithDependents;
@@ -138,6 +136,15 @@ pub(crate) struct RequestAccess {
     subject: Option<HeaderValue>,
 }
 
+/// What access control reads and changes of one request's context (see `gateway::Ctx`).
+pub(crate) struct RequestRef<'a> {
+    pub(crate) route: usize,
+    /// The upstream target (and so the cache key): the signature's parameters leave it.
+    pub(crate) upstream_uri: &'a mut http::Uri,
+    pub(crate) request_id: &'a RequestId,
+    pub(crate) state: &'a mut RequestAccess,
+}
+
 /// One route's rules.
 #[derive(Default)]
 struct RouteRules {
@@ -197,45 +204,57 @@ impl Access {
 
     /// `request_filter`, once the route matched: preflight, rate limit (`counts: all`),
     /// authentication. `Ok(true)`: the request was answered here.
-    pub(crate) async fn on_request(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        let Some(rules) = ctx.route.as_ref().and_then(|m| self.routes.get(m.index)) else {
+    pub(crate) async fn on_request(
+        &self,
+        session: &mut Session,
+        r: Option<RequestRef<'_>>,
+    ) -> pingora::Result<bool> {
+        let Some(mut r) = r else { return Ok(false) };
+        let Some(rules) = self.routes.get(r.route) else {
             return Ok(false);
         };
         if let Some(cors) = &rules.cors {
             if session.req_header().method == http::Method::OPTIONS {
-                return self.preflight(session, ctx, cors).await;
+                return self.preflight(session, &mut r, cors).await;
             }
-            ctx.access.cors_origin = cors.allow_origin(session.req_header());
+            r.state.cors_origin = cors.allow_origin(session.req_header());
         }
         if let Some((limiter, Counts::All)) = &rules.limit {
-            if let Err(wait) = limiter.check(self.client(session, ctx)) {
-                return self.refuse(session, ctx, Reason::RateLimited, Some(wait)).await;
+            if let Err(wait) = limiter.check(self.client(session, r.state)) {
+                return self
+                    .refuse(session, &mut r, Reason::RateLimited, Some(wait))
+                    .await;
             }
         }
         if rules.auth.is_empty() {
             return Ok(false);
         }
-        match self.authenticate(&rules.auth, session.req_header(), ctx) {
-            Ok(subject) => ctx.access.subject = subject,
-            Err(reason) => return self.refuse(session, ctx, reason, None).await,
+        match self.authenticate(&rules.auth, session.req_header(), r.upstream_uri.query()) {
+            Ok(subject) => r.state.subject = subject,
+            Err(reason) => return self.refuse(session, &mut r, reason, None).await,
         }
         // Verified: neither the storage decision nor the upstream sees the credentials.
         session.req_header_mut().remove_header(&AUTHORIZATION);
-        if let (Some(m), true) = (ctx.route.as_mut(), rules.auth.contains(&AuthMethod::SignedUrl)) {
-            strip_signature(&mut m.upstream_uri);
+        if rules.auth.contains(&AuthMethod::SignedUrl) {
+            strip_signature(r.upstream_uri);
         }
         Ok(false)
     }
 
     /// `proxy_upstream_filter`: the rate limit that counts only requests going upstream.
     /// `Ok(false)`: refused (answered here).
-    pub(crate) async fn on_upstream(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        let Some(rules) = ctx.route.as_ref().and_then(|m| self.routes.get(m.index)) else {
-            return Ok(true);
-        };
-        if let Some((limiter, Counts::Upstream)) = &rules.limit {
-            if let Err(wait) = limiter.check(self.client(session, ctx)) {
-                self.refuse(session, ctx, Reason::RateLimited, Some(wait)).await?;
+    pub(crate) async fn on_upstream(
+        &self,
+        session: &mut Session,
+        r: Option<RequestRef<'_>>,
+    ) -> pingora::Result<bool> {
+        let Some(mut r) = r else { return Ok(true) };
+        if let Some((limiter, Counts::Upstream)) =
+            self.routes.get(r.route).and_then(|rules| rules.limit.as_ref())
+        {
+            if let Err(wait) = limiter.check(self.client(session, r.state)) {
+                self.refuse(session, &mut r, Reason::RateLimited, Some(wait))
+                    .await?;
                 return Ok(false);
             }
         }
@@ -243,12 +262,16 @@ impl Access {
     }
 
     /// `upstream_request_filter`: the token's subject, when configured.
-    pub(crate) fn upstream_request(&self, req: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<()> {
+    pub(crate) fn upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        state: &RequestAccess,
+    ) -> pingora::Result<()> {
         let name = self.jwt.as_ref().and_then(|j| j.subject_header.as_ref());
         if let Some(name) = name {
             // Never the client's own value of it.
             req.remove_header(name);
-            if let Some(sub) = &ctx.access.subject {
+            if let Some(sub) = &state.subject {
                 req.insert_header(name.clone(), sub.clone())?;
             }
         }
@@ -256,19 +279,16 @@ impl Access {
     }
 
     /// `response_filter`: CORS headers (on hits too; never stored).
-    pub(crate) fn on_response(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
-        let cors = ctx
-            .route
-            .as_ref()
-            .and_then(|m| self.routes.get(m.index)?.cors.as_ref());
+    pub(crate) fn on_response(&self, resp: &mut ResponseHeader, route: Option<usize>, state: &RequestAccess) {
+        let cors = route.and_then(|i| self.routes.get(i)?.cors.as_ref());
         if let Some(cors) = cors {
-            cors.stamp(resp, ctx.access.cors_origin.as_ref());
+            cors.stamp(resp, state.cors_origin.as_ref());
         }
     }
 
     /// The client's address (for the rate limit and the access log).
-    pub(crate) fn client(&self, session: &Session, ctx: &mut Ctx) -> IpAddr {
-        if let Some(ip) = ctx.access.client_ip {
+    fn client(&self, session: &Session, state: &mut RequestAccess) -> IpAddr {
+        if let Some(ip) = state.client_ip {
             return ip;
         }
         let peer = session
@@ -277,7 +297,7 @@ impl Access {
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let client = self.client_ip.resolve(peer, session.req_header());
         if client != peer.to_canonical() {
-            ctx.access.client_ip = Some(client);
+            state.client_ip = Some(client);
         }
         client
     }
@@ -288,17 +308,14 @@ impl Access {
         &self,
         methods: &[AuthMethod],
         req: &RequestHeader,
-        ctx: &Ctx,
+        upstream_query: Option<&str>,
     ) -> Result<Option<HeaderValue>, Reason> {
         let mut failed = None;
         for method in methods {
             match method {
                 AuthMethod::SignedUrl => {
-                    let (Some(urls), Some(m)) = (&self.signed, &ctx.route) else {
-                        continue;
-                    };
-                    let now = unix_now();
-                    match urls.check(req.uri.path(), req.uri.query(), m.upstream_uri.query(), now) {
+                    let Some(urls) = &self.signed else { continue };
+                    match urls.check(req.uri.path(), req.uri.query(), upstream_query, unix_now()) {
                         Ok(()) => return Ok(None),
                         Err(e) => failed = failed.or(Reason::of_url(e)),
                     }
@@ -322,21 +339,26 @@ impl Access {
         Err(failed.unwrap_or(Reason::MissingCredentials))
     }
 
-    async fn preflight(&self, session: &mut Session, ctx: &mut Ctx, cors: &Cors) -> pingora::Result<bool> {
+    async fn preflight(
+        &self,
+        session: &mut Session,
+        r: &mut RequestRef<'_>,
+        cors: &Cors,
+    ) -> pingora::Result<bool> {
         let req = session.req_header();
         let is_preflight = req.headers.contains_key(http::header::ORIGIN)
             && req.headers.contains_key("access-control-request-method");
         if !is_preflight {
-            errors::respond(session, errors::METHOD_NOT_ALLOWED, &ctx.request_id).await?;
+            errors::respond(session, errors::METHOD_NOT_ALLOWED, r.request_id).await?;
             return Ok(true);
         }
         match cors.preflight(req) {
             Some(mut h) => {
-                crate::headers::stamp(&mut h, &ctx.request_id);
+                crate::headers::stamp(&mut h, r.request_id);
                 session.write_response_header(Box::new(h), true).await?;
                 Ok(true)
             }
-            None => self.refuse(session, ctx, Reason::CorsRefused, None).await,
+            None => self.refuse(session, r, Reason::CorsRefused, None).await,
         }
     }
 
@@ -345,15 +367,15 @@ impl Access {
     async fn refuse(
         &self,
         session: &mut Session,
-        ctx: &mut Ctx,
+        r: &mut RequestRef<'_>,
         reason: Reason,
         retry_after: Option<std::time::Duration>,
     ) -> pingora::Result<bool> {
-        ctx.access.refused = Some(reason);
+        r.state.refused = Some(reason);
         let reject = reason.reject();
         let mut extra: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        let rules = ctx.route.as_ref().and_then(|m| self.routes.get(m.index));
-        if reject.status == 401 && rules.is_some_and(|r| r.auth.contains(&AuthMethod::Jwt)) {
+        let rules = self.routes.get(r.route);
+        if reject.status == 401 && rules.is_some_and(|rules| rules.auth.contains(&AuthMethod::Jwt)) {
             let challenge = match reason {
                 Reason::MissingCredentials => "Bearer realm=\"asset-gateway\"",
                 _ => "Bearer realm=\"asset-gateway\", error=\"invalid_token\"",
@@ -365,11 +387,11 @@ impl Access {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             extra.push((RETRY_AFTER, HeaderValue::from(secs.max(1))));
         }
-        if let Some(origin) = &ctx.access.cors_origin {
+        if let Some(origin) = &r.state.cors_origin {
             extra.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
             extra.push((http::header::VARY, HeaderValue::from_static("Origin")));
         }
-        errors::respond_with(session, reject, &ctx.request_id, &extra).await?;
+        errors::respond_with(session, reject, r.request_id, &extra).await?;
         Ok(true)
     }
 }
@@ -388,7 +410,7 @@ fn strip_signature(uri: &mut http::Uri) {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

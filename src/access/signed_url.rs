@@ -181,7 +181,10 @@ mod tests {
             Some(B64.encode(tag.as_ref()))
         );
         // The value the README prints (also computed there with Python and openssl).
-        assert_eq!(B64.encode(tag.as_ref()), "FX_Skm8DHQ2OKmTrLiZR4M0iisv-GlYr2KmHTPH0yVU");
+        assert_eq!(
+            B64.encode(tag.as_ref()),
+            "FX_Skm8DHQ2OKmTrLiZR4M0iisv-GlYr2KmHTPH0yVU"
+        );
     }
 
     #[test]

@@ -5,9 +5,8 @@
 
 use super::auth::{self, AuthFile, AuthMethod, AuthSettings};
 use super::client_ip::{self, ClientIpFile, ClientIpSettings};
-use super::cors::{self, CorsSettings};
-use super::file::RouteFile;
-use super::rate_limit::{self, RateLimit};
+use super::cors::{self, CorsFile, CorsSettings};
+use super::rate_limit::{self, RateLimit, RateLimitFile};
 use std::net::SocketAddr;
 
 /// The gateway-wide settings.
@@ -42,12 +41,17 @@ pub(super) fn compile(
 }
 
 /// `routes[i]`'s keys of this concern; `key` is `gateway.routes[i]`.
-pub(super) fn compile_route(key: &str, r: &RouteFile, auth: &AuthFile, p: &mut Vec<String>) -> RouteAccess {
-    auth::route_auth(key, &r.auth, auth, p);
+pub(super) fn compile_route(
+    key: &str,
+    (methods, limit, cors): (&[AuthMethod], Option<&RateLimitFile>, Option<&CorsFile>),
+    auth: &AuthFile,
+    p: &mut Vec<String>,
+) -> RouteAccess {
+    auth::route_auth(key, methods, auth, p);
     RouteAccess {
-        auth: r.auth.clone(),
-        rate_limit: r.rate_limit.as_ref().and_then(|l| rate_limit::compile(key, l, p)),
-        cors: r.cors.as_ref().and_then(|c| cors::compile(key, c, p)),
+        auth: methods.to_vec(),
+        rate_limit: limit.and_then(|l| rate_limit::compile(key, l, p)),
+        cors: cors.and_then(|c| cors::compile(key, c, p)),
     }
 }
 

@@ -3,7 +3,7 @@
 //! from `${VAR}` and never appear in an error message.
 
 use super::units::Dur;
-use crate::access::jwt::{KeySet, Rules};
+use crate::jwt::{KeySet, Rules};
 use http::HeaderName;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -108,7 +108,7 @@ pub(crate) enum JwksSource {
 /// `gateway.admin_token`: expanded, at least 16 bytes.
 pub(super) fn admin_token(token: Option<&String>, p: &mut Vec<String>) -> Option<Vec<u8>> {
     let token = token?;
-    match super::compile::expand_env(token) {
+    match super::env::expand_env(token) {
         Ok(v) if v.len() >= MIN_ADMIN_TOKEN => Some(v.as_bytes().to_vec()),
         Ok(_) => {
             p.push(format!(
@@ -149,7 +149,7 @@ fn signed_url(s: &SignedUrlFile, p: &mut Vec<String>) -> Option<SignedUrlSetting
             ));
             continue;
         }
-        match super::compile::expand_env(template) {
+        match super::env::expand_env(template) {
             Ok(v) if v.len() >= MIN_SECRET => keys.push((kid.clone(), v.as_bytes().to_vec())),
             Ok(_) => p.push(format!(
                 "{key}: the secret must be at least {MIN_SECRET} bytes (after ${{VAR}} expansion)"

@@ -2,6 +2,7 @@
 //! peer names resolved, TLS files read, `${VAR}` expanded. Every problem is collected with
 //! its key path and all are reported together; nothing is returned half-built.
 
+use super::env::expand_env;
 use super::file::{
     CacheFile, DiscoveryFile, DiskFile, GatewayFile, PeerFile, QueryPolicy, TlsFile, UpstreamFile,
 };
@@ -288,7 +289,12 @@ fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
                 upstream,
                 forward_query: route.query == QueryPolicy::Forward,
                 cache: g.cache.is_some() && route.cache != Some(false),
-                access: super::access::compile_route(&key, route, &g.auth, p),
+                access: super::access::compile_route(
+                    &key,
+                    (&route.auth, route.rate_limit.as_ref(), route.cors.as_ref()),
+                    &g.auth,
+                    p,
+                ),
             }),
             None => {
                 let defined: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();
@@ -563,28 +569,6 @@ fn tls_settings(key: &str, t: &TlsFile, p: &mut Vec<String>) -> Option<Tls> {
         ca,
         client,
     })
-}
-
-/// Expands `${VAR}` from the environment. An unset variable is an error; the expanded value
-/// is a secret and never appears in an error message.
-pub(super) fn expand_env(template: &str) -> Result<HeaderValue, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or("unterminated ${...}")?;
-        let var = &after[..end];
-        if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("${{{var}}} is not a valid variable name"));
-        }
-        let value = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    HeaderValue::from_str(&out)
-        .map_err(|_| "the value (after expansion) is not a valid header value".to_string())
 }
 
 /// `host:port` with a non-empty host and a port from 1 to 65535 (IPv6 in brackets).

@@ -14,6 +14,7 @@ mod auth;
 mod client_ip;
 mod compile;
 mod cors;
+mod env;
 mod file;
 mod rate_limit;
 mod runtime;

@@ -499,3 +499,63 @@ fn cache_problems_name_their_keys() {
     ));
     assert!(p.contains("gateway.routes[0].cache: needs gateway.cache"), "{p}");
 }
+
+#[test]
+fn access_keys_are_checked_with_their_paths() {
+    let with = |gateway: &str, route: &str| {
+        VALID
+            .replace("  upstreams:", &format!("{gateway}  upstreams:"))
+            .replace(
+                "      rewrite: /v1/assets/{id}\n",
+                &format!("      rewrite: /v1/assets/{{id}}\n{route}"),
+            )
+    };
+    let p = problems(&with(
+        "  admin_token: short\n  auth:\n    signed_url:\n      keys: {k1: \"too-short-secret\", \"bad id\": \"0123456789abcdef0123456789abcdef\"}\n    jwt: {jwks_url: \"ftp://x/keys\"}\n  client_ip: {trusted_proxies: [\"10.0.0.0/33\"], proxy_protocol: true}\n",
+        "      auth: [jwt, jwt]\n      rate_limit: {per_client: 100/d, burst: 0}\n      cors: {origins: [\"https://a.example/\"]}\n",
+    ));
+    for expected in [
+        "gateway.admin_token: must be at least 16 bytes",
+        "gateway.auth.signed_url.keys.k1: the secret must be at least 32 bytes",
+        "gateway.auth.signed_url.keys.bad id: key ids use only",
+        "gateway.auth.jwt.jwks_url: \"ftp://x/keys\" is not an http:// or https:// URL",
+        "gateway.client_ip.trusted_proxies[0]: \"10.0.0.0/33\" is not a CIDR range",
+        "gateway.routes[0].auth[1]: jwt is listed twice",
+        "gateway.routes[0].rate_limit.per_client: \"100/d\" is not a rate",
+        "gateway.routes[0].cors.origins[0]: \"https://a.example/\" is not an origin",
+    ] {
+        assert!(p.contains(expected), "missing {expected:?} in:\n{p}");
+    }
+    // The secrets never appear in an error.
+    assert!(!p.contains("too-short-secret"), "{p}");
+    let p = problems(&with("", "      auth: [signed_url]\n"));
+    assert!(
+        p.contains("gateway.routes[0].auth[0]: signed_url needs gateway.auth.signed_url"),
+        "{p}"
+    );
+    let p = problems(&with("  client_ip: {proxy_protocol: true}\n", ""));
+    assert!(
+        p.contains("gateway.client_ip.proxy_protocol: needs trusted_proxies"),
+        "{p}"
+    );
+    let p = problems(&with("  auth: {jwt: {jwks: /nonexistent/jwks.json}}\n", ""));
+    assert!(
+        p.contains("gateway.auth.jwt.jwks: cannot read \"/nonexistent/jwks.json\""),
+        "{p}"
+    );
+
+    let c = Config::from_yaml(&with(
+        "  auth: {signed_url: {keys: {k1: \"0123456789abcdef0123456789abcdef\"}, max_ttl: 1h}}\n",
+        "      auth: [signed_url]\n      rate_limit: {per_client: 100/s}\n",
+    ))
+    .unwrap();
+    let route = &c.gateway.routes[0].access;
+    assert_eq!(route.auth, [AuthMethod::SignedUrl]);
+    let limit = route.rate_limit.unwrap();
+    assert_eq!(
+        (limit.interval, limit.burst, limit.counts),
+        (Duration::from_millis(10), 100, Counts::All)
+    );
+    let keys = c.gateway.access.auth.signed_url.as_ref().unwrap();
+    assert_eq!(keys.max_ttl, Duration::from_secs(3600));
+}

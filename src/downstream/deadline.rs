@@ -16,8 +16,7 @@
 //! with `proxy_protocol`, a trusted peer's PROXY v2 header is read first (`proxy_protocol`).
 
 use super::proxy_protocol::ProxyProtocol;
-use super::request_line::{TargetScan, Verdict};
-use crate::config::AccessLogFormat;
+use super::request_line::{LogRefused, TargetScan, Verdict};
 use crate::shutdown;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -48,8 +47,8 @@ pub(crate) struct Guarded<A> {
     pub count_connections: bool,
     /// Longer request targets are answered 414 by the wrapper.
     pub max_uri_bytes: usize,
-    /// Where the wrapper's own 414s are logged (`None`: not logged).
-    pub access_log: Option<AccessLogFormat>,
+    /// Writes the access line of the wrapper's own 414s (`None`: not logged).
+    pub log_refused: Option<LogRefused>,
     /// PROXY protocol v2 on the plain listeners (TLS ones read it before the handshake).
     pub proxy_protocol: Option<Arc<ProxyProtocol>>,
 }
@@ -71,7 +70,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
             let mut guarded = HeaderDeadline::new(stream, self.header_timeout, h2);
             guarded.max_target = self.max_uri_bytes;
-            guarded.log = self.access_log;
+            guarded.log = self.log_refused.clone();
             if !h2 && self.on_h2c_listener(&guarded) {
                 guarded.detect_h2c().await;
             }
@@ -141,7 +140,7 @@ pub(crate) struct HeaderDeadline {
     held: Vec<u8>,
     /// A 414 being answered by the wrapper.
     refusal: Option<Refusal>,
-    log: Option<AccessLogFormat>,
+    log: Option<LogRefused>,
 }
 
 /// The wrapper's own 414: written, then the rest of the head read and dropped (so the close
@@ -300,7 +299,7 @@ impl AsyncRead for HeaderDeadline {
                         .timeout
                         .saturating_sub(this.deadline.deadline().saturating_duration_since(Instant::now()));
                     this.refusal = Some(Refusal {
-                        answer: this.scan.refuse(client, this.log, elapsed),
+                        answer: this.scan.refuse(client, this.log.as_ref(), elapsed),
                         written: 0,
                         drained: 0,
                         done: false,

@@ -7,6 +7,7 @@ pub(crate) mod proxy_protocol;
 mod request_line;
 
 pub(crate) use deadline::Guarded;
+pub(crate) use request_line::{LogRefused, RefusedHead};
 
 use crate::errors::{self, Reject};
 use http::HeaderName;

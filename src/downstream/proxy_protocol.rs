@@ -10,8 +10,8 @@
 //! after it is consumed. On TLS listeners this runs before the handshake (Pingora's pre-TLS
 //! callback); on plain ones from the connection wrapper.
 
-use crate::access::client_ip::ClientIp;
 use async_trait::async_trait;
+use ipnet::IpNet;
 use pingora::listeners::PreTlsProcess;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -28,11 +28,17 @@ use tokio::io::AsyncReadExt;
 const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 pub(crate) struct ProxyProtocol {
-    pub(crate) trusted: ClientIp,
+    /// `client_ip.trusted_proxies`.
+    pub(crate) trusted: Vec<IpNet>,
     pub(crate) timeout: Duration,
 }
 
 impl ProxyProtocol {
+    fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
     /// A plain connection, as Pingora accepted it: the header read when the peer is trusted.
     /// `None`: the connection is to be dropped.
     pub(crate) async fn accept_plain(&self, stream: Stream) -> Option<Stream> {
@@ -49,7 +55,7 @@ impl ProxyProtocol {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()));
-        let Some(peer) = peer.filter(|p| self.trusted.trusts(p.ip())) else {
+        let Some(peer) = peer.filter(|p| self.trusts(p.ip())) else {
             return Ok(());
         };
         let header = tokio::time::timeout(self.timeout, read_header(stream))

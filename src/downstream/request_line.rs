@@ -4,8 +4,6 @@
 //! crate's limit) and would answer those with a plain 400; here Pingora never sees such a
 //! head, and the wrapper answers as soon as the limit is passed, without reading the rest.
 
-use crate::access_log::{self, AccessRecord};
-use crate::config::AccessLogFormat;
 use crate::errors;
 use crate::request_id::RequestId;
 use std::net::SocketAddr;
@@ -36,6 +34,28 @@ pub(crate) struct TargetScan {
     target_len: usize,
     /// The start of the target, for the access log.
     target_start: Vec<u8>,
+}
+
+/// A head the wrapper answered 414, for the access log (`app` gives the wrapper a function
+/// that writes it, so the client side does not depend on the log's format).
+pub(crate) struct RefusedHead<'a> {
+    pub client: Option<SocketAddr>,
+    pub method: &'a str,
+    /// The start of the target, then `...`.
+    pub target: &'a str,
+    pub request_id: &'a str,
+    pub body_bytes: usize,
+    pub elapsed: Duration,
+}
+
+/// Writes a [`RefusedHead`] to the access log.
+#[derive(Clone)]
+pub(crate) struct LogRefused(pub std::sync::Arc<dyn Fn(&RefusedHead<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for LogRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("LogRefused")
+    }
 }
 
 /// What the scan knows after some bytes.
@@ -101,11 +121,12 @@ impl TargetScan {
         self.verdict()
     }
 
-    /// The complete 414 answer (the connection is closed after it), and the access line.
+    /// The complete 414 answer (the connection is closed after it); `log` writes its access
+    /// line.
     pub(crate) fn refuse(
         &self,
         client: Option<SocketAddr>,
-        log: Option<AccessLogFormat>,
+        log: Option<&LogRefused>,
         elapsed: Duration,
     ) -> Vec<u8> {
         let id = RequestId::from_client(None);
@@ -117,31 +138,17 @@ impl TargetScan {
         )
         .into_bytes();
         answer.extend_from_slice(&body);
-        if let Some(format) = log {
-            let mut path = String::from_utf8_lossy(&self.target_start).into_owned();
-            path.push_str("...");
-            let record = AccessRecord {
+        if let Some(log) = log {
+            let mut target = String::from_utf8_lossy(&self.target_start).into_owned();
+            target.push_str("...");
+            (log.0)(&RefusedHead {
                 client,
-                proto: "http/1.1",
                 method: std::str::from_utf8(&self.method).unwrap_or("-"),
-                path: &path,
-                status: 414,
-                body_bytes: body.len(),
-                upstream_peer: None,
-                reused: false,
-                attempts: 0,
-                upstream_ttfb: None,
-                total: elapsed,
+                target: &target,
                 request_id: id.as_str(),
-                error: Some(
-                    "bad request from the client: request target longer than max_uri_bytes".to_string(),
-                ),
-                failures: None,
-                cache: None,
-                refused: None,
-                client_ip: None,
-            };
-            access_log::write(&record, format);
+                body_bytes: body.len(),
+                elapsed,
+            });
         }
         answer
     }

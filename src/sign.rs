@@ -3,7 +3,7 @@
 //! computed exactly as the gateway checks it, with the keys and routes of FILE (so the query
 //! parameters that reach the upstream are those the route forwards).
 
-use super::signed_url::{self, SignedUrls};
+use crate::access::signed_url::{self, SignedUrls};
 use crate::config::Config;
 use crate::routing::Resolution;
 
@@ -51,7 +51,7 @@ fn run(mut args: impl Iterator<Item = String>) -> Result<String, String> {
         .as_ref()
         .ok_or_else(|| format!("{conf}: gateway.auth.signed_url is not configured"))?;
     let urls = SignedUrls::new(&keys.keys, keys.max_ttl);
-    let now = super::unix_now();
+    let now = crate::access::unix_now();
     let exp = match (ttl, exp) {
         (Some(t), None) => now + crate::config::parse_duration(&t)?.as_secs(),
         (None, Some(e)) => e.parse().map_err(|_| format!("--exp {e:?}: not Unix seconds"))?,

@@ -1,4 +1,6 @@
-//! Bearer tokens (`Authorization: Bearer <JWT>`), checked against the keys of a JWK set.
+//! Bearer tokens (`Authorization: Bearer <JWT>`), checked against the keys of a JWK set. Pure:
+//! a token and a key set in, claims or a refusal out (used by `access` on requests and by
+//! `config` to check a JWK set file).
 //!
 //! - Algorithms: ES256, RS256 and EdDSA (Ed25519), each key with the one algorithm its type
 //!   gives (or its `alg`), and a token must name that algorithm: no algorithm confusion.
