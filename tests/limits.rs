@@ -22,10 +22,16 @@ const C: &str = "2a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c03";
 /// `route_extra` under the route.
 async fn setup(gateway_extra: &str, route_extra: &str) -> (Origin, Gateway) {
     let origin = start_origin().await;
-    let yaml = format!(
+    let gw = Gateway::start(&yaml(&origin, "\"{listen}\"", gateway_extra, route_extra));
+    (origin, gw)
+}
+
+/// The config of these tests: `listen` is the list's content.
+fn yaml(origin: &Origin, listen: &str, gateway_extra: &str, route_extra: &str) -> String {
+    format!(
         r#"threads: 2
 gateway:
-  listen: ["{{listen}}"]
+  listen: [{listen}]
 {gateway_extra}
   upstreams:
     assets:
@@ -37,8 +43,7 @@ gateway:
 {route_extra}
 "#,
         origin.addr
-    );
-    (origin, Gateway::start(&yaml))
+    )
 }
 
 async fn start_origin() -> Origin {
@@ -370,22 +375,15 @@ fn cert_der(ca: &Ca) -> rustls::pki_types::CertificateDer<'static> {
 
 /// The PROXY test's config: a TLS listener besides the plain one.
 fn proxy_yaml(origin: &Origin, cert: &std::path::Path, key: &std::path::Path, tls: SocketAddr) -> String {
-    format!(
-        r#"threads: 2
-gateway:
-  listen: ["{{listen}}", {{addr: "{tls}", tls: {{cert: {}, key: {}}}}}]
-  client_ip: {{trusted_proxies: ["127.0.0.1/32"], proxy_protocol: true}}
-  upstreams:
-    assets:
-      peers: ["{}"]
-  routes:
-    - path: /content/v1/assets/{{id}}
-      upstream: assets
-      rewrite: /v1/assets/{{id}}
-      rate_limit: {{per_client: 1/m, burst: 1}}
-"#,
+    let listen = format!(
+        "\"{{listen}}\", {{addr: \"{tls}\", tls: {{cert: {}, key: {}}}}}",
         cert.display(),
-        key.display(),
-        origin.addr
+        key.display()
+    );
+    yaml(
+        origin,
+        &listen,
+        "  client_ip: {trusted_proxies: [\"127.0.0.1/32\"], proxy_protocol: true}\n",
+        "      rate_limit: {per_client: 1/m, burst: 1}\n",
     )
 }
