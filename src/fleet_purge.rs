@@ -140,32 +140,66 @@ type Answer = Result<(u16, String), String>;
 
 /// One `DELETE /cache<path>`.
 fn purge_one(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
         "DELETE /cache{path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: asset-gateway-purge\r\n{auth}Connection: close\r\n\r\n"
     );
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes()).map_err(io_error)?;
+    // The head, then `Content-Length` bytes of body (or up to the close): a server may keep
+    // the connection open whatever `Connection: close` asked.
     let mut answer = Vec::new();
-    s.take(MAX_ANSWER)
-        .read_to_end(&mut answer)
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
-        format!(
-            "not an HTTP answer: {:?}",
-            text.chars().take(80).collect::<String>()
-        )
-    })?;
+    let mut chunk = [0u8; 4096];
+    let mut reader = s.take(MAX_ANSWER);
+    let head_end = loop {
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match reader.read(&mut chunk).map_err(io_error)? {
+            0 => return Err(format!("no HTTP answer ({} bytes, then closed)", answer.len())),
+            n => answer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_string();
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .filter(|_| head.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("not an HTTP answer: {head:?}"))?;
-    Ok((status, body.trim().to_string()))
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                head.lines().next().unwrap_or_default()
+            )
+        })?;
+    let length = head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let mut body = answer.split_off(head_end + 4);
+    while length.is_none_or(|len| body.len() < len) {
+        match reader.read(&mut chunk).map_err(io_error)? {
+            0 => break,
+            n => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    if let Some(len) = length {
+        body.truncate(len);
+    }
+    Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+}
+
+fn io_error(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer within {} s", IO_TIMEOUT.as_secs())
+        }
+        _ => e.to_string(),
+    }
 }
 
 #[cfg(test)]

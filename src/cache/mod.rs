@@ -34,6 +34,9 @@ use policy::Outcome;
 use std::time::{Duration, SystemTime};
 pub(crate) use storage::MemStorage;
 
+/// How many times a waiter may look up again after waiting on the lock (see `enable`).
+const LOCK_RETRIES: usize = 256;
+
 pub(crate) struct Cache {
     pub(crate) storage: &'static MemStorage,
     lock: &'static CacheKeyLockImpl,
@@ -117,6 +120,12 @@ impl Cache {
         // Waiters give up after `lock_timeout` in all and go upstream uncached (Pingora's
         // default: no budget of their own, only the writer's age timeout ends a wait).
         overrides.wait_timeout = Some(self.lock_timeout);
+        // Pingora lets a waiter look up again twice, then sends it upstream uncached. The
+        // waiters of a 5xx that cannot be stored take turns on the lock (one origin request
+        // at a time, see `lock`), which costs each waiter a retry per turn before it: with 2,
+        // all but the first three of a herd would then stampede the failing origin together.
+        // `wait_timeout` (cumulative) still bounds the whole wait.
+        overrides.max_lock_retries = Some(LOCK_RETRIES);
         // The predictor is hit-for-pass: Pingora asks it before each lookup and bypasses the
         // cache (lock included) for a key it remembers as uncacheable.
         session.cache.enable(
