@@ -383,15 +383,15 @@ async fn a_second_no_store_herd_goes_upstream_at_once() {
     flight.reset();
     barrier.store(30, Ordering::SeqCst);
     let second = herd(&url, 30).await;
-    for (status, cs, _) in &second {
-        assert_eq!(*status, 200);
-        assert_eq!(cs, "asset-gateway; fwd=bypass; detail=no-store");
-    }
     assert_eq!(
         flight.peak.load(Ordering::SeqCst),
         30,
         "the second herd queued on the lock instead of going upstream at once"
     );
+    for (status, cs, _) in &second {
+        assert_eq!(*status, 200);
+        assert_eq!(cs, "asset-gateway; fwd=bypass; detail=no-store");
+    }
     let m = common::scrape(s.admin).await;
     let pass = common::metric(
         &m,
