@@ -462,11 +462,16 @@ async fn an_unstorable_error_is_fetched_one_at_a_time() {
             }
         }),
     );
-    for (status, cs, _) in herd(&s.gw.asset_url(A), 10).await {
+    let answers = herd(&s.gw.asset_url(A), 10).await;
+    assert_eq!(
+        (flight.peak.load(Ordering::SeqCst), flight.total.load(Ordering::SeqCst)),
+        (1, 10),
+        "(most at once, in all): an error stampeded"
+    );
+    for (status, cs, _) in answers {
         assert_eq!(status, 500);
         assert!(cs.contains("detail=upstream-5xx"), "{cs}");
     }
-    assert_eq!(flight.peak.load(Ordering::SeqCst), 1, "an error stampeded");
 }
 
 /// An error never replaces a stored object: after a 503 on a stale one, the next request
