@@ -9,6 +9,7 @@
 
 use crate::config::AccessLogFormat;
 use crate::fmt::{push_addr, push_ip, push_json_str, push_ms, push_now, push_u64};
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -61,6 +62,11 @@ pub(crate) struct AccessRecord<'a> {
     /// The client's address when it is not the connection's peer (from `X-Forwarded-For`
     /// behind trusted proxies).
     pub client_ip: Option<std::net::IpAddr>,
+    /// The optional fields (`access_log.fields`): the client's `Range`, `User-Agent` and
+    /// `Referer`. `None`: not configured (left out); `Some(None)`: configured, not sent.
+    pub range: Option<Option<Cow<'a, str>>>,
+    pub user_agent: Option<Option<Cow<'a, str>>>,
+    pub referer: Option<Option<Cow<'a, str>>>,
 }
 
 /// A field's value, written the way each format writes it.
@@ -80,9 +86,13 @@ enum Value<'a> {
 
 impl AccessRecord<'_> {
     /// Every field, in order. `None` leaves the field out of the line.
-    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 17] {
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 20] {
         fn or_missing(v: Option<Value<'_>>) -> Option<Value<'_>> {
             Some(v.unwrap_or(Value::Missing))
+        }
+        fn optional<'a>(v: &'a Option<Option<Cow<'_, str>>>) -> Option<Value<'a>> {
+            v.as_ref()
+                .map(|v| v.as_deref().map_or(Value::Missing, Value::Quoted))
         }
         [
             ("client", or_missing(self.client.map(Value::Addr))),
@@ -102,6 +112,9 @@ impl AccessRecord<'_> {
             ("refused", self.refused.map(Value::Word)),
             ("error", self.error.as_deref().map(Value::Quoted)),
             ("upstream_failures", self.failures.as_deref().map(Value::Quoted)),
+            ("range", optional(&self.range)),
+            ("user_agent", optional(&self.user_agent)),
+            ("referer", optional(&self.referer)),
         ]
     }
 
@@ -216,6 +229,10 @@ pub(crate) fn write_refused_head(h: &crate::downstream::RefusedHead<'_>, format:
         cache: None,
         refused: None,
         client_ip: None,
+        // The head was never parsed: its headers are unknown.
+        range: None,
+        user_agent: None,
+        referer: None,
     };
     write(&record, format);
 }
@@ -287,6 +304,9 @@ mod tests {
             cache: None,
             refused: None,
             client_ip: None,
+            range: None,
+            user_agent: None,
+            referer: None,
         }
     }
 
@@ -323,5 +343,24 @@ mod tests {
         assert!(r
             .json_line()
             .contains(",\"request_id\":\"req-1\",\"cache\":\"hit\"}"));
+    }
+
+    #[test]
+    fn optional_fields_are_quoted_and_dashed_when_absent() {
+        let mut r = record(None);
+        r.range = Some(Some("bytes=0-99".into()));
+        r.user_agent = Some(Some("VLC/3.0 \"x\"".into()));
+        r.referer = Some(None);
+        assert!(
+            r.text_line()
+                .ends_with(" range=\"bytes=0-99\" user_agent=\"VLC/3.0 \\\"x\\\"\" referer=-\n"),
+            "{}",
+            r.text_line()
+        );
+        assert!(r
+            .json_line()
+            .ends_with(",\"range\":\"bytes=0-99\",\"user_agent\":\"VLC/3.0 \\\"x\\\"\",\"referer\":null}\n"));
+        r.user_agent = None;
+        assert!(!r.text_line().contains("user_agent"));
     }
 }

@@ -4,8 +4,8 @@
 
 use crate::access::{self, Access, RequestAccess, RequestRef};
 use crate::attempts::Attempts;
-use crate::cache::{Cache, RequestCache};
-use crate::config::{AccessLogFormat, Settings};
+use crate::cache::{Cache, CachedRoute, RequestCache};
+use crate::config::{self, AccessLogFields, AccessLogFormat, Settings};
 use crate::downstream::Limits;
 use crate::errors::{self, Reject};
 use crate::metrics::RouteMetrics;
@@ -30,10 +30,11 @@ pub(crate) struct Gateway {
     pub(crate) limits: Limits,
     pub(crate) server_timing: bool,
     pub(crate) access_log: Option<AccessLogFormat>,
+    pub(crate) access_log_fields: AccessLogFields,
     /// The response cache, if configured.
     pub(crate) cache: Option<&'static Cache>,
-    /// Indexed like the routes: whether the route's responses go through the cache.
-    pub(crate) cache_routes: Vec<bool>,
+    /// Indexed like the routes: `Some` for a route whose responses go through the cache.
+    pub(crate) cache_routes: Vec<Option<CachedRoute>>,
     /// Who may fetch: CORS, rate limits, signed URLs and tokens.
     pub(crate) access: Access,
 }
@@ -43,7 +44,7 @@ pub(crate) fn router(s: &Settings) -> Router {
     let routes: Vec<Route> = s
         .routes
         .iter()
-        .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.forward_query))
+        .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.query.clone()))
         .collect();
     Router::new(routes)
 }
@@ -59,6 +60,15 @@ impl Gateway {
             .chain(["unmatched"])
             .map(|route| RouteMetrics::new(route, &access::Reason::ALL.map(access::Reason::as_str)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let cache = s.cache.as_ref().map(Cache::build).transpose()?;
+        let cache_routes = s
+            .routes
+            .iter()
+            .map(|r| {
+                let subject = config::subject_header(&r.access, &s.access);
+                cache.filter(|_| r.cache).map(|c| CachedRoute::new(c, r, subject))
+            })
+            .collect();
         Ok(Gateway {
             router: router(s),
             upstreams: Arc::new(Upstreams::build(&s.upstreams)?),
@@ -68,8 +78,9 @@ impl Gateway {
             limits: s.downstream.limits,
             server_timing: s.server_timing,
             access_log: s.access_log,
-            cache: s.cache.as_ref().map(Cache::build).transpose()?,
-            cache_routes: s.routes.iter().map(|r| r.cache).collect(),
+            access_log_fields: s.access_log_fields,
+            cache,
+            cache_routes,
             access: Access::build(s)?,
         })
     }
@@ -141,6 +152,11 @@ impl Ctx {
 }
 
 impl Gateway {
+    /// The request's route (`ctx.route`), when it is cached.
+    pub(crate) fn cached_route(&self, route: Option<&Matched>) -> Option<&CachedRoute> {
+        self.cache_routes.get(route?.index)?.as_ref()
+    }
+
     pub(crate) fn upstream_of(&self, ctx: &Ctx) -> Option<&Upstream> {
         let m = ctx.route.as_ref()?;
         Some(self.upstreams.get(self.router.route(m.index).upstream))

@@ -85,6 +85,21 @@ fn run(mut args: impl Iterator<Item = String>) -> Result<String, String> {
     }
     let upstream = router.route(route).upstream_path(&id, query);
     let upstream_query = upstream.split_once('?').map(|(_, q)| q);
+    // What the route's `query` rule keeps out of the upstream is not signed either (it could
+    // not select another rendition): say so, so nobody counts on it.
+    let unsigned: Vec<&str> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty() && !signed_url::is_own(p))
+        .filter(|p| !upstream_query.unwrap_or_default().split('&').any(|u| u == *p))
+        .collect();
+    if !unsigned.is_empty() {
+        eprintln!(
+            "asset-gateway sign: note: {} do(es) not reach the upstream on the route {} (its query rule), so the signature does not cover it",
+            unsigned.join(", "),
+            s.routes[route].template
+        );
+    }
     let sig = urls
         .sign(&kid, path, exp, upstream_query)
         .ok_or_else(|| format!("--kid {kid}: no such key in gateway.auth.signed_url.keys"))?;

@@ -9,7 +9,9 @@ use base64::Engine;
 use common::origin::{Behavior, Origin};
 use common::{client, free_addrs, wait_listening, Gateway, EVENTUALLY};
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256};
+use ring::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -127,6 +129,8 @@ impl Answer {
 }
 
 const SIGNED_ROUTE: &str = "      auth: [signed_url]\n";
+/// A signed-URL route that lets `w` and `h` through to the upstream (and the cache key).
+const SIGNED_ROUTE_WH: &str = "      auth: [signed_url]\n      query: {allow: [w, h]}\n";
 
 fn signed_config(max_ttl: &str) -> String {
     format!(
@@ -136,7 +140,7 @@ fn signed_config(max_ttl: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_urls_admit_exactly_what_they_sign() {
-    let s = setup(&signed_config("1h"), SIGNED_ROUTE).await;
+    let s = setup(&signed_config("1h"), SIGNED_ROUTE_WH).await;
     let gw = &s.gw;
     let exp = now() + 600;
 
@@ -163,6 +167,13 @@ async fn signed_urls_admit_exactly_what_they_sign() {
     // The second key (rotation) is accepted too, also from the cache.
     let r = get(gw, &signed(A, "k0", K0, exp + 2), &[]).await;
     assert_eq!(r.status, 200);
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin_requests(&s.origin, A).len(), 1);
+
+    // A parameter the route does not let through (`query.allow`) is neither signed nor
+    // forwarded nor keyed: the same object.
+    let r = get(gw, &format!("{}&x=1", signed(A, "k1", K1, exp)), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.header("cache-status").unwrap().contains("hit"));
     assert_eq!(origin_requests(&s.origin, A).len(), 1);
 
@@ -216,6 +227,21 @@ async fn signed_urls_admit_exactly_what_they_sign() {
     get(gw, &with_w.replace("w=640", "w=1280"), &[])
         .await
         .assert_refused(403, "another rendition");
+    // The signed string holds the parameters sorted, as the upstream and the key get them:
+    // written in another order, the same URL, the same object.
+    let sig_wh = sig(K1, &path(B), exp, &["w=640", "h=480"]);
+    let wh = format!("{}?w=640&h=480&exp={exp}&kid=k1&sig={sig_wh}", path(B));
+    let hw = format!("{}?exp={exp}&h=480&kid=k1&w=640&sig={sig_wh}", path(B));
+    let r = get(gw, &wh, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        origin_requests(&s.origin, B).last().unwrap().target,
+        format!("/v1/assets/{B}?h=480&w=640")
+    );
+    let r = get(gw, &hw, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin_requests(&s.origin, B).len(), 2);
 
     // Metrics and the access log name the reason.
     let scrape = common::scrape(s.admin).await;
@@ -247,14 +273,33 @@ async fn sign_prints_a_url_the_gateway_accepts() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        (
+            String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     };
-    let url = sign(&path(C));
+    let (url, _) = sign(&path(C));
     assert!(url.starts_with(&format!("{}?exp=", path(C))), "{url}");
     assert_eq!(get(&s.gw, &url, &[]).await.status, 200);
-    let url = sign(&format!("{}?w=320", path(C)));
+    // A cached route drops the query by default: `w` reaches neither the upstream nor the
+    // signed string, and `sign` says so.
+    let (url, note) = sign(&format!("{}?w=320", path(C)));
     assert!(url.starts_with(&format!("{}?w=320&exp=", path(C))), "{url}");
+    assert!(note.contains("w=320 do(es) not reach the upstream"), "{note}");
     assert_eq!(get(&s.gw, &url, &[]).await.status, 200);
+    assert!(origin_requests(&s.origin, C)
+        .iter()
+        .all(|r| r.target == format!("/v1/assets/{C}")));
+    // So a signature that covers it does not match what the gateway checks.
+    let exp = now() + 600;
+    let covering = format!(
+        "{}?w=320&exp={exp}&kid=k1&sig={}",
+        path(C),
+        sig(K1, &path(C), exp, &["w=320"])
+    );
+    get(&s.gw, &covering, &[])
+        .await
+        .assert_refused(403, "a dropped parameter signed");
     // Beyond max_ttl: refused by the command itself.
     let out = std::process::Command::new(common::BIN)
         .args(["sign", "-c"])
@@ -298,6 +343,7 @@ ZMQxfbT1KeW10XAeQNe8osil";
 enum Signer {
     Es(EcdsaKeyPair),
     Rs(RsaKeyPair),
+    Ed(Ed25519KeyPair),
 }
 
 impl Signer {
@@ -313,10 +359,16 @@ impl Signer {
         Signer::Rs(RsaKeyPair::from_pkcs8(&der).unwrap())
     }
 
+    fn ed25519() -> Signer {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Signer::Ed(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
+    }
+
     fn alg(&self) -> &'static str {
         match self {
             Signer::Es(_) => "ES256",
             Signer::Rs(_) => "RS256",
+            Signer::Ed(_) => "EdDSA",
         }
     }
 
@@ -338,6 +390,10 @@ impl Signer {
                     B64.encode(&c.e)
                 )
             }
+            Signer::Ed(k) => format!(
+                r#"{{"kty":"OKP","crv":"Ed25519","kid":"{kid}","x":"{}"}}"#,
+                B64.encode(k.public_key().as_ref())
+            ),
         }
     }
 
@@ -350,6 +406,7 @@ impl Signer {
                 k.sign(&RSA_PKCS1_SHA256, &rng, msg, &mut sig).unwrap();
                 sig
             }
+            Signer::Ed(k) => k.sign(msg).as_ref().to_vec(),
         }
     }
 
@@ -468,7 +525,7 @@ async fn bearer_tokens_are_checked_before_the_cache() {
     });
     let point = match &es {
         Signer::Es(k) => k.public_key().as_ref().to_vec(),
-        Signer::Rs(_) => unreachable!(),
+        _ => unreachable!(),
     };
     let hs256_with_point = raw_token(r#"{"alg":"HS256","kid":"es-1"}"#, &good("x"), |m| {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &point);
@@ -566,6 +623,79 @@ async fn bearer_tokens_are_checked_before_the_cache() {
         .await;
     let r = get(gw, &path(C), &[("authorization", &bearer(&new_token))]).await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A JWK set from a file (read at start, reread every `jwks_refresh`), an EdDSA token end to
+/// end, and the subject header: the verified `sub` replaces whatever the client sent, and an
+/// origin's `Vary` on it keys the cache on the verified subject (one user's object is never
+/// another's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_a_jwks_file_eddsa_and_the_subject_header() {
+    let ed = Signer::ed25519();
+    let es = Signer::es256();
+    let dir = common::temp_dir();
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[ed.jwk("ed-1"), es.jwk("es-1")])).unwrap();
+    let s = setup(
+        &format!(
+            "  auth:\n    jwt:\n      jwks: \"{}\"\n      jwks_refresh: 1s\n      issuer: \"https://auth.example.com\"\n      audience: assets\n      subject_header: X-Auth-Subject\n",
+            jwks_path.display()
+        ),
+        "      auth: [jwt]\n",
+    )
+    .await;
+    let gw = &s.gw;
+    let ed_token = ed.token("ed-1", &good("user-ed"));
+    let es_token = es.token("es-1", &good("user-es"));
+
+    // EdDSA, admitted at once (the file was read at start); the client's own subject header
+    // never reaches the upstream, the verified one does.
+    let r = get(
+        gw,
+        &path(A),
+        &[("authorization", &bearer(&ed_token)), ("x-auth-subject", "admin")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = origin_requests(&s.origin, A);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-auth-subject"), Some("user-ed"));
+    assert_eq!(seen[0].header("authorization"), None);
+
+    // An origin whose answer depends on the subject says so with Vary: each user gets their
+    // own object, and their repeats are hits.
+    s.origin.set(
+        B,
+        Behavior::Scripted(std::sync::Arc::new(|req: &common::origin::Seen| {
+            let sub = req.header("x-auth-subject").unwrap_or("nobody").to_string();
+            Box::pin(async move {
+                (
+                    "200 OK".to_string(),
+                    "cache-control: max-age=60\r\nvary: X-Auth-Subject\r\n".to_string(),
+                    format!("for {sub}").into_bytes(),
+                )
+            })
+        })),
+    );
+    for (token, who, cache) in [
+        (&ed_token, "user-ed", "stored"),
+        (&es_token, "user-es", "stored"),
+        (&ed_token, "user-ed", "hit"),
+        (&es_token, "user-es", "hit"),
+    ] {
+        let r = get(
+            gw,
+            &path(B),
+            &[("authorization", &bearer(token)), ("x-auth-subject", "user-ed")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, format!("for {who}"));
+        let cs = r.header("cache-status").unwrap();
+        assert!(cs.contains(cache), "{who}: {cs}");
+    }
+    assert_eq!(origin_requests(&s.origin, B).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // --- CORS ---------------------------------------------------------------------------------
@@ -699,6 +829,43 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     }
     let r = get(&s.gw, &path(A), &[]).await;
     assert!(!r.header("cache-status").unwrap().contains("hit"), "purged");
+
+    // `asset-gateway purge` (a fleet purge) sends ADMIN_TOKEN: refused without it, done with
+    // it. (The request just above stored A again.)
+    let fleet_purge = |token: Option<&str>, target: &str| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["purge", "--admin", &s.admin.to_string(), target])
+            .env_remove("ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, out) = fleet_purge(None, &path(A));
+    assert!(!ok && out.contains(&format!("{}: 401", s.admin)), "{out}");
+    let (ok, out) = fleet_purge(Some("admin-token-0123456789abcdeX"), "/content/v1/assets/*");
+    assert!(!ok && out.contains(&format!("{}: 401", s.admin)), "{out}");
+    assert!(get(&s.gw, &path(A), &[])
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    let (ok, out) = fleet_purge(Some(TOKEN), &path(A));
+    assert!(
+        ok && out.contains(&format!("{}: 200 {{\"purged\":true}}", s.admin)),
+        "{out}"
+    );
+    assert!(!get(&s.gw, &path(A), &[])
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    let (ok, out) = fleet_purge(Some(TOKEN), "/content/v1/assets/*");
+    assert!(ok && out.contains("200 {\"purged\":true,\"assets\":1}"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,11 @@
 //!
 //! Once admitted, `Authorization` is removed (the upstream and the storage decision never see
 //! it: RFC 9111 would keep such responses out of a shared cache) and the signature's `exp`,
-//! `kid` and `sig` leave the upstream target, and so the cache key.
+//! `kid` and `sig` leave the upstream target, and so the cache key. With
+//! `jwt.subject_header`, the client's own value of that header is removed on every route and
+//! a verified token's `sub` put in its place, in the request itself: the upstream request is
+//! made from it, and on a cached route the header counts as forwarded, so an origin's `Vary`
+//! on it keys on the verified subject (`config::subject_header`).
 //!
 //! - `signed_url`, `jwks` (with `crate::jwt`): the two credentials; `rate_limit`: buckets in fixed memory;
 //! - `cors`: preflights and response headers; `client_ip`: who the client is;
@@ -132,8 +136,6 @@ pub(crate) struct RequestAccess {
     pub(crate) client_ip: Option<IpAddr>,
     /// `Access-Control-Allow-Origin` for the response, when the route has CORS.
     cors_origin: Option<HeaderValue>,
-    /// The token's subject, for the upstream (with `jwt.subject_header`).
-    subject: Option<HeaderValue>,
 }
 
 /// What access control reads and changes of one request's context (see `gateway::Ctx`).
@@ -213,6 +215,11 @@ impl Access {
         let Some(rules) = self.routes.get(r.route) else {
             return Ok(false);
         };
+        let subject_header = self.jwt.as_ref().and_then(|j| j.subject_header.as_ref());
+        if let Some(name) = subject_header {
+            // Only ever the gateway's value.
+            session.req_header_mut().remove_header(name);
+        }
         if let Some(cors) = &rules.cors {
             if session.req_header().method == http::Method::OPTIONS {
                 return self.preflight(session, &mut r, cors).await;
@@ -229,12 +236,16 @@ impl Access {
         if rules.auth.is_empty() {
             return Ok(false);
         }
-        match self.authenticate(&rules.auth, session.req_header(), r.upstream_uri.query()) {
-            Ok(subject) => r.state.subject = subject,
+        let subject = match self.authenticate(&rules.auth, session.req_header(), r.upstream_uri.query()) {
+            Ok(subject) => subject,
             Err(reason) => return self.refuse(session, &mut r, reason, None).await,
-        }
+        };
         // Verified: neither the storage decision nor the upstream sees the credentials.
-        session.req_header_mut().remove_header(&AUTHORIZATION);
+        let req = session.req_header_mut();
+        req.remove_header(&AUTHORIZATION);
+        if let (Some(name), Some(sub)) = (subject_header, subject) {
+            req.insert_header(name.clone(), sub)?;
+        }
         if rules.auth.contains(&AuthMethod::SignedUrl) {
             strip_signature(r.upstream_uri);
         }
@@ -259,23 +270,6 @@ impl Access {
             }
         }
         Ok(true)
-    }
-
-    /// `upstream_request_filter`: the token's subject, when configured.
-    pub(crate) fn upstream_request(
-        &self,
-        req: &mut RequestHeader,
-        state: &RequestAccess,
-    ) -> pingora::Result<()> {
-        let name = self.jwt.as_ref().and_then(|j| j.subject_header.as_ref());
-        if let Some(name) = name {
-            // Never the client's own value of it.
-            req.remove_header(name);
-            if let Some(sub) = &state.subject {
-                req.insert_header(name.clone(), sub.clone())?;
-            }
-        }
-        Ok(())
     }
 
     /// `response_filter`: CORS headers (on hits too; never stored).

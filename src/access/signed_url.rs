@@ -17,8 +17,8 @@ use ring::hmac;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// The parameters of a signature.
-const OWN: [&str; 3] = ["exp", "kid", "sig"];
+/// The parameters of a signature (named by the config, which refuses them in `query.allow`).
+const OWN: [&str; 3] = crate::config::SIGNATURE_PARAMS;
 
 /// Why a signed URL was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ fn params(query: &str) -> impl Iterator<Item = &str> {
     query.split('&').filter(|p| !p.is_empty())
 }
 
-fn is_own(param: &str) -> bool {
+pub(crate) fn is_own(param: &str) -> bool {
     let name = param.split('=').next().unwrap_or_default();
     OWN.contains(&name)
 }

@@ -68,6 +68,10 @@ pub(crate) enum AuthMethod {
     Jwt,
 }
 
+/// The query parameters of a URL signature (`access::signed_url`): checked, then removed, so
+/// never forwarded and never part of the cache key.
+pub(crate) const SIGNATURE_PARAMS: [&str; 3] = ["exp", "kid", "sig"];
+
 /// A signed URL secret must be at least this long (HMAC-SHA256's block is 64 bytes; 32 is
 /// the hash's own strength).
 const MIN_SECRET: usize = 32;
@@ -172,9 +176,17 @@ fn jwt(j: &JwtFile, p: &mut Vec<String>) -> Option<JwtSettings> {
         leeway: j.leeway.0,
     };
     let subject_header = j.subject_header.as_ref().and_then(|h| {
-        HeaderName::from_bytes(h.as_bytes())
+        let name = HeaderName::from_bytes(h.as_bytes())
             .map_err(|_| p.push(format!("{KEY}.subject_header: {h:?} is not a header name")))
-            .ok()
+            .ok()?;
+        // Not a header the gateway sets for its own purpose, nor the credential itself.
+        if crate::headers::GATEWAY_OWNED.contains(&name) || name == http::header::AUTHORIZATION {
+            p.push(format!(
+                "{KEY}.subject_header: {h:?} is a header the gateway already uses; pick one of its own (e.g. X-Auth-Subject)"
+            ));
+            return None;
+        }
+        Some(name)
     });
     if j.jwks_refresh.0 < Duration::from_secs(1) {
         p.push(format!("{KEY}.jwks_refresh: must be at least 1s"));

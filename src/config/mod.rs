@@ -6,6 +6,7 @@
 //! - `file`: the serde types, as the file writes them (unknown keys refused);
 //! - `units`: durations and sizes;
 //! - `compile`: checks and the conversion into `runtime` types;
+//! - `routes`: the routes' checks, with what a cached route keys on and forwards;
 //! - `runtime`: what the rest of the gateway reads;
 //! - `tls`: PEM files read and parsed at start.
 
@@ -17,6 +18,7 @@ mod cors;
 mod env;
 mod file;
 mod rate_limit;
+mod routes;
 mod runtime;
 mod tls;
 mod units;
@@ -24,8 +26,9 @@ mod units;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use access::subject_header;
 pub(crate) use access::{AccessSettings, RouteAccess};
-pub(crate) use auth::{AuthMethod, JwksSource, JwtSettings};
+pub(crate) use auth::{AuthMethod, JwksSource, JwtSettings, SIGNATURE_PARAMS};
 pub(crate) use client_ip::ClientIpSettings;
 pub(crate) use cors::CorsSettings;
 pub(crate) use file::{AccessLogFormat, Selection};
@@ -67,6 +70,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// What `-t` prints besides "configuration OK": what each route forwards and keys on, and
+    /// who may fetch it.
+    pub fn explain(&self) -> String {
+        routes::explain(&self.gateway.routes, &self.gateway.access)
+    }
+
     /// Reads, parses, validates and loads `path`. `-t` runs exactly this.
     pub fn load(path: &str) -> Result<Config, ConfigError> {
         let error = |problems| ConfigError {
