@@ -235,6 +235,11 @@ impl Default for H2File {
     }
 }
 
+/// `streaming.read_size` and `streaming.queue_depth` by default (chosen by measurement, see
+/// the README's performance section; their bounds are checked in `streaming`).
+const DEFAULT_READ_SIZE: u64 = 16 * 1024;
+const DEFAULT_QUEUE_DEPTH: usize = 2;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct StreamingFile {
@@ -245,8 +250,8 @@ pub(super) struct StreamingFile {
 impl Default for StreamingFile {
     fn default() -> Self {
         StreamingFile {
-            read_size: Size(super::compile::DEFAULT_READ_SIZE),
-            queue_depth: super::compile::DEFAULT_QUEUE_DEPTH,
+            read_size: Size(DEFAULT_READ_SIZE),
+            queue_depth: DEFAULT_QUEUE_DEPTH,
         }
     }
 }

@@ -3,25 +3,37 @@
 //! names, TLS files, environment) into runtime types; every problem is reported with the file
 //! and the key's path, all at once, and nothing here panics. `-t` runs exactly this.
 //!
-//! - `file`: the serde types, as the file writes them (unknown keys refused);
+//! - `file`: the serde types, as the file writes them (unknown keys refused), and the defaults
+//!   of absent keys;
 //! - `units`: durations and sizes;
-//! - `compile`: checks and the conversion into `runtime` types;
-//! - `routes`: the routes' checks, with what a cached route keys on and forwards;
+//! - `compile`: joins the sections below into `Settings`, with the few top-level keys;
+//! - one module per section, each checking its keys and converting them into `runtime` types:
+//!   `listen`, `downstream`, `streaming`, `upstreams`, `routes` (with what a cached route keys
+//!   on and forwards, and `-t`'s explanation), `cache`, and for access control `access`
+//!   joining `auth`, `client_ip`, `rate_limit`, `cors` (which also hold their serde types);
 //! - `runtime`: what the rest of the gateway reads;
-//! - `tls`: PEM files read and parsed at start.
+//! - `tls`: PEM files read and parsed at start; `env`: `${VAR}` expansion.
+//!
+//! Imports go one way: `compile` -> sections -> `file`, `runtime`; `file` -> the access
+//! sections' serde types; nothing here imports `compile`.
 
 mod access;
 mod auth;
+mod cache;
 mod client_ip;
 mod compile;
 mod cors;
+mod downstream;
 mod env;
 mod file;
+mod listen;
 mod rate_limit;
 mod routes;
 mod runtime;
+mod streaming;
 mod tls;
 mod units;
+mod upstreams;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,6 @@
 //! what a cached route keys on and forwards (`query`, `forward_headers`, `vary_accept`), and
 //! the explanation `-t` prints of it.
 
-use super::compile::check_template;
 use super::file::{GatewayFile, QueryFile, RouteFile};
 use super::runtime::Route;
 use crate::headers::GATEWAY_OWNED;
@@ -213,6 +212,33 @@ fn vary_accept(
         }
     }
     out
+}
+
+/// A path template: starts with `/`, holds only plain path characters, uses `{id}` (exactly
+/// once in a route path, at least once in a rewrite), and has no empty or dot segments, so
+/// nothing but a clean rewritten path can ever be produced from it.
+pub(super) fn check_template(t: &str, exactly_once: bool) -> Result<(), String> {
+    let uses = t.matches("{id}").count();
+    if uses == 0 {
+        return Err(format!("{t:?} does not use {{id}}"));
+    }
+    if exactly_once && uses > 1 {
+        return Err(format!("{t:?} uses {{id}} more than once"));
+    }
+    if !t.starts_with('/') {
+        return Err(format!("{t:?} must start with '/'"));
+    }
+    let literal = t.replace("{id}", "x");
+    if let Some(c) = literal
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/-._~".contains(*c)))
+    {
+        return Err(format!("{t:?} has the character {c:?}; only letters, digits, '/', '-', '.', '_', '~' and {{id}} are allowed"));
+    }
+    if literal.contains("//") || literal.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{t:?} has an empty, '.' or '..' segment"));
+    }
+    Ok(())
 }
 
 /// What `-t` says about each route: for a cached route, what reaches the upstream and what

@@ -1,6 +1,6 @@
 //! The config file's checks, each named by its key path.
 
-use super::compile::check_template;
+use super::routes::check_template;
 use super::*;
 use std::time::Duration;
 
