@@ -18,7 +18,7 @@ use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
 use ring::signature as ring_sig;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 /// What a token is checked against besides its signature.
@@ -54,6 +54,8 @@ pub(crate) struct KeySet {
     by_kid: HashMap<String, Key>,
     /// Keys without a `kid`: used for tokens without one when they are the set's only key.
     anonymous: Vec<Key>,
+    /// Each key in use as `kid`, algorithm and key material: what a refresh compares.
+    ids: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -66,6 +68,9 @@ impl std::fmt::Debug for KeySet {
 #[derive(serde::Deserialize)]
 pub(crate) struct Claims {
     pub sub: Option<String>,
+    /// Required and checked by `jsonwebtoken`; read here to know how long a verified token may
+    /// be remembered. A number of seconds, possibly with a fraction.
+    pub exp: Option<f64>,
 }
 
 impl KeySet {
@@ -82,27 +87,37 @@ impl KeySet {
         let mut set = KeySet {
             by_kid: HashMap::new(),
             anonymous: Vec::new(),
+            ids: BTreeSet::new(),
         };
         let mut notes = Vec::new();
         for (i, value) in raw.keys.into_iter().enumerate() {
             let parsed = serde_json::from_value::<Jwk>(value)
                 .map_err(|e| format!("not a JWK: {e}"))
-                .and_then(|jwk| usable(&jwk).map(|(alg, key)| (jwk.common.key_id, alg, key)));
+                .and_then(|jwk| {
+                    let id = format!(
+                        "{:?} {}",
+                        jwk.common.key_id,
+                        serde_json::to_string(&jwk.algorithm).unwrap_or_default()
+                    );
+                    usable(&jwk).map(|(alg, key)| (jwk.common.key_id, alg, key, format!("{alg:?} {id}")))
+                });
             match parsed {
-                Ok((kid, alg, key)) => {
+                Ok((kid, alg, key, id)) => {
                     let key = Key {
                         key,
                         validation: validation(alg, rules),
                     };
                     match kid {
                         Some(kid) if set.by_kid.contains_key(&kid) => {
-                            notes.push(format!("keys[{i}]: kid {kid:?} appears twice; the first is used"))
+                            notes.push(format!("keys[{i}]: kid {kid:?} appears twice; the first is used"));
+                            continue;
                         }
                         Some(kid) => {
                             set.by_kid.insert(kid, key);
                         }
                         None => set.anonymous.push(key),
                     }
+                    set.ids.insert(id);
                 }
                 Err(e) => notes.push(format!("keys[{i}] skipped: {e}")),
             }
@@ -118,6 +133,12 @@ impl KeySet {
 
     pub(crate) fn len(&self) -> usize {
         self.by_kid.len() + self.anonymous.len()
+    }
+
+    /// Whether a key of `old` is missing from this set or changed in it (same `kid`, other
+    /// material or algorithm): tokens verified with `old` may then no longer be good.
+    pub(crate) fn drops_any_of(&self, old: &KeySet) -> bool {
+        !old.ids.is_subset(&self.ids)
     }
 
     /// Checks a token's signature and claims.
@@ -405,5 +426,24 @@ mod tests {
         let oct = r#"{"kty":"oct","kid":"s","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}"#;
         let err = KeySet::parse(&format!(r#"{{"keys":[{oct}]}}"#), &rules()).unwrap_err();
         assert!(err.contains("symmetric"), "{err}");
+    }
+
+    #[test]
+    fn a_refresh_drops_a_key_when_one_is_removed_or_changed() {
+        let (a, b) = (Es::new(), Es::new());
+        let set = |jwks: &[String]| {
+            KeySet::parse(&format!(r#"{{"keys":[{}]}}"#, jwks.join(",")), &rules())
+                .unwrap()
+                .0
+        };
+        let old = set(&[a.jwk("a"), b.jwk("b")]);
+        assert!(!set(&[b.jwk("b"), a.jwk("a")]).drops_any_of(&old), "the same keys");
+        assert!(!set(&[a.jwk("a"), b.jwk("b"), Es::new().jwk("c")]).drops_any_of(&old), "one added");
+        assert!(set(&[a.jwk("a")]).drops_any_of(&old), "b removed");
+        assert!(set(&[a.jwk("a"), Es::new().jwk("b")]).drops_any_of(&old), "b's material changed");
+        assert!(set(&[a.jwk("a"), b.jwk("b2")]).drops_any_of(&old), "b under another kid");
+        // The exp the gateway remembers a token by.
+        let claims = old.verify(&a.sign("a", &claims(60))).unwrap();
+        assert_eq!(claims.exp, Some((now() + 60) as f64));
     }
 }

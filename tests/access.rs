@@ -695,6 +695,36 @@ async fn tokens_from_a_jwks_file_eddsa_and_the_subject_header() {
         assert!(cs.contains(cache), "{who}: {cs}");
     }
     assert_eq!(origin_requests(&s.origin, B).len(), 2);
+
+    // A verified token is remembered (one signature check per token, not per request), but
+    // never beyond a refresh that removed its key: once the set without `ed-1` is in place
+    // (the key gauge says 1), the EdDSA token is refused at once, the ES256 one still admitted.
+    let keys = |scrape: &str| common::metric(scrape, "asset_gateway_jwks_keys");
+    assert_eq!(keys(&common::scrape(s.admin).await), Some(2.0));
+    for _ in 0..3 {
+        assert_eq!(
+            get(gw, &path(A), &[("authorization", &bearer(&ed_token))])
+                .await
+                .status,
+            200
+        );
+    }
+    let next = dir.join("jwks.json.next");
+    std::fs::write(&next, jwks(&[es.jwk("es-1")])).unwrap();
+    std::fs::rename(&next, &jwks_path).unwrap();
+    let start = Instant::now();
+    while keys(&common::scrape(s.admin).await) != Some(1.0) {
+        assert!(start.elapsed() < EVENTUALLY, "the JWK set was not reread");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = get(gw, &path(A), &[("authorization", &bearer(&ed_token))]).await;
+    r.assert_refused(401, "a token whose key left the set");
+    assert_eq!(
+        get(gw, &path(A), &[("authorization", &bearer(&es_token))])
+            .await
+            .status,
+        200
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,11 +4,12 @@
 //! (logged once per change of outcome, counted in `asset_gateway_jwks_refreshes_total`). With
 //! a URL, the first fetch runs as the gateway starts; until it succeeds, tokens are refused.
 
+use super::verified::{TokenKey, VerifiedTokens};
 use crate::config::{JwksSource, JwtSettings};
-use crate::jwt::{Claims, KeySet, Rules, TokenError};
+use crate::jwt::{KeySet, Rules, TokenError};
 use crate::metrics::JwksMetrics;
 use async_trait::async_trait;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
@@ -29,6 +30,8 @@ pub(crate) struct Jwt {
     refresh: Duration,
     pub(crate) subject_header: Option<HeaderName>,
     metrics: JwksMetrics,
+    /// Tokens already verified (see `verified`).
+    verified: VerifiedTokens,
 }
 
 impl Jwt {
@@ -43,12 +46,27 @@ impl Jwt {
             refresh: s.refresh,
             subject_header: s.subject_header.clone(),
             metrics,
+            verified: VerifiedTokens::new(),
         }))
     }
 
-    pub(crate) fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// Checks a token (`now`: Unix seconds); its subject, as the upstream gets it. A token
+    /// verified before, in this key epoch and before its `exp`, is not verified again.
+    pub(crate) fn verify(&self, token: &str, now: u64) -> Result<Option<HeaderValue>, TokenError> {
+        let key = TokenKey::of(token);
+        if let Some(subject) = self.verified.get(&key, now) {
+            return Ok(subject);
+        }
+        // Before the keys: a refresh that removes this token's key after this point makes
+        // the entry stored below stale.
+        let epoch = self.verified.epoch();
         let keys = self.keys.read().map(|k| k.clone()).unwrap_or(None);
-        keys.ok_or(TokenError::UnknownKey)?.verify(token)
+        let claims = keys.ok_or(TokenError::UnknownKey)?.verify(token)?;
+        let subject = claims.sub.and_then(|s| HeaderValue::from_str(&s).ok());
+        if let Some(exp) = claims.exp.filter(|e| e.is_finite() && *e >= 0.0) {
+            self.verified.insert(key, epoch, exp as u64, subject.clone(), now);
+        }
+        Ok(subject)
     }
 
     /// Reads or fetches the set once; on success it replaces the keys.
@@ -66,8 +84,15 @@ impl Jwt {
             log::debug!("JWKS: {n}");
         }
         let n = set.len();
-        if let Ok(mut keys) = self.keys.write() {
-            *keys = Some(Arc::new(set));
+        let Ok(mut keys) = self.keys.write() else {
+            return Err("the key set's lock is poisoned".to_string());
+        };
+        let dropped = keys.as_ref().is_some_and(|old| set.drops_any_of(old));
+        *keys = Some(Arc::new(set));
+        drop(keys);
+        if dropped {
+            // A removed or changed key: tokens verified with it must be verified again.
+            self.verified.new_epoch();
         }
         Ok(n)
     }

@@ -22,6 +22,7 @@ mod cors;
 mod jwks;
 mod rate_limit;
 pub(crate) mod signed_url;
+mod verified;
 
 use crate::config::{AuthMethod, Counts, Settings};
 use crate::errors::{self, Reject};
@@ -320,11 +321,9 @@ impl Access {
                     };
                     let verified = std::str::from_utf8(token)
                         .map_err(|_| TokenError::Invalid)
-                        .and_then(|t| jwt.verify(t));
+                        .and_then(|t| jwt.verify(t, unix_now()));
                     match verified {
-                        Ok(claims) => {
-                            return Ok(claims.sub.and_then(|s| HeaderValue::from_str(&s).ok()));
-                        }
+                        Ok(subject) => return Ok(subject),
                         Err(e) => failed = failed.or(Some(Reason::of_token(e))),
                     }
                 }
