@@ -437,11 +437,23 @@ mod tests {
                 .0
         };
         let old = set(&[a.jwk("a"), b.jwk("b")]);
-        assert!(!set(&[b.jwk("b"), a.jwk("a")]).drops_any_of(&old), "the same keys");
-        assert!(!set(&[a.jwk("a"), b.jwk("b"), Es::new().jwk("c")]).drops_any_of(&old), "one added");
+        assert!(
+            !set(&[b.jwk("b"), a.jwk("a")]).drops_any_of(&old),
+            "the same keys"
+        );
+        assert!(
+            !set(&[a.jwk("a"), b.jwk("b"), Es::new().jwk("c")]).drops_any_of(&old),
+            "one added"
+        );
         assert!(set(&[a.jwk("a")]).drops_any_of(&old), "b removed");
-        assert!(set(&[a.jwk("a"), Es::new().jwk("b")]).drops_any_of(&old), "b's material changed");
-        assert!(set(&[a.jwk("a"), b.jwk("b2")]).drops_any_of(&old), "b under another kid");
+        assert!(
+            set(&[a.jwk("a"), Es::new().jwk("b")]).drops_any_of(&old),
+            "b's material changed"
+        );
+        assert!(
+            set(&[a.jwk("a"), b.jwk("b2")]).drops_any_of(&old),
+            "b under another kid"
+        );
         // The exp the gateway remembers a token by.
         let claims = old.verify(&a.sign("a", &claims(60))).unwrap();
         assert_eq!(claims.exp, Some((now() + 60) as f64));

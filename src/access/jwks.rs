@@ -4,7 +4,7 @@
 //! (logged once per change of outcome, counted in `asset_gateway_jwks_refreshes_total`). With
 //! a URL, the first fetch runs as the gateway starts; until it succeeds, tokens are refused.
 
-use super::verified::{TokenKey, VerifiedTokens};
+use super::verified::VerifiedTokens;
 use crate::config::{JwksSource, JwtSettings};
 use crate::jwt::{KeySet, Rules, TokenError};
 use crate::metrics::JwksMetrics;
@@ -53,8 +53,7 @@ impl Jwt {
     /// Checks a token (`now`: Unix seconds); its subject, as the upstream gets it. A token
     /// verified before, in this key epoch and before its `exp`, is not verified again.
     pub(crate) fn verify(&self, token: &str, now: u64) -> Result<Option<HeaderValue>, TokenError> {
-        let key = TokenKey::of(token);
-        if let Some(subject) = self.verified.get(&key, now) {
+        if let Some(subject) = self.verified.get(token, now) {
             return Ok(subject);
         }
         // Before the keys: a refresh that removes this token's key after this point makes
@@ -64,7 +63,8 @@ impl Jwt {
         let claims = keys.ok_or(TokenError::UnknownKey)?.verify(token)?;
         let subject = claims.sub.and_then(|s| HeaderValue::from_str(&s).ok());
         if let Some(exp) = claims.exp.filter(|e| e.is_finite() && *e >= 0.0) {
-            self.verified.insert(key, epoch, exp as u64, subject.clone(), now);
+            self.verified
+                .insert(token, epoch, exp as u64, subject.clone(), now);
         }
         Ok(subject)
     }
