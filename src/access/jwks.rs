@@ -3,6 +3,8 @@
 //! with the system roots), every `jwks_refresh`. A failed refresh keeps the last good keys
 //! (logged once per change of outcome, counted in `asset_gateway_jwks_refreshes_total`). With
 //! a URL, the first fetch runs as the gateway starts; until it succeeds, tokens are refused.
+//! A token verified once is remembered (`verified`) until its `exp`; a reload that removes or
+//! changes a key makes every remembered token unknown again.
 
 use super::verified::VerifiedTokens;
 use crate::config::{JwksSource, JwtSettings};

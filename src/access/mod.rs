@@ -12,7 +12,8 @@
 //! made from it, and on a cached route the header counts as forwarded, so an origin's `Vary`
 //! on it keys on the verified subject (`config::subject_header`).
 //!
-//! - `signed_url`, `jwks` (with `crate::jwt`): the two credentials; `rate_limit`: buckets in fixed memory;
+//! - `signed_url`, `jwks` (with `crate::jwt`): the two credentials, `verified`: tokens already
+//!   verified; `rate_limit`: buckets in fixed memory;
 //! - `cors`: preflights and response headers; `client_ip`: who the client is;
 //! - `admin`: who may use the admin API. (`asset-gateway sign` is the top-level `sign`.)
 
