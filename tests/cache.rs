@@ -8,14 +8,11 @@ mod common;
 use common::origin::{pattern, Behavior, Origin};
 use common::{client, free_addrs, wait_listening, Gateway, RawConn, EVENTUALLY};
 
-/// A series' value in a scrape; absent counts as 0.
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
-}
+use common::{eventually, metric, settled};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Distinct asset ids (each test uses its own, so none sees another's objects).
@@ -93,15 +90,6 @@ async fn get(url: &str) -> (u16, String, Vec<u8>) {
     (status, cs, r.bytes().await.unwrap().to_vec())
 }
 
-/// Waits until `cond` holds (it only guards against hanging; nothing is timed).
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn admin_json(admin: SocketAddr, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
     let r = client()
         .request(method, format!("http://{admin}{path}"))
@@ -110,16 +98,6 @@ async fn admin_json(admin: SocketAddr, method: reqwest::Method, path: &str) -> (
         .unwrap();
     let status = r.status().as_u16();
     (status, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap())
-}
-
-/// Waits until no fill is in flight: a client can have every byte of its response a moment
-/// before the fill that sent them is committed.
-async fn settled(admin: SocketAddr) {
-    let start = Instant::now();
-    while admin_json(admin, reqwest::Method::GET, "/cache").await.1["fills_in_flight"] != 0 {
-        assert!(start.elapsed() < EVENTUALLY, "a fill never ended");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// 50 clients ask for a cold 4 MiB asset at once while the origin holds it after its first

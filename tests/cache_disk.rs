@@ -6,12 +6,12 @@
 mod common;
 
 use common::origin::{pattern, Behavior, Origin};
-use common::{client, free_addrs, temp_dir, wait_listening, Gateway, EVENTUALLY};
+use common::{client, free_addrs, temp_dir, wait_listening, Gateway};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 const IDS: [&str; 5] = [
@@ -94,41 +94,7 @@ async fn delete(admin: SocketAddr, id: &str) -> serde_json::Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
-/// Waits until no fill is in flight (the disk copy is in place before a fill ends).
-async fn settled(admin: SocketAddr) {
-    let start = Instant::now();
-    while cache_json(admin).await["fills_in_flight"] != 0 {
-        assert!(start.elapsed() < EVENTUALLY, "a fill never ended");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn metrics(admin: SocketAddr) -> String {
-    client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
+use common::{eventually, metric, scrape, settled};
 
 /// The files in the disk directory: (name, size).
 fn files(dir: &Path) -> Vec<(String, u64)> {
@@ -212,7 +178,7 @@ async fn after_a_restart_the_disk_tier_hits_without_the_origin() {
         1,
         "the origin saw only the first request"
     );
-    let m = metrics(admin).await;
+    let m = scrape(admin).await;
     assert!(metric(&m, "asset_gateway_cache_disk_hits_total") >= 3.0, "{m}");
     assert!(
         metric(&m, "asset_gateway_cache_disk_hit_bytes_total") >= size as f64,
@@ -281,7 +247,7 @@ async fn eviction_keeps_the_disk_bound() {
         assert_eq!(cache_json(admin).await["disk"]["bytes"].as_u64(), Some(on_disk));
     }
     assert_eq!(objects(&dir.0).len(), 3, "{:?}", files(&dir.0));
-    let m = metrics(admin).await;
+    let m = scrape(admin).await;
     assert_eq!(metric(&m, "asset_gateway_cache_disk_evictions_total"), 2.0, "{m}");
     drop(gw);
 

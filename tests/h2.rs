@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::ca::{provider, Ca};
 use common::origin::{pattern, Behavior, Origin};
-use common::{free_addr, simple_config, temp_dir, wait_listening, Gateway, BIN, EVENTUALLY, ID};
+use common::{check_config, free_addrs, simple_config, temp_dir, wait_listening, Gateway, EVENTUALLY, ID};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,14 +39,14 @@ fn start(origin: &Origin, extra: &str) -> H2Gateway {
     let dir = temp_dir();
     let cert = write(&dir, "gw.pem", &cert.pem());
     let key = write(&dir, "gw.key", &key.serialize_pem());
-    let (tls, h2c) = (free_addr(), free_addr());
-    let listen = format!(
+    let [listen, tls, h2c] = free_addrs();
+    let listeners = format!(
         "[\"{{listen}}\", {{addr: \"{tls}\", tls: {{cert: {cert}, key: {key}}}}}, {{addr: \"{h2c}\", h2c: true}}]"
     );
     let yaml = simple_config(&[origin.addr], "")
-        .replace("[\"{listen}\"]", &listen)
+        .replace("[\"{listen}\"]", &listeners)
         .replace("  upstreams:", &format!("{extra}  upstreams:"));
-    let gw = Gateway::start(&yaml);
+    let gw = Gateway::start_at(&yaml, &[], listen);
     wait_listening(tls);
     wait_listening(h2c);
     H2Gateway {
@@ -533,48 +533,23 @@ fn bad_listener_certificates_are_refused_by_dash_t() {
             "[\"{listen}\"]",
             &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {tls}}}]"),
         );
-        let conf = write(&dir, "gw.yaml", &yaml);
-        let out = std::process::Command::new(BIN)
-            .args(["-t", "-c", &conf])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{tls}: {stderr}");
-        assert!(
-            stderr.contains(expected),
-            "{tls}: expected {expected:?} in {stderr}"
-        );
+        let (ok, out) = check_config(&yaml);
+        assert!(!ok, "{tls}: {out}");
+        assert!(out.contains(expected), "{tls}: expected {expected:?} in {out}");
     }
-    let mismatch = {
+    let check_tls = |cert: &str, key: &str| {
         let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "").replace(
             "[\"{listen}\"]",
-            &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {cert}, key: {other}}}}}]"),
+            &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {cert}, key: {key}}}}}]"),
         );
-        let conf = write(&dir, "gw.yaml", &yaml);
-        let out = std::process::Command::new(BIN)
-            .args(["-t", "-c", &conf])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).to_string()
+        check_config(&yaml).1
     };
+    let mismatch = check_tls(&cert, &other);
     assert!(
         mismatch.contains("gateway.listen[1].tls.key: ")
             && mismatch.contains("does not match the certificate"),
         "{mismatch}"
     );
-    let expired_msg = {
-        let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "").replace(
-            "[\"{listen}\"]",
-            &format!(
-                "[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {expired}, key: {expired_key}}}}}]"
-            ),
-        );
-        let conf = write(&dir, "gw.yaml", &yaml);
-        let out = std::process::Command::new(BIN)
-            .args(["-t", "-c", &conf])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).to_string()
-    };
+    let expired_msg = check_tls(&expired, &expired_key);
     assert!(expired_msg.contains("expired on"), "{expired_msg}");
 }
