@@ -34,12 +34,29 @@ pub const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Frame {
     pub kind: u8,
     pub flags: u8,
     pub stream: u32,
     pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "(type {} flags {:#x} stream {} {} bytes",
+            self.kind,
+            self.flags,
+            self.stream,
+            self.payload.len()
+        )?;
+        match self.error_code() {
+            Some(code) => write!(f, " code {code:#x})"),
+            None => write!(f, ")"),
+        }
+    }
 }
 
 impl Frame {
@@ -177,19 +194,24 @@ impl H2Raw {
     }
 
     /// The next frame; `Err` when the server closed the connection or sent nothing for
-    /// `EVENTUALLY`.
+    /// `EVENTUALLY`. A PING from the server is acknowledged (and returned).
     pub async fn frame(&mut self) -> Result<Frame, End> {
         loop {
             if self.buf.len() >= 9 {
                 let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
                 if self.buf.len() >= 9 + len {
                     let f: Vec<u8> = self.buf.drain(..9 + len).collect();
-                    return Ok(Frame {
+                    let f = Frame {
                         kind: f[3],
                         flags: f[4],
                         stream: u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff,
                         payload: f[9..].to_vec(),
-                    });
+                    };
+                    if f.kind == PING && f.flags & ACK == 0 {
+                        // The server may be closed to writes already; what it sent still counts.
+                        let _ = self.s.write_all(&frame(PING, ACK, 0, &f.payload)).await;
+                    }
+                    return Ok(f);
                 }
             }
             let mut chunk = [0u8; 65536];
