@@ -9,6 +9,7 @@
 
 use crate::config::AccessLogFormat;
 use crate::fmt::{push_addr, push_json_str, push_ms, push_now, push_u64};
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -56,6 +57,11 @@ pub(crate) struct AccessRecord<'a> {
     /// What the cache did (`hit`, `collapsed`, `miss-stored`, `miss`, ...); `None` when the
     /// request did not use the cache (the field is then left out).
     pub cache: Option<&'a str>,
+    /// The optional fields (`access_log.fields`): the client's `Range`, `User-Agent` and
+    /// `Referer`. `None`: not configured (left out); `Some(None)`: configured, not sent.
+    pub range: Option<Option<Cow<'a, str>>>,
+    pub user_agent: Option<Option<Cow<'a, str>>>,
+    pub referer: Option<Option<Cow<'a, str>>>,
 }
 
 /// A field's value, written the way each format writes it.
@@ -74,9 +80,13 @@ enum Value<'a> {
 
 impl AccessRecord<'_> {
     /// Every field, in order. `None` leaves the field out of the line.
-    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 15] {
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 18] {
         fn or_missing(v: Option<Value<'_>>) -> Option<Value<'_>> {
             Some(v.unwrap_or(Value::Missing))
+        }
+        fn optional<'a>(v: &'a Option<Option<Cow<'_, str>>>) -> Option<Value<'a>> {
+            v.as_ref()
+                .map(|v| v.as_deref().map_or(Value::Missing, Value::Quoted))
         }
         [
             ("client", or_missing(self.client.map(Value::Addr))),
@@ -94,6 +104,9 @@ impl AccessRecord<'_> {
             ("cache", self.cache.map(Value::Word)),
             ("error", self.error.as_deref().map(Value::Quoted)),
             ("upstream_failures", self.failures.as_deref().map(Value::Quoted)),
+            ("range", optional(&self.range)),
+            ("user_agent", optional(&self.user_agent)),
+            ("referer", optional(&self.referer)),
         ]
     }
 
@@ -247,6 +260,9 @@ mod tests {
             error: error.map(str::to_string),
             failures: None,
             cache: None,
+            range: None,
+            user_agent: None,
+            referer: None,
         }
     }
 
@@ -283,5 +299,24 @@ mod tests {
         assert!(r
             .json_line()
             .contains(",\"request_id\":\"req-1\",\"cache\":\"hit\"}"));
+    }
+
+    #[test]
+    fn optional_fields_are_quoted_and_dashed_when_absent() {
+        let mut r = record(None);
+        r.range = Some(Some("bytes=0-99".into()));
+        r.user_agent = Some(Some("VLC/3.0 \"x\"".into()));
+        r.referer = Some(None);
+        assert!(
+            r.text_line()
+                .ends_with(" range=\"bytes=0-99\" user_agent=\"VLC/3.0 \\\"x\\\"\" referer=-\n"),
+            "{}",
+            r.text_line()
+        );
+        assert!(r
+            .json_line()
+            .ends_with(",\"range\":\"bytes=0-99\",\"user_agent\":\"VLC/3.0 \\\"x\\\"\",\"referer\":null}\n"));
+        r.user_agent = None;
+        assert!(!r.text_line().contains("user_agent"));
     }
 }

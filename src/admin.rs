@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (every
 //! upstream has a usable peer; a DNS upstream has resolved at least once), and with a cache
-//! `GET /cache` (sizes) and `DELETE /cache/<client path of an asset>` (purge). Anything else
+//! `GET /cache` (sizes), `DELETE /cache/<client path of an asset>` (purge) and
+//! `DELETE /cache/<route path with * for the id>` (purge every asset of a route). Anything else
 //! is 404. The main listener never serves these.
 //! Its clients get the main listener's protections: `app` wraps it in the same head deadline,
 //! and each request gets the same head checks and keep-alive rules.
@@ -68,6 +69,20 @@ impl Admin {
                     s.memory_bytes, s.memory_limit, s.objects, s.fills, s.memory_bytes, s.memory_limit, s.objects
                 );
                 Some(reply(200, "application/json", body))
+            }
+            (&http::Method::DELETE, Some(pattern)) if pattern.contains('*') => {
+                Some(match self.router.route_of_pattern(pattern) {
+                    Some(route) => {
+                        let assets = cache.purge_route(&self.router.route(route).template);
+                        let body = format!("{{\"purged\":{},\"assets\":{assets}}}\n", assets > 0);
+                        reply(200, "application/json", body)
+                    }
+                    None => reply(
+                        404,
+                        "text/plain",
+                        "no route has this path (a route purge puts * in place of {id})\n",
+                    ),
+                })
             }
             (&http::Method::DELETE, Some(asset_path)) => Some(match self.router.resolve(asset_path) {
                 Resolution::Asset { route, id } => {

@@ -3,8 +3,8 @@
 //! work: whether a request is admitted, and which upstream serves it.
 
 use crate::attempts::Attempts;
-use crate::cache::{Cache, RequestCache};
-use crate::config::{AccessLogFormat, Settings};
+use crate::cache::{Cache, CachedRoute, RequestCache};
+use crate::config::{AccessLogFields, AccessLogFormat, Settings};
 use crate::downstream::{self, Limits};
 use crate::errors::{self, Reject};
 use crate::metrics::RouteMetrics;
@@ -29,10 +29,11 @@ pub(crate) struct Gateway {
     pub(crate) limits: Limits,
     pub(crate) server_timing: bool,
     pub(crate) access_log: Option<AccessLogFormat>,
+    pub(crate) access_log_fields: AccessLogFields,
     /// The response cache, if configured.
     pub(crate) cache: Option<&'static Cache>,
-    /// Indexed like the routes: whether the route's responses go through the cache.
-    pub(crate) cache_routes: Vec<bool>,
+    /// Indexed like the routes: `Some` for a route whose responses go through the cache.
+    pub(crate) cache_routes: Vec<Option<CachedRoute>>,
 }
 
 impl Gateway {
@@ -42,7 +43,7 @@ impl Gateway {
         let routes: Vec<Route> = s
             .routes
             .iter()
-            .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.forward_query))
+            .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.query.clone()))
             .collect();
         let route_metrics = routes
             .iter()
@@ -50,6 +51,12 @@ impl Gateway {
             .chain(["unmatched"])
             .map(RouteMetrics::new)
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let cache = s.cache.as_ref().map(Cache::build).transpose()?;
+        let cache_routes = s
+            .routes
+            .iter()
+            .map(|r| cache.filter(|_| r.cache).map(|c| CachedRoute::new(c, r)))
+            .collect();
         Ok(Gateway {
             router: Router::new(routes),
             upstreams: Arc::new(Upstreams::build(&s.upstreams)?),
@@ -59,8 +66,9 @@ impl Gateway {
             limits: s.downstream.limits,
             server_timing: s.server_timing,
             access_log: s.access_log,
-            cache: s.cache.as_ref().map(Cache::build).transpose()?,
-            cache_routes: s.routes.iter().map(|r| r.cache).collect(),
+            access_log_fields: s.access_log_fields,
+            cache,
+            cache_routes,
         })
     }
 }
@@ -118,6 +126,11 @@ impl Ctx {
 }
 
 impl Gateway {
+    /// The request's route (`ctx.route`), when it is cached.
+    pub(crate) fn cached_route(&self, route: Option<&Matched>) -> Option<&CachedRoute> {
+        self.cache_routes.get(route?.index)?.as_ref()
+    }
+
     pub(crate) fn upstream_of(&self, ctx: &Ctx) -> Option<&Upstream> {
         let m = ctx.route.as_ref()?;
         Some(self.upstreams.get(self.router.route(m.index).upstream))

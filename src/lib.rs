@@ -11,6 +11,7 @@ mod cache;
 mod config;
 mod downstream;
 mod errors;
+pub mod fleet_purge;
 mod fmt;
 mod gateway;
 mod headers;

@@ -1,6 +1,7 @@
-//! `asset-gateway -c <file> [-t] [-d] [-u]`: Pingora's usual flags.
+//! `asset-gateway -c <file> [-t] [-d] [-u]`: Pingora's usual flags; `asset-gateway purge
+//! ...` purges an asset on every replica of a cache tier (`fleet_purge`).
 
-use asset_gateway::{app, logging, Config};
+use asset_gateway::{app, fleet_purge, logging, Config};
 use pingora::server::configuration::Opt;
 use std::process::exit;
 
@@ -10,6 +11,10 @@ use std::process::exit;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("purge") {
+        exit(fleet_purge::run(&args[2..]));
+    }
     logging::init();
     let mut opt = Opt::parse_args();
     // We read the file ourselves (Pingora would ignore unknown keys); Pingora must not
@@ -24,6 +29,7 @@ fn main() {
     });
     if opt.test {
         println!("{path}: configuration OK");
+        print!("{}", config.explain());
         exit(0);
     }
     app::run(opt, config)

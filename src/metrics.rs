@@ -267,7 +267,7 @@ pub(crate) fn scrape<'a>(
 
 /// The cache's metrics, registered once when a cache is configured.
 pub(crate) struct CacheMetrics {
-    /// `asset_gateway_cache_lookups_total{result}`: hit, miss, stale, coalesced.
+    /// `asset_gateway_cache_lookups_total{route, result}`: see [`LOOKUP_RESULTS`].
     lookups: IntCounterVec,
     pub(crate) hit_bytes: IntCounter,
     pub(crate) stored_bytes: IntCounter,
@@ -300,15 +300,11 @@ impl CacheMetrics {
         let lookups = IntCounterVec::new(
             Opts::new(
                 "asset_gateway_cache_lookups_total",
-                "Cache lookups of cacheable requests: hit (stored object), coalesced (joined another request's fill), miss, stale.",
+                "Cache lookups of cacheable requests by route: hit (stored object), coalesced (joined another request's fill), miss, stale, pass (skipped the cache: the key's last answer could not be stored).",
             ),
-            &["result"],
+            &["route", "result"],
         )?;
         register(Box::new(lookups.clone()));
-        // Every result is exported from the start (at 0), so rates work before the first one.
-        for result in ["hit", "coalesced", "miss", "stale"] {
-            lookups.with_label_values(&[result]);
-        }
         let memory_bytes = IntGauge::new(
             "asset_gateway_cache_memory_bytes",
             "Bytes charged against gateway.cache.memory by stored objects (body, header and index overhead).",
@@ -350,8 +346,24 @@ impl CacheMetrics {
         })
     }
 
-    /// `result` is one of a fixed set of words, so the label lookup stays cheap.
-    pub(crate) fn lookup(&self, result: &str) {
-        self.lookups.with_label_values(&[result]).inc();
+    /// A cached route's lookup counters, each exported from the start (at 0), so rates work
+    /// before the first one.
+    pub(crate) fn route_lookups(&self, route: &str) -> RouteLookups {
+        RouteLookups(LOOKUP_RESULTS.map(|result| self.lookups.with_label_values(&[route, result])))
+    }
+}
+
+/// The `result` values of `asset_gateway_cache_lookups_total`.
+const LOOKUP_RESULTS: [&str; 5] = ["hit", "coalesced", "miss", "stale", "pass"];
+
+/// One cached route's `asset_gateway_cache_lookups_total` series, by result.
+pub(crate) struct RouteLookups([IntCounter; 5]);
+
+impl RouteLookups {
+    /// `result` is one of [`LOOKUP_RESULTS`].
+    pub(crate) fn record(&self, result: &str) {
+        if let Some(i) = LOOKUP_RESULTS.iter().position(|r| *r == result) {
+            self.0[i].inc();
+        }
     }
 }

@@ -290,6 +290,24 @@ impl MemStorage {
         removed
     }
 
+    /// The asset tags starting with `prefix` that have something in either tier (objects,
+    /// fills, disk files): what a purge of a whole route goes through (issue 19).
+    pub(crate) fn assets_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut tags: Vec<String> = self
+            .index()
+            .assets
+            .keys()
+            .filter(|a| a.starts_with(prefix))
+            .cloned()
+            .collect();
+        if let Some(d) = self.disk {
+            tags.extend(d.assets_with_prefix(prefix));
+        }
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
     /// Called by a writer's `finish`: commits the fill if it is still the key's current one
     /// (a purge, or a newer writer after a lock timeout, detaches it), evicting the least
     /// recently used objects to stay within the bound. Returns whether the fill was still

@@ -3,13 +3,13 @@
 //! its key path and all are reported together; nothing is returned half-built.
 
 use super::file::{
-    CacheFile, DiscoveryFile, DiskFile, GatewayFile, PeerFile, QueryPolicy, TlsFile, UpstreamFile,
+    AccessLogField, CacheFile, DiscoveryFile, DiskFile, GatewayFile, PeerFile, TlsFile, UpstreamFile,
 };
 use super::runtime::*;
 use super::tls;
 use crate::downstream::Limits;
 use http::{HeaderName, HeaderValue};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -124,7 +124,7 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         .iter()
         .filter_map(|(name, u)| upstream(name, u, streaming.read_size, resolver, &mut p))
         .collect();
-    let routes = routes(&g, &mut p);
+    let routes = super::routes::routes(&g, &mut p);
     let cache = g.cache.as_ref().and_then(|c| cache(c, &mut p));
 
     if !p.is_empty() {
@@ -135,6 +135,11 @@ pub(super) fn compile(g: GatewayFile) -> Result<Settings, Vec<String>> {
         admin,
         server_timing: g.server_timing,
         access_log: g.access_log.enabled.then_some(g.access_log.format),
+        access_log_fields: AccessLogFields {
+            range: g.access_log.fields.contains(&AccessLogField::Range),
+            user_agent: g.access_log.fields.contains(&AccessLogField::UserAgent),
+            referer: g.access_log.fields.contains(&AccessLogField::Referer),
+        },
         downstream,
         streaming,
         upstreams,
@@ -172,6 +177,8 @@ fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
         max_object_size,
         default_ttl: c.default_ttl.0,
         lock_timeout: c.lock_timeout.0,
+        negative_ttl: c.negative_ttl.0,
+        uncacheable_ttl: c.uncacheable_ttl.0,
         disk,
     })
 }
@@ -253,51 +260,6 @@ fn listeners(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Listener> {
         listen.push(Listener { addr, kind });
     }
     listen
-}
-
-fn routes(g: &GatewayFile, p: &mut Vec<String>) -> Vec<Route> {
-    if g.routes.is_empty() {
-        p.push("gateway.routes: at least one route is required".to_string());
-    }
-    let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut routes = Vec::new();
-    for (i, route) in g.routes.iter().enumerate() {
-        let key = format!("gateway.routes[{i}]");
-        if let Err(e) = check_template(&route.path, true) {
-            p.push(format!("{key}.path: {e}"));
-        }
-        if let Err(e) = check_template(&route.rewrite, false) {
-            p.push(format!("{key}.rewrite: {e}"));
-        }
-        if route.cache == Some(true) && g.cache.is_none() {
-            p.push(format!("{key}.cache: needs gateway.cache (the cache is off)"));
-        }
-        if let Some(first) = paths.insert(&route.path, i) {
-            p.push(format!(
-                "{key}.path: {:?} is already the path of gateway.routes[{first}]",
-                route.path
-            ));
-        }
-        // Upstreams are kept in the order of their names, like `g.upstreams`.
-        match g.upstreams.keys().position(|n| *n == route.upstream) {
-            Some(upstream) => routes.push(Route {
-                template: route.path.clone(),
-                rewrite: route.rewrite.clone(),
-                upstream,
-                forward_query: route.query == QueryPolicy::Forward,
-                cache: g.cache.is_some() && route.cache != Some(false),
-            }),
-            None => {
-                let defined: Vec<&str> = g.upstreams.keys().map(String::as_str).collect();
-                p.push(format!(
-                    "{key}.upstream: unknown upstream {:?} (defined: {})",
-                    route.upstream,
-                    defined.join(", ")
-                ));
-            }
-        }
-    }
-    routes
 }
 
 /// One upstream, or `None` with its problems added to `p`.

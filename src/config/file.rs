@@ -46,6 +46,12 @@ pub(super) struct CacheFile {
     pub default_ttl: Dur,
     #[serde(default = "thirty_seconds")]
     pub lock_timeout: Dur,
+    /// Freshness of a 404 or 410 without explicit freshness.
+    #[serde(default = "ten_seconds")]
+    pub negative_ttl: Dur,
+    /// How long a key whose answer could not be stored skips the cache lock (hit-for-pass).
+    #[serde(default = "thirty_seconds")]
+    pub uncacheable_ttl: Dur,
     /// The optional disk tier.
     #[serde(default)]
     pub disk: Option<DiskFile>,
@@ -78,6 +84,8 @@ fn yes() -> bool {
 pub(super) struct AccessLogFile {
     pub enabled: bool,
     pub format: AccessLogFormat,
+    /// Optional fields (request headers) added to every line.
+    pub fields: Vec<AccessLogField>,
 }
 
 impl Default for AccessLogFile {
@@ -85,8 +93,18 @@ impl Default for AccessLogFile {
         AccessLogFile {
             enabled: true,
             format: AccessLogFormat::Text,
+            fields: Vec::new(),
         }
     }
+}
+
+/// An optional access-log field: the client's request header of that name.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum AccessLogField {
+    Range,
+    UserAgent,
+    Referer,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -386,19 +404,57 @@ pub(super) struct RouteFile {
     pub path: String,
     pub upstream: String,
     pub rewrite: String,
+    /// Default: `drop` on a cached route, `forward` on any other.
     #[serde(default)]
-    pub query: QueryPolicy,
+    pub query: Option<QueryFile>,
     /// Whether responses of this route go through the cache; default: yes when
     /// `gateway.cache` is set.
     #[serde(default)]
     pub cache: Option<bool>,
+    /// On a cached route, the client headers that reach the upstream besides the ones the
+    /// gateway owns; default `[accept]`.
+    #[serde(default)]
+    pub forward_headers: Option<Vec<String>>,
+    /// On a cached route, the media types an origin's `Vary: Accept` keys on.
+    #[serde(default)]
+    pub vary_accept: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum QueryPolicy {
+/// `query: forward`, `query: drop` or `query: {allow: [w, fmt]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum QueryFile {
     /// Send the client's query string upstream unchanged.
-    #[default]
     Forward,
     Drop,
+    /// Only these parameters, sorted by name.
+    Allow(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for QueryFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Allow {
+            allow: Vec<String>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = QueryFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("forward, drop or {allow: [names]}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<QueryFile, E> {
+                match s {
+                    "forward" => Ok(QueryFile::Forward),
+                    "drop" => Ok(QueryFile::Drop),
+                    other => Err(E::unknown_variant(other, &["forward", "drop", "{allow: [...]}"])),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<QueryFile, A::Error> {
+                let a = Allow::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(QueryFile::Allow(a.allow))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

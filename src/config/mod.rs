@@ -6,11 +6,13 @@
 //! - `file`: the serde types, as the file writes them (unknown keys refused);
 //! - `units`: durations and sizes;
 //! - `compile`: checks and the conversion into `runtime` types;
+//! - `routes`: the routes' checks, with what a cached route keys on and forwards;
 //! - `runtime`: what the rest of the gateway reads;
 //! - `tls`: PEM files read and parsed at start.
 
 mod compile;
 mod file;
+mod routes;
 mod runtime;
 mod tls;
 mod units;
@@ -53,6 +55,11 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// What `-t` prints besides "configuration OK": what each route forwards and keys on.
+    pub fn explain(&self) -> String {
+        routes::explain(&self.gateway.routes)
+    }
+
     /// Reads, parses, validates and loads `path`. `-t` runs exactly this.
     pub fn load(path: &str) -> Result<Config, ConfigError> {
         let error = |problems| ConfigError {

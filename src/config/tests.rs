@@ -420,15 +420,19 @@ fn cache_settings_and_defaults() {
             max_object_size: 1 << 30,
             default_ttl: Duration::from_secs(3600),
             lock_timeout: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(10),
+            uncacheable_ttl: Duration::from_secs(30),
             disk: None,
         }
     );
     assert!(c.gateway.routes[0].cache, "routes use the cache by default");
     let c = Config::from_yaml(&with_cache(
-        "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s",
+        "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s\n    negative_ttl: 1m\n    uncacheable_ttl: 5s",
     ))
     .unwrap();
     let cache = c.gateway.cache.unwrap();
+    assert_eq!(cache.negative_ttl, Duration::from_secs(60));
+    assert_eq!(cache.uncacheable_ttl, Duration::from_secs(5));
     assert_eq!(cache.max_object_size, 8 << 20);
     assert_eq!(cache.default_ttl, Duration::from_secs(300));
     assert_eq!(cache.lock_timeout, Duration::from_secs(2));

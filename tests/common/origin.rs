@@ -75,7 +75,18 @@ pub enum Behavior {
     Status { status: u16, body: &'static str },
     /// Writes `bytes` verbatim as the whole answer (a misbehaving origin), then does `after`.
     Raw { bytes: Bytes, after: After },
+    /// Answers whatever the function makes of the request, when its future is ready (so it
+    /// may wait first): a status line without `HTTP/1.1 ` (`"200 OK"`), header lines each
+    /// ending in CRLF, and a body (its `content-length` is added).
+    Scripted(Script),
 }
+
+/// See [`Behavior::Scripted`].
+pub type Script = Arc<
+    dyn Fn(&Seen) -> std::pin::Pin<Box<dyn std::future::Future<Output = (String, String, Vec<u8>)> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What a [`Behavior::Raw`] origin does once it has written its bytes.
 #[derive(Clone, Copy, Debug)]
@@ -519,6 +530,14 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
                     false
                 }
             }
+        }
+        Behavior::Scripted(script) => {
+            let (status, headers, body) = script(req).await;
+            let h = format!(
+                "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\r\n",
+                body.len()
+            );
+            write_head(sock, st, h.as_bytes()).await && (head_only || write_all(sock, st, &body, true).await)
         }
         Behavior::Status { status, body } => {
             let h = format!(
