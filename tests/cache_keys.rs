@@ -243,6 +243,9 @@ async fn random_query_strings_do_not_bust_the_cache() {
     let seen = s.origin.asset_requests();
     assert_eq!(seen.len(), 1, "200 requests made {} origin requests", seen.len());
     assert_eq!(seen[0].target, format!("/v1/assets/{A}"));
+    // The lookup metric is counted in the logging hook, after the client has its response;
+    // the access line comes after it.
+    s.gw.wait_access_lines(200).await;
     let m = common::scrape(s.admin).await;
     let route = "route=\"/content/v1/assets/{id}\"";
     let count = |result: &str| {
@@ -400,6 +403,8 @@ async fn a_second_no_store_herd_goes_upstream_at_once() {
         assert_eq!(*status, 200);
         assert_eq!(cs, "asset-gateway; fwd=bypass; detail=no-store");
     }
+    // Counted in the logging hook, before each request's access line.
+    s.gw.wait_access_lines(60).await;
     let m = common::scrape(s.admin).await;
     let pass = common::metric(
         &m,
