@@ -7,7 +7,7 @@
 mod common;
 
 use common::origin::{Behavior, Origin, Script, Seen};
-use common::{client, free_addrs, wait_listening, Gateway};
+use common::{client, free_addrs, settled, wait_listening, Gateway};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -94,20 +94,6 @@ async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let status = r.status().as_u16();
     let cs = cache_status(&r);
     (status, cs, r.text().await.unwrap())
-}
-
-/// Waits until no fill is in flight (a client can have its whole body a moment before the
-/// fill is committed).
-async fn settled(admin: SocketAddr) {
-    let start = Instant::now();
-    loop {
-        let json = admin_json(admin, reqwest::Method::GET, "/cache").await.1;
-        if json["fills_in_flight"] == 0 {
-            return;
-        }
-        assert!(start.elapsed() < common::EVENTUALLY, "a fill never ended");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn admin_json(admin: SocketAddr, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
