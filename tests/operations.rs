@@ -103,7 +103,7 @@ async fn metrics_count_known_traffic() {
         "asset_gateway_upstream_connections_total{reused=\"true\",upstream=\"assets\"}",
     );
     assert_eq!(new + reused, 7.0, "{m}");
-    assert_eq!(new, origin.connections() as f64);
+    assert_eq!(new, origin.asset_connections() as f64);
     expect("asset_gateway_active_requests", 0.0);
     expect(
         &format!(

@@ -100,6 +100,8 @@ pub enum After {
 /// One request head as the origin received it.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// Which accepted connection carried it (0, 1, ... in accept order).
+    pub conn: usize,
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
@@ -192,7 +194,7 @@ impl Origin {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((sock, _)) = accepted else { continue };
-                        st.connections.fetch_add(1, Ordering::SeqCst);
+                        let conn = st.connections.fetch_add(1, Ordering::SeqCst);
                         let _ = sock.set_nodelay(true);
                         if st.reset_on_close.load(Ordering::SeqCst) {
                             // A zero linger does not block: the close is an immediate reset.
@@ -207,10 +209,10 @@ impl Origin {
                             let _open = open;
                             let serve = async move {
                                 match tls {
-                                    None => serve_connection(sock, st, stopped).await,
+                                    None => serve_connection(sock, st, stopped, conn).await,
                                     Some(acceptor) => {
                                         if let Ok(s) = acceptor.accept(sock).await {
-                                            serve_connection(s, st, stopped).await;
+                                            serve_connection(s, st, stopped, conn).await;
                                         }
                                     }
                                 }
@@ -261,6 +263,13 @@ impl Origin {
 
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that carried at least one asset request (not a health check): what a
+    /// gateway opened to proxy, whatever else connected to this port.
+    pub fn asset_connections(&self) -> usize {
+        let conns: std::collections::HashSet<usize> = self.asset_requests().iter().map(|r| r.conn).collect();
+        conns.len()
     }
 
     /// Connections the origin has not closed yet.
@@ -314,8 +323,12 @@ impl Drop for Origin {
     }
 }
 
-async fn serve_connection<S>(mut sock: S, st: Arc<OriginState>, mut stopped: watch::Receiver<bool>)
-where
+async fn serve_connection<S>(
+    mut sock: S,
+    st: Arc<OriginState>,
+    mut stopped: watch::Receiver<bool>,
+    conn: usize,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::with_capacity(8192);
@@ -326,7 +339,8 @@ where
             _ = stopped.wait_for(|s| *s) => return,
             _ = st.close_idle.notified(), if buf.is_empty() => return,
         };
-        let Some(seen) = head else { return };
+        let Some(mut seen) = head else { return };
+        seen.conn = conn;
         if served > 0 && st.drop_reused_requests.load(Ordering::SeqCst) {
             return;
         }
@@ -353,6 +367,7 @@ async fn read_head<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut Vec<u8>) -> Opt
                 .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
                 .collect();
             return Some(Seen {
+                conn: 0,
                 method,
                 target,
                 headers,
