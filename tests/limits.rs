@@ -317,10 +317,10 @@ async fn proxy_protocol_v2_from_a_trusted_balancer_gives_the_client() {
     let before = origin.requests().len();
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(&request(C, "pp-5")).await;
-    let (answer, closed) = conn.read_to_close().await;
+    let (answer, end) = conn.read_to_close().await;
     assert!(
-        closed && answer.is_empty(),
-        "{}",
+        end == common::End::Closed && answer.is_empty(),
+        "{end:?}: {}",
         String::from_utf8_lossy(&answer)
     );
     assert_eq!(origin.requests().len(), before);
