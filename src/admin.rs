@@ -128,7 +128,7 @@ impl ServeHttp for Admin {
         if let Some(answer) = self.cache_request(&req.method, req.uri.path()) {
             return answer;
         }
-        if !routing::is_allowed_method(&req.method) {
+        if !routing::is_allowed_method(req.method.as_str()) {
             return reply(405, "text/plain", "method not allowed\n");
         }
         match req.uri.path() {

@@ -175,7 +175,7 @@ impl Gateway {
         // `OPTIONS` only for CORS preflights, which `access` answers.
         let preflight = req.method == http::Method::OPTIONS
             && matches!(resolution, Resolution::Asset { route, .. } if self.access.has_cors(route));
-        if !routing::is_allowed_method(&req.method) && !preflight {
+        if !routing::is_allowed_method(req.method.as_str()) && !preflight {
             return Err(errors::METHOD_NOT_ALLOWED);
         }
         let Resolution::Asset { route, id } = resolution else {

@@ -39,8 +39,7 @@ pub(crate) fn own_answer(
         h.insert_header("x-request-id", id.header())?;
     }
     if status == 405 {
-        let allow: Vec<&str> = ALLOWED_METHODS.iter().map(|m| m.as_str()).collect();
-        h.insert_header(ALLOW, allow.join(", "))?;
+        h.insert_header(ALLOW, ALLOWED_METHODS.join(", "))?;
     }
     Ok(h)
 }

@@ -53,10 +53,7 @@ impl Cors {
     /// for is not allowed.
     pub(crate) fn preflight(&self, req: &RequestHeader) -> Option<ResponseHeader> {
         let method = req.headers.get("access-control-request-method")?;
-        if !crate::routing::ALLOWED_METHODS
-            .iter()
-            .any(|m| m.as_str().as_bytes() == method.as_bytes())
-        {
+        if !method.to_str().is_ok_and(crate::routing::is_allowed_method) {
             return None;
         }
         let origin = self.allow_origin(req)?;
