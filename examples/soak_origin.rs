@@ -13,7 +13,7 @@ mod origin;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use origin::{Behavior, Origin, Reply, Seen};
+use origin::{Behavior, Origin, Seen};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -59,7 +59,7 @@ async fn main() {
         let len = size(i);
         index.push_str(&format!("{id} {len}\n"));
         let (cache, name) = (cache.clone(), id.clone());
-        let respond = move |req: Seen| {
+        let respond = move |req: &Seen| {
             let version = match period {
                 0 => 0,
                 p => (start.elapsed().as_secs() + i) / p,
@@ -68,11 +68,7 @@ async fn main() {
             let headers =
                 format!("content-type: video/mp4\r\netag: {etag}\r\ncache-control: max-age={max_age}\r\n");
             let reply = if req.header("if-none-match") == Some(etag.as_str()) {
-                Reply {
-                    status: 304,
-                    headers,
-                    body: None,
-                }
+                (format!("{} Status", 304), headers, Vec::new())
             } else {
                 let mut c = cache.lock().unwrap();
                 c.retain(|(a, v), _| *a != i || *v + 1 >= version);
@@ -80,15 +76,15 @@ async fn main() {
                     .entry((i, version))
                     .or_insert_with(|| Bytes::from(body(&name, version, len)))
                     .clone();
-                Reply {
-                    status: 200,
+                (
+                    format!("{} Status", 200),
                     headers,
-                    body: Some(b),
-                }
+                    Some(b).map(|b| b.to_vec()).unwrap_or_default(),
+                )
             };
             async move { reply }.boxed()
         };
-        o.set(&id, Behavior::Respond(Arc::new(respond)));
+        o.set(&id, Behavior::Scripted(Arc::new(respond)));
     }
     o.set(
         "index",

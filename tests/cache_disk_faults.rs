@@ -6,9 +6,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::cache::{cache_json, settled};
-use common::origin::{pattern, Behavior, Origin, Reply, Seen};
-use common::{client, free_addrs, signal, temp_dir, wait_listening, Gateway, EVENTUALLY};
+use common::origin::{pattern, Behavior, Origin, Seen};
+use common::{
+    cache_json, client, eventually, free_addrs, settled, signal, temp_dir, wait_listening, Gateway,
+};
 use futures::FutureExt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,23 +88,20 @@ fn random_body(seed: u64, len: usize) -> Bytes {
 /// Serves `body` with `ETag: "<etag>"` and `max-age`, and 304 to a request that names the
 /// ETag.
 fn versioned(body: Bytes, etag: String, max_age: u32) -> Behavior {
-    Behavior::Respond(Arc::new(move |req: Seen| {
+    Behavior::Scripted(Arc::new(move |req: &Seen| {
+        let req = req.clone();
         let (body, etag) = (body.clone(), etag.clone());
         async move {
             let headers =
                 format!("content-type: video/mp4\r\netag: {etag}\r\ncache-control: max-age={max_age}\r\n");
             if req.header("if-none-match") == Some(etag.as_str()) {
-                return Reply {
-                    status: 304,
-                    headers,
-                    body: None,
-                };
+                return (format!("{} Status", 304), headers, Vec::new());
             }
-            Reply {
-                status: 200,
+            (
+                format!("{} Status", 200),
                 headers,
-                body: Some(body),
-            }
+                Some(body).map(|b| b.to_vec()).unwrap_or_default(),
+            )
         }
         .boxed()
     }))
@@ -124,14 +122,6 @@ async fn fetch(url: &str, range: Option<(usize, usize)>) -> Result<(u16, String,
         .unwrap_or_default();
     let body = r.bytes().await.map_err(|e| e.to_string())?;
     Ok((status, cs, body.to_vec()))
-}
-
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// SIGKILL at a random moment of concurrent fills, disk commits and meta rewrites, twelve
@@ -228,11 +218,7 @@ async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
         "no round found anything on disk: the test checked nothing"
     );
     let m = common::scrape(s.admin).await;
-    assert_eq!(
-        common::metric(&m, "asset_gateway_cache_disk_damaged_total"),
-        Some(0.0),
-        "{m}"
-    );
+    assert_eq!(common::metric(&m, "asset_gateway_cache_disk_damaged_total"), 0.0);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -333,11 +319,7 @@ async fn damaged_objects_are_never_served() {
         assert!(got == body[..], "asset {i} after the damage");
     }
     let m = common::scrape(s.admin).await;
-    assert_eq!(
-        common::metric(&m, "asset_gateway_cache_disk_damaged_total"),
-        Some(4.0),
-        "{m}"
-    );
+    assert_eq!(common::metric(&m, "asset_gateway_cache_disk_damaged_total"), 4.0);
     let warnings: Vec<String> =
         s.gw.logs()
             .into_iter()
@@ -684,7 +666,7 @@ async fn disk_io_runs_on_a_fixed_set_of_threads() {
     stop.store(true, Ordering::SeqCst);
     sampler.await.unwrap();
     let m = common::scrape(s.admin).await;
-    let disk_hits = common::metric(&m, "asset_gateway_cache_disk_hits_total").unwrap_or(0.0);
+    let disk_hits = common::metric(&m, "asset_gateway_cache_disk_hits_total");
     let peak = peak.load(Ordering::SeqCst);
     eprintln!("threads: {idle} idle, {peak} at the peak; {disk_hits} disk hits");
     assert!(

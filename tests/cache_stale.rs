@@ -7,8 +7,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::origin::{Behavior, Origin, Reply, Seen};
-use common::{client, free_addrs, wait_listening, Gateway, EVENTUALLY};
+use common::origin::{Behavior, Origin, Seen};
+use common::{client, eventually, free_addrs, wait_listening, Gateway, EVENTUALLY};
 use futures::FutureExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -80,24 +80,29 @@ fn scripted(origin: &Origin, id: &str, body: &'static [u8], cache_control: &'sta
     let s = st.clone();
     origin.set(
         id,
-        Behavior::Respond(Arc::new(move |req: Seen| {
+        Behavior::Scripted(Arc::new(move |req: &Seen| {
+            let req = req.clone();
             let s = s.clone();
             async move {
                 let headers = format!("etag: \"e\"\r\ncache-control: {cache_control}\r\n");
                 match s.mode.load(Ordering::SeqCst) {
                     UNAVAILABLE => {
-                        return Reply {
-                            status: 503,
-                            headers: String::new(),
-                            body: Some(Bytes::from_static(b"unavailable")),
-                        }
+                        return (
+                            format!("{} Status", 503),
+                            String::new(),
+                            Some(Bytes::from_static(b"unavailable"))
+                                .map(|b| b.to_vec())
+                                .unwrap_or_default(),
+                        )
                     }
                     GONE => {
-                        return Reply {
-                            status: 404,
-                            headers: String::new(),
-                            body: Some(Bytes::from_static(b"gone")),
-                        }
+                        return (
+                            format!("{} Status", 404),
+                            String::new(),
+                            Some(Bytes::from_static(b"gone"))
+                                .map(|b| b.to_vec())
+                                .unwrap_or_default(),
+                        )
                     }
                     SILENT => std::future::pending::<()>().await,
                     _ => {}
@@ -107,17 +112,19 @@ fn scripted(origin: &Origin, id: &str, body: &'static [u8], cache_control: &'sta
                     if s.hold.load(Ordering::SeqCst) {
                         s.release.notified().await;
                     }
-                    return Reply {
-                        status: 304,
-                        headers: "etag: \"e\"\r\ncache-control: max-age=3\r\n".into(),
-                        body: None,
-                    };
+                    return (
+                        format!("{} Status", 304),
+                        "etag: \"e\"\r\ncache-control: max-age=3\r\n".into(),
+                        Vec::new(),
+                    );
                 }
-                Reply {
-                    status: 200,
+                (
+                    format!("{} Status", 200),
                     headers,
-                    body: Some(Bytes::from_static(body)),
-                }
+                    Some(Bytes::from_static(body))
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default(),
+                )
             }
             .boxed()
         })),
@@ -136,14 +143,6 @@ async fn get(url: &str) -> (u16, String, Vec<u8>) {
     (status, cs, r.bytes().await.unwrap().to_vec())
 }
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Lets freshness of one second pass (a wait, not a timing assertion).
 async fn let_it_go_stale() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -156,7 +155,7 @@ async fn wait_for_lookups(admin: SocketAddr, result: &str, ok: impl Fn(f64) -> b
     let start = Instant::now();
     loop {
         let m = common::scrape(admin).await;
-        if ok(common::metric(&m, &series).unwrap_or(0.0)) {
+        if ok(common::find_metric(&m, &series).unwrap_or(0.0)) {
             return;
         }
         assert!(start.elapsed() < EVENTUALLY, "{m}");

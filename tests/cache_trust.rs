@@ -5,14 +5,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::cache::{cache_json, settled};
-use common::origin::{pattern, Behavior, Origin, Reply, Seen};
-use common::{client, free_addrs, wait_listening, Gateway, EVENTUALLY};
+use common::origin::{pattern, Behavior, Origin, Seen};
+use common::{cache_json, client, eventually, free_addrs, settled, wait_listening, Gateway};
 use futures::FutureExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 const A: &str = "0b1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c01";
@@ -80,14 +79,6 @@ async fn get(url: &str) -> (u16, String, Option<String>, Vec<u8>) {
     (status, cs, etag, r.bytes().await.unwrap().to_vec())
 }
 
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Two versions of one asset: the body of version `v` (1000 bytes for v1, 3000 for v2, not
 /// the same bytes), served with `ETag: "v<v>"`.
 fn version_body(v: u32) -> Bytes {
@@ -116,27 +107,20 @@ fn late_origin(origin: &Origin, id: &str) -> Arc<LateOrigin> {
     let s = st.clone();
     origin.set(
         id,
-        Behavior::Respond(Arc::new(move |req: Seen| {
+        Behavior::Scripted(Arc::new(move |req: &Seen| {
+            let req = req.clone();
             let s = s.clone();
             async move {
                 if req.header("if-none-match") == Some("\"v1\"") && s.hold.swap(false, Ordering::SeqCst) {
                     s.held.store(true, Ordering::SeqCst);
                     s.release.notified().await;
-                    return Reply {
-                        status: 304,
-                        headers: "etag: \"v1\"\r\ncache-control: max-age=60, must-revalidate\r\n".into(),
-                        body: None,
-                    };
+                    return (format!("{} Status", 304), "etag: \"v1\"\r\ncache-control: max-age=60, must-revalidate\r\n".into(), Vec::new());
                 }
                 let v = s.version.load(Ordering::SeqCst);
                 let max_age = if v == 1 { 1 } else { 60 };
-                Reply {
-                    status: 200,
-                    headers: format!(
+                (format!("{} Status", 200), format!(
                         "content-type: image/jpeg\r\netag: \"v{v}\"\r\ncache-control: max-age={max_age}, must-revalidate\r\n"
-                    ),
-                    body: Some(version_body(v)),
-                }
+                    ), Some(version_body(v)).map(|b| b.to_vec()).unwrap_or_default())
             }
             .boxed()
         })),

@@ -313,6 +313,16 @@ impl Tier {
         removed
     }
 
+    /// The asset tags starting with `prefix` with an object or a fill here.
+    pub(crate) fn assets_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let i = self.index();
+        i.assets
+            .keys()
+            .filter(|a| a.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     /// Removes every object of `asset` and detaches its fills: their readers finish, but they
     /// are not committed and new requests miss.
     pub(crate) fn purge_asset(&self, asset: &str) -> bool {

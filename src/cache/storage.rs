@@ -106,6 +106,18 @@ impl MemStorage {
         in_memory | on_disk
     }
 
+    /// The asset tags starting with `prefix` that have something in either tier (objects,
+    /// fills, disk files, disk writes): what a purge of a whole route goes through.
+    pub(crate) fn assets_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut tags = self.tier.assets_with_prefix(prefix);
+        if let Some(d) = self.disk {
+            tags.extend(d.assets_with_prefix(prefix));
+        }
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
     /// Removes one key's object from both tiers.
     pub(crate) fn remove_key(&self, key: &HashBinary) -> bool {
         let on_disk = self.disk.is_some_and(|d| d.remove_key(key));

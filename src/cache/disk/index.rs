@@ -191,6 +191,17 @@ impl Index {
         (victims, any)
     }
 
+    /// The asset tags starting with `prefix` with an object or a write in progress.
+    pub fn assets_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let files = self.assets.keys();
+        let writes = self.pending.values().map(|p| &p.asset);
+        files
+            .chain(writes)
+            .filter(|a| a.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     /// A write superseded or purged while it was written: is it doomed? (It then deletes
     /// its own files and calls [`Index::buried`].)
     pub fn write_doomed(&self, key: &HashBinary, id: u64) -> bool {

@@ -196,6 +196,11 @@ impl DiskStore {
         any
     }
 
+    /// The asset tags starting with `prefix` with an object or a write in progress here.
+    pub(crate) fn assets_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.index().assets_with_prefix(prefix)
+    }
+
     /// Removes the key's object (a revalidation answered 404 or 410).
     pub(crate) fn remove_key(&'static self, key: &HashBinary) -> bool {
         let victim = {

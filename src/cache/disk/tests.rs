@@ -345,3 +345,64 @@ async fn two_stores_share_a_directory() {
     assert_eq!(files(&d).len(), 2, "{:?}", files(&d));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A fill's `finish` does not wait for its disk copy, which commits after the fill's last byte
+/// reached its readers; a spilling fill's `finish` waits only for its bytes to be in the file,
+/// and one dropped during that wait (its task cancelled) still completes its readers, every
+/// byte, cleanly (the previous design's regression test for 32a3999, where `finish` waited for
+/// the rename).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_dropped_while_it_waits_for_the_file_completes_the_fill() {
+    let d = dir("finish");
+    let (s, disk) = tiers(&d, 4 << 20);
+    let k = key("in-memory");
+    let mut w = s
+        .get_miss_handler(&k, &admitted(s, 1 << 20), &span())
+        .await
+        .unwrap();
+    w.write_body(Bytes::from(vec![1u8; 1 << 20]), false)
+        .await
+        .unwrap();
+    let mut finish = w.finish();
+    assert!(
+        futures::poll!(&mut finish).is_ready(),
+        "finish waited for the disk"
+    );
+    assert!(s.lookup(&k, &span()).await.unwrap().is_some());
+
+    let k = key("spilling");
+    let (chunk, chunks) = (1 << 20, 16);
+    let len = chunk * chunks;
+    let prepared = disk
+        .prepare(k.combined_bin(), s.next_id(), &k.user_tag, len)
+        .await
+        .unwrap();
+    let mut m = meta(len);
+    m.extensions_mut()
+        .insert(Admission::new(Admitted::Disk(prepared)));
+    let mut w = s.get_miss_handler(&k, &m, &span()).await.unwrap();
+    let (_, mut r) = s.lookup(&k, &span()).await.unwrap().unwrap();
+    let reader = tokio::spawn(async move { read_all(&mut r).await });
+    for i in 0..chunks {
+        w.write_body(Bytes::from(vec![i as u8; chunk]), false)
+            .await
+            .unwrap();
+    }
+    let mut finish = w.finish();
+    if futures::poll!(&mut finish).is_ready() {
+        eprintln!("the file had every byte already: the drop below tests nothing new");
+    }
+    drop(finish);
+    let body = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the reader must end, not wait")
+        .unwrap()
+        .expect("the fill's reader must end cleanly");
+    assert_eq!(body.len(), len);
+    assert!(body
+        .chunks(chunk)
+        .enumerate()
+        .all(|(i, c)| c.iter().all(|b| *b == i as u8)));
+    settle(disk).await;
+    let _ = std::fs::remove_dir_all(&d);
+}
