@@ -1051,7 +1051,8 @@ async fn freshness_comes_from_s_maxage_max_age_expires_or_default_ttl() {
 /// changed) is replaced: `fwd=stale; stored`, the new body, and a hit afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_object_replaced_by_the_origin_is_stale_stored() {
-    let s = setup("64MiB", "").await;
+    // Without stale-while-revalidate: the request itself gets the new version.
+    let s = setup("64MiB", "    stale_while_revalidate: 0s").await;
     s.origin.set(
         A,
         Behavior::Validated {

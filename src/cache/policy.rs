@@ -46,8 +46,13 @@ pub(crate) fn set_stale(while_revalidate: Duration, if_error: Duration) {
     let _ = STALE.set((secs(while_revalidate), secs(if_error)));
 }
 
-fn defaults() -> CacheMetaDefaults {
-    let (swr, sie) = STALE.get().copied().unwrap_or((0, 0));
+/// The configured stale windows apply to a 200; a 404 or 410 (kept `negative_ttl`) is
+/// served stale only if the origin says so.
+fn defaults(status: http::StatusCode) -> CacheMetaDefaults {
+    let (swr, sie) = match status {
+        http::StatusCode::OK => STALE.get().copied().unwrap_or((0, 0)),
+        _ => (0, 0),
+    };
     CacheMetaDefaults::new(default_fresh, swr, sie)
 }
 
@@ -126,7 +131,7 @@ pub(crate) fn cacheable(
     }
     let cc = CacheControl::from_resp_headers(resp);
     if !error {
-        let mut r = resp_cacheable(cc.as_ref(), resp.clone(), authorization, &defaults());
+        let mut r = resp_cacheable(cc.as_ref(), resp.clone(), authorization, &defaults(resp.status));
         // Pingora already refuses stale for `must-revalidate`, `proxy-revalidate` and
         // `s-maxage`; `no-cache` means every use is validated first, so never stale either.
         if let (RespCacheable::Cacheable(meta), Some(cc)) = (&mut r, &cc) {
@@ -443,6 +448,18 @@ mod tests {
         );
         assert_eq!(windows("max-age=60, must-revalidate"), (0, 0));
         assert_eq!(windows("no-cache"), (0, 0));
+        // A 404 is kept `negative_ttl`, and served stale only if the origin says so.
+        let not_found = |cc: &str| match cacheable(
+            &resp(404, &[("content-length", "1"), ("cache-control", cc)]),
+            false,
+            100,
+            None,
+        ) {
+            RespCacheable::Cacheable(m) => (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(not_found("max-age=5"), (0, 0));
+        assert_eq!(not_found("max-age=5, stale-if-error=30"), (0, 30));
     }
 
     #[test]
