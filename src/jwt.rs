@@ -406,11 +406,18 @@ mod tests {
         // A configured issuer or audience is required, not only checked when present.
         let exp = now() + 60;
         for (what, c) in [
-            ("no aud", format!(r#"{{"sub":"u","iss":"https://auth.example.com","exp":{exp}}}"#)),
+            (
+                "no aud",
+                format!(r#"{{"sub":"u","iss":"https://auth.example.com","exp":{exp}}}"#),
+            ),
             ("no iss", format!(r#"{{"sub":"u","aud":"assets","exp":{exp}}}"#)),
             ("neither", format!(r#"{{"sub":"u","exp":{exp}}}"#)),
         ] {
-            assert_eq!(set.verify(&es.sign("es", &c)).err(), Some(TokenError::Claims), "{what}");
+            assert_eq!(
+                set.verify(&es.sign("es", &c)).err(),
+                Some(TokenError::Claims),
+                "{what}"
+            );
         }
         // Without them configured, a token needs neither.
         let open = Rules {

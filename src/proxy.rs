@@ -102,17 +102,17 @@ impl ProxyHttp for Gateway {
 
     /// Route and asset id (plus the query the route forwards upstream: canonical with
     /// `query: {allow}`); Pingora's default panics.
-    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
         let m = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a route"))?;
         let route = self.router.route(m.index);
-        Ok(policy::key(
-            &route.template,
-            m.asset.as_str(),
-            m.upstream_uri.query(),
-        ))
+        let mut key = policy::key(&route.template, m.asset.as_str(), m.upstream_uri.query());
+        if let (Some(cache), Some(cached)) = (self.cache, self.cached_route(Some(m))) {
+            cache.predict(&mut key, session.req_header(), &cached.keying);
+        }
+        Ok(key)
     }
 
     async fn cache_hit_filter(

@@ -550,13 +550,19 @@ async fn bearer_tokens_are_checked_before_the_cache() {
         (
             es.token(
                 "es-1",
-                &format!(r#"{{"sub":"x","iss":"https://auth.example.com","exp":{}}}"#, now() + 300),
+                &format!(
+                    r#"{{"sub":"x","iss":"https://auth.example.com","exp":{}}}"#,
+                    now() + 300
+                ),
             ),
             "no aud",
             "jwt-claims",
         ),
         (
-            es.token("es-1", &format!(r#"{{"sub":"x","aud":"assets","exp":{}}}"#, now() + 300)),
+            es.token(
+                "es-1",
+                &format!(r#"{{"sub":"x","aud":"assets","exp":{}}}"#, now() + 300),
+            ),
             "no iss",
             "jwt-claims",
         ),

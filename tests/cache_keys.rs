@@ -399,6 +399,82 @@ async fn a_second_no_store_herd_goes_upstream_at_once() {
     assert_eq!(pass, 30.0, "{m}");
 }
 
+/// Hit-for-pass and `Vary`: an origin that answers 406 (unstorable) for a client whose
+/// `Accept` is none of `vary_accept`, and a cacheable WebP otherwise. One such client must not
+/// turn off the lookup for the others: not on a cold key (its pass holds for its own `Accept`
+/// class only), and not once the WebP is stored (a refusal after a `Vary` miss is not
+/// remembered, even an AVIF `no-store` without `Vary`). The refused class itself still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_unstorable_variant_does_not_turn_off_hits() {
+    let s = setup("", "").await;
+    s.origin.set(
+        A,
+        script(|seen: Seen| async move {
+            match seen.header("accept") {
+                Some("image/webp") => (
+                    "200 OK".to_string(),
+                    "vary: Accept\r\ncache-control: max-age=600\r\n".to_string(),
+                    b"webp".to_vec(),
+                ),
+                // Unstorable, and without Vary: as far as it says, for the whole URL.
+                Some("image/avif") => (
+                    "200 OK".to_string(),
+                    "cache-control: no-store\r\n".to_string(),
+                    b"avif".to_vec(),
+                ),
+                _ => (
+                    "406 Not Acceptable".to_string(),
+                    "vary: Accept\r\n".to_string(),
+                    b"no".to_vec(),
+                ),
+            }
+        }),
+    );
+    let url = s.gw.url(&format!("/content/v1/sized/{A}"));
+    let webp = [("accept", "image/webp,*/*")];
+    let jxl = [("accept", "image/jxl,*/*")];
+    let webp_requests = |o: &Origin| {
+        o.asset_requests()
+            .iter()
+            .filter(|r| r.header("accept") == Some("image/webp"))
+            .count()
+    };
+    // Cold key: the odd client comes first.
+    assert_eq!(get(&url, &jxl).await.0, 406);
+    let herd: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &webp).await })
+        })
+        .collect();
+    for h in herd {
+        let (status, _, body) = h.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "webp"));
+    }
+    assert_eq!(
+        webp_requests(&s.origin),
+        1,
+        "the WebP herd bypassed the cache after another client's 406"
+    );
+    settled(s.admin).await;
+    // Warm: the odd client keeps coming, every other request is a hit.
+    for i in 0..20 {
+        if i % 2 == 0 {
+            let (status, cs, _) = get(&url, &jxl).await;
+            assert_eq!(status, 406, "{cs}");
+            let (status, cs, _) = get(&url, &[("accept", "image/avif")]).await;
+            assert_eq!(status, 200, "{cs}");
+        }
+        let (status, cs, body) = get(&url, &webp).await;
+        assert_eq!((status, body.as_str()), (200, "webp"));
+        assert!(cs.starts_with("asset-gateway; hit"), "request {i}: {cs}");
+    }
+    assert_eq!(webp_requests(&s.origin), 1);
+    // The refused class passes (its mark came from the cold key's miss).
+    let (_, cs, _) = get(&url, &jxl).await;
+    assert_eq!(cs, "asset-gateway; fwd=bypass; detail=status");
+}
+
 /// A herd of 30 on a cold key whose origin answers 503 (slowly): the waiters share the one
 /// answer, and while the origin keeps failing it sees about one request per key per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,8 +89,18 @@ impl Keying {
     /// origin never saw them, so its answer cannot depend on them), with `Accept` reduced to
     /// its class when `vary_accept` is set. `None` without (a forwarded) `Vary`.
     pub(crate) fn variance(&self, resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
+        self.variance_of(super::policy::vary_names(resp), req)
+    }
+
+    /// [`Keying::variance`] for the `Vary` names of an answer that is not at hand (hit-for-pass
+    /// keeps the names of the answer it refused).
+    pub(crate) fn variance_names(&self, names: &[String], req: &RequestHeader) -> Option<HashBinary> {
+        self.variance_of(names.iter().cloned(), req)
+    }
+
+    fn variance_of(&self, names: impl Iterator<Item = String>, req: &RequestHeader) -> Option<HashBinary> {
         let mut b = VarianceBuilder::new();
-        for name in super::policy::vary_names(resp) {
+        for name in names {
             let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
                 continue;
             };

@@ -151,6 +151,14 @@ impl Cache {
         rc.enabled = true;
     }
 
+    /// `cache_key_callback`, once the key is made: hit-for-pass's verdict for this request
+    /// goes into the key, where Pingora's predictor call reads it (see `pass`).
+    pub(crate) fn predict(&self, key: &mut pingora::cache::CacheKey, req: &RequestHeader, keying: &Keying) {
+        if let Some(passing) = self.pass.check(key, |names| keying.variance_names(names, req)) {
+            key.extensions.insert(passing);
+        }
+    }
+
     /// `cache_hit_filter`: notes whether the hit follows a fill, and the freshness left.
     pub(crate) fn on_hit(meta: &CacheMeta, handler: &HitHandler, rc: &mut RequestCache) {
         rc.joined_fill = handler
@@ -208,6 +216,21 @@ impl Cache {
             r = RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom("memory-full"));
         }
         rc.storing |= r.is_cacheable();
+        // Hit-for-pass remembers a lasting refusal, for this request's variant, when the
+        // lookup found nothing of the URL: not after a `Vary` miss (another variant is stored,
+        // and one client's unstorable variant must not turn off the others' hits), and not
+        // for a bypassed request (the pass it followed runs its course).
+        if let RespCacheable::Uncacheable(reason) = &r {
+            if !rc.vary_miss && !session.cache.bypassing() {
+                let req = session.req_header();
+                self.pass.mark(
+                    session.cache.cache_key(),
+                    policy::vary_names(resp).collect(),
+                    keying.variance(resp, req),
+                    *reason,
+                );
+            }
+        }
         r
     }
 
