@@ -46,7 +46,7 @@ pub(crate) fn own_answer(
 
 /// The request headers the gateway owns on a cached route, which reach the upstream whatever
 /// the route's `forward_headers` say: those it sets itself (`Host`, `X-Forwarded-For` (the
-/// client's chain, appended to), `X-Forwarded-Proto`, `X-Request-Id`), and the conditional and
+/// chain trusted proxies vouch for), `X-Forwarded-Proto`, `X-Request-Id`), and the conditional and
 /// `Range` headers, which Pingora's cache removes on a miss (so the whole object is fetched)
 /// and sets itself to revalidate; they only reach the upstream as the client sent them when
 /// the cache is bypassed, and then the answer is not stored for another client.
@@ -63,8 +63,9 @@ pub(crate) static GATEWAY_OWNED: [HeaderName; 10] = [
     IF_UNMODIFIED_SINCE,
 ];
 
-/// `X-Forwarded-For` for the upstream request: every value the client sent, joined, then the
-/// client's address.
+/// `X-Forwarded-For` for the upstream request of a route without cache: every value the client
+/// sent, joined, then the client's address (a cached route sends only what trusted proxies
+/// vouch for: `access::Access::forwarded_chain`).
 pub(crate) fn forwarded_for(req: &RequestHeader, client: IpAddr) -> String {
     let mut xff = String::new();
     for v in req

@@ -117,14 +117,13 @@ impl ProxyHttp for Gateway {
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         meta: &CacheMeta,
         hit_handler: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Cache::on_hit(meta, hit_handler, &mut ctx.cache);
-        Ok(None)
+        Ok(Cache::on_hit(session, meta, hit_handler, is_fresh, &mut ctx.cache).await)
     }
 
     /// Pingora's default ignores `Vary` (one variant would be served to every request).
@@ -274,7 +273,13 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            req.insert_header("x-forwarded-for", headers::forwarded_for(req, ip))?;
+            let xff = match self.cached_route(ctx.route.as_ref()) {
+                // A stored answer must not depend on what a client wrote: only the addresses
+                // trusted proxies vouch for.
+                Some(_) => self.access.forwarded_chain(ip, session.req_header()),
+                None => headers::forwarded_for(req, ip),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         req.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP })?;

@@ -517,6 +517,78 @@ async fn a_failing_cold_key_does_not_stampede() {
     );
 }
 
+/// What a client sends cannot become an error stored for others: behind a trusted proxy the
+/// origin of a cached route gets `X-Forwarded-For` as far as trusted proxies vouch for it
+/// (the client and the proxies, not the client's own entries), header values a cached route
+/// passes on are bounded (431 beyond 8 KiB), and an error the origin gives one client's request
+/// is shared only with the requests that waited for it: a client arriving afterwards gets an
+/// answer to a request made after it arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_headers_never_make_the_error_others_get() {
+    let s = setup("", "  client_ip:\n    trusted_proxies: [\"127.0.0.1/32\"]").await;
+    // An origin that fails on a long X-Forwarded-For, or on an Accept it chokes on.
+    let fragile = || {
+        script(|seen: Seen| async move {
+            let xff = seen.header("x-forwarded-for").unwrap_or_default().len();
+            if xff > 100 || seen.header("accept") == Some("image/evil") {
+                return (
+                    "503 Service Unavailable".to_string(),
+                    String::new(),
+                    b"down".to_vec(),
+                );
+            }
+            let h = "cache-control: max-age=600\r\n".to_string();
+            ("200 OK".to_string(), h, b"fine".to_vec())
+        })
+    };
+    for id in [A, B, C] {
+        s.origin.set(id, fragile());
+    }
+    let chain = (1..=40)
+        .map(|i| format!("198.51.100.{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (status, _, body) = get(&s.gw.asset_url(A), &[("x-forwarded-for", &chain)]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "fine"),
+        "the client's chain reached the origin"
+    );
+    let seen = s.origin.asset_requests();
+    assert_eq!(
+        seen[0].header("x-forwarded-for"),
+        Some("198.51.100.40, 127.0.0.1"),
+        "the client, then the trusted peer"
+    );
+    // An error caused by one client's header, then a clean client at once.
+    let (status, _, _) = get(&s.gw.asset_url(B), &[("accept", "image/evil")]).await;
+    assert_eq!(status, 503);
+    let (status, cs, body) = get(&s.gw.asset_url(B), &[]).await;
+    assert_eq!((status, body.as_str()), (200, "fine"), "{cs}");
+    assert_eq!(s.origin.requests_for(B), 2);
+    // Oversized forwarded values never reach the origin.
+    let huge = "x".repeat(9 * 1024);
+    for (name, value) in [("accept", huge.as_str()), ("if-none-match", huge.as_str())] {
+        let r = client()
+            .get(s.gw.asset_url(C))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431, "{name}");
+        assert!(r.text().await.unwrap().starts_with("{\"error\":"));
+    }
+    assert_eq!(s.origin.requests_for(C), 0);
+    // A route without cache forwards the whole chain, as before.
+    let (_, _, _) = get(
+        &s.gw.url(&format!("/content/v1/nocache/{C}")),
+        &[("x-forwarded-for", "6.6.6.6")],
+    )
+    .await;
+    let last = s.origin.asset_requests().pop().unwrap();
+    assert_eq!(last.header("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
+}
+
 /// A 5xx that cannot be stored (`no-store`): the waiters take turns on the lock, never all at
 /// the origin at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,30 +27,58 @@ impl ClientIp {
 
     /// The client's address for a request arriving from `peer`.
     pub(crate) fn resolve(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
+        let mut client = peer.to_canonical();
+        self.walk(peer, req, |ip| client = ip);
+        client
+    }
+
+    /// `X-Forwarded-For` for the upstream of a cached route: the client as [`resolve`] finds
+    /// it, then the trusted proxies between it and the gateway, then the peer. What the
+    /// client wrote itself (anything left of the first untrusted entry) is not passed on: a
+    /// cached answer must not depend on it. At most [`MAX_CHAIN`] addresses.
+    ///
+    /// [`resolve`]: ClientIp::resolve
+    pub(crate) fn forwarded_chain(&self, peer: IpAddr, req: &RequestHeader) -> String {
+        let mut hops: Vec<IpAddr> = Vec::new();
+        self.walk(peer, req, |ip| hops.push(ip));
+        let mut out = String::with_capacity(16 * (hops.len() + 1));
+        for ip in hops.iter().rev() {
+            crate::fmt::push_ip(&mut out, ip);
+            out.push_str(", ");
+        }
+        crate::fmt::push_ip(&mut out, &peer.to_canonical());
+        out
+    }
+
+    /// Walks `X-Forwarded-For` from the right behind a trusted `peer`, handing `hop` each
+    /// address believed: trusted proxies, then the client (the first untrusted entry), where
+    /// it stops; an entry that is not an address also stops it (nothing further left can be
+    /// trusted either). Nothing for an untrusted peer.
+    fn walk(&self, peer: IpAddr, req: &RequestHeader, mut hop: impl FnMut(IpAddr)) {
         let peer = peer.to_canonical();
         if self.trusted.is_empty() || !self.trusts(peer) {
-            return peer;
+            return;
         }
-        let mut client = peer;
         let lines = req.headers.get_all("x-forwarded-for");
         let entries = lines
             .iter()
             .rev()
             .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','));
-        for entry in entries {
+        for (n, entry) in entries.enumerate() {
             let text = std::str::from_utf8(entry.trim_ascii()).unwrap_or_default();
             let Ok(ip) = text.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
-                // Not an address: nothing further left can be trusted either.
                 break;
             };
-            client = ip;
-            if !self.trusts(ip) {
+            hop(ip);
+            if !self.trusts(ip) || n + 1 >= MAX_CHAIN {
                 break;
             }
         }
-        client
     }
 }
+
+/// The most `X-Forwarded-For` entries believed (the hops of a real proxy chain are few).
+const MAX_CHAIN: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -66,6 +94,40 @@ mod tests {
             req.append_header("x-forwarded-for", *v).unwrap();
         }
         c.resolve(peer.parse().unwrap(), &req).to_string()
+    }
+
+    fn chain(trusted: &[&str], peer: &str, xff: &[&str]) -> String {
+        let c = ClientIp::new(&ClientIpSettings {
+            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            proxy_protocol: false,
+        });
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for v in xff {
+            req.append_header("x-forwarded-for", *v).unwrap();
+        }
+        c.forwarded_chain(peer.parse().unwrap(), &req)
+    }
+
+    /// Upstream of a cached route: the resolved client and the trusted hops, never what the
+    /// client wrote to the left of them.
+    #[test]
+    fn the_forwarded_chain_holds_only_what_trusted_proxies_vouch_for() {
+        assert_eq!(chain(&[], "203.0.113.9", &["1.2.3.4, 5.6.7.8"]), "203.0.113.9");
+        assert_eq!(chain(&["10.0.0.0/8"], "203.0.113.9", &["1.2.3.4"]), "203.0.113.9");
+        assert_eq!(
+            chain(&["10.0.0.0/8"], "10.0.0.5", &["6.6.6.6, 1.2.3.4", "10.0.0.7"]),
+            "1.2.3.4, 10.0.0.7, 10.0.0.5"
+        );
+        assert_eq!(
+            chain(&["10.0.0.0/8"], "10.0.0.5", &["1.2.3.4, junk, 10.0.0.9"]),
+            "10.0.0.9, 10.0.0.5"
+        );
+        assert_eq!(chain(&["10.0.0.0/8"], "::ffff:10.0.0.5", &[]), "10.0.0.5");
+        let many = vec!["10.1.1.1"; 40].join(", ");
+        assert_eq!(
+            chain(&["10.0.0.0/8"], "10.0.0.5", &[&many]).matches(", ").count(),
+            MAX_CHAIN
+        );
     }
 
     #[test]

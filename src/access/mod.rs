@@ -282,6 +282,12 @@ impl Access {
         }
     }
 
+    /// `X-Forwarded-For` for the upstream of a cached route, the connection's peer being
+    /// `peer`: the client and the trusted proxies after it, nothing the client wrote itself.
+    pub(crate) fn forwarded_chain(&self, peer: IpAddr, req: &RequestHeader) -> String {
+        self.client_ip.forwarded_chain(peer, req)
+    }
+
     /// The client's address (for the rate limit and the access log).
     fn client(&self, session: &Session, state: &mut RequestAccess) -> IpAddr {
         if let Some(ip) = state.client_ip {

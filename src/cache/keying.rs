@@ -14,23 +14,60 @@ use pingora::http::{RequestHeader, ResponseHeader};
 /// The class of the clients whose `Accept` names none of `vary_accept`.
 const OTHER: &str = "other";
 
+/// The most bytes (names, values, 4 bytes of framing each) of the client header fields a
+/// cached route passes on as the client sent them (`forward_headers`, `Range`, the
+/// conditionals); beyond, 431. It keeps the upstream request head well below what origins
+/// accept (nginx refuses a header line of over 8 KiB, Node.js a head of over 16 KiB), so one
+/// client cannot make the origin fail for a key with the answer then shared. A refusal rather
+/// than dropping the header: dropping would change what the request asks for (another
+/// variant) without a word.
+pub(crate) const MAX_FORWARDED_BYTES: usize = 8 * 1024;
+
+/// The client headers of a cached route that Pingora's cache strips on a miss and sets itself
+/// to revalidate; they reach the upstream as sent only when the cache is bypassed.
+const CLIENT_OWNED: [HeaderName; 6] = [
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+];
+
 /// One cached route's forwarding and keying rules.
 pub(crate) struct Keying {
-    /// Client headers forwarded besides [`GATEWAY_OWNED`].
+    /// Headers forwarded besides [`GATEWAY_OWNED`]: the listed client headers and the JWT
+    /// subject header.
     forward: Vec<HeaderName>,
+    /// The client headers that reach the upstream as the client sent them (bounded by
+    /// [`MAX_FORWARDED_BYTES`]).
+    from_client: Vec<HeaderName>,
     /// The media types `Vary: Accept` keys on, in order of preference; empty: the raw value.
     vary_accept: Vec<(String, HeaderValue)>,
 }
 
 impl Keying {
-    pub(crate) fn new(forward: &[HeaderName], vary_accept: &[String]) -> Keying {
+    /// `listed`: `forward_headers`; `subject`: the JWT subject header (set by the gateway).
+    pub(crate) fn new(listed: &[HeaderName], subject: Option<&HeaderName>, vary_accept: &[String]) -> Keying {
         Keying {
-            forward: forward.to_vec(),
+            forward: listed.iter().chain(subject).cloned().collect(),
+            from_client: listed.iter().chain(&CLIENT_OWNED).cloned().collect(),
             vary_accept: vary_accept
                 .iter()
                 .filter_map(|t| Some((t.clone(), HeaderValue::from_str(t).ok()?)))
                 .collect(),
         }
+    }
+
+    /// Whether the client header fields this route passes on exceed [`MAX_FORWARDED_BYTES`].
+    pub(crate) fn forwards_too_much(&self, req: &RequestHeader) -> bool {
+        let mut total = 0;
+        for (name, value) in &req.headers {
+            if self.from_client.contains(name) {
+                total += name.as_str().len() + value.len() + 4;
+            }
+        }
+        total > MAX_FORWARDED_BYTES
     }
 
     /// Whether the client's `name` reaches the upstream.
@@ -162,7 +199,7 @@ mod tests {
 
     #[test]
     fn only_listed_and_owned_headers_go_upstream() {
-        let k = Keying::new(&[ACCEPT], &[]);
+        let k = Keying::new(&[ACCEPT], None, &[]);
         let mut r = req(&[
             ("accept", "image/webp"),
             ("x-forwarded-host", "evil.example"),
@@ -193,8 +230,23 @@ mod tests {
     }
 
     #[test]
+    fn what_a_client_passes_on_is_bounded() {
+        let k = Keying::new(&[ACCEPT], Some(&HeaderName::from_static("x-auth-subject")), &[]);
+        let big = "a".repeat(MAX_FORWARDED_BYTES);
+        assert!(!k.forwards_too_much(&req(&[("accept", "image/webp"), ("range", "bytes=0-1")])));
+        assert!(k.forwards_too_much(&req(&[("accept", &big)])));
+        assert!(k.forwards_too_much(&req(&[("if-none-match", &big)])));
+        let half = "a".repeat(MAX_FORWARDED_BYTES / 2);
+        assert!(k.forwards_too_much(&req(&[("accept", &half), ("range", &half)])));
+        // Headers that are not passed on (removed, or set by the gateway) do not count.
+        for name in ["cookie", "x-forwarded-for", "x-auth-subject", "user-agent"] {
+            assert!(!k.forwards_too_much(&req(&[(name, &big)])), "{name}");
+        }
+    }
+
+    #[test]
     fn accept_collapses_to_the_configured_types() {
-        let k = Keying::new(&[ACCEPT], &["image/avif".into(), "image/webp".into()]);
+        let k = Keying::new(&[ACCEPT], None, &["image/avif".into(), "image/webp".into()]);
         let cases = [
             (
                 "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",
@@ -229,7 +281,7 @@ mod tests {
 
     #[test]
     fn vary_on_a_header_that_is_not_forwarded_does_not_split_the_key() {
-        let k = Keying::new(&[ACCEPT], &[]);
+        let k = Keying::new(&[ACCEPT], None, &[]);
         let vary = resp("Cookie, Origin, Accept");
         let a = k.variance(
             &vary,
@@ -241,7 +293,7 @@ mod tests {
         assert_ne!(a, k.variance(&vary, &req(&[("accept", "image/webp")])));
         assert_eq!(k.variance(&resp("Cookie"), &req(&[("cookie", "a")])), None);
         // Listed: keyed.
-        let k = Keying::new(&[ACCEPT, http::header::COOKIE], &[]);
+        let k = Keying::new(&[ACCEPT, http::header::COOKIE], None, &[]);
         assert_ne!(
             k.variance(&vary, &req(&[("cookie", "a")])),
             k.variance(&vary, &req(&[("cookie", "b")]))

@@ -27,7 +27,9 @@ use crate::metrics::CacheMetrics;
 pub(crate) use keying::Keying;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheKeyLockImpl;
-use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, HttpCache, RespCacheable};
+use pingora::cache::{
+    CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler, HttpCache, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use policy::Outcome;
@@ -63,9 +65,8 @@ impl CachedRoute {
         r: &crate::config::Route,
         subject: Option<&http::HeaderName>,
     ) -> CachedRoute {
-        let forward: Vec<http::HeaderName> = r.forward_headers.iter().chain(subject).cloned().collect();
         CachedRoute {
-            keying: Keying::new(&forward, &r.vary_accept),
+            keying: Keying::new(&r.forward_headers, subject, &r.vary_accept),
             lookups: cache.metrics.route_lookups(&r.template),
         }
     }
@@ -160,17 +161,41 @@ impl Cache {
     }
 
     /// `cache_hit_filter`: notes whether the hit follows a fill, and the freshness left.
-    pub(crate) fn on_hit(meta: &CacheMeta, handler: &HitHandler, rc: &mut RequestCache) {
+    ///
+    /// A stored error (a cold key's 5xx, kept [`policy::ERROR_TTL`]) is for the requests that
+    /// were waiting on the lock for it: they share the answer they waited for. A request that
+    /// arrives later never gets it (it may have come from another client's request); it waits
+    /// until the error expires, then treats it as a miss: one such request goes upstream, the
+    /// others wait on its lock and share that answer. So while the origin keeps failing it
+    /// sees about one request per key per second, and every client gets an answer to a
+    /// request made after it arrived.
+    pub(crate) async fn on_hit(
+        session: &Session,
+        meta: &CacheMeta,
+        handler: &HitHandler,
+        is_fresh: bool,
+        rc: &mut RequestCache,
+    ) -> Option<ForcedFreshness> {
+        let now = SystemTime::now();
+        let until = meta.fresh_until();
+        if is_fresh
+            && meta.response_header().status.is_server_error()
+            && session.cache.lock_duration().is_none()
+        {
+            if let Ok(left) = until.duration_since(now) {
+                tokio::time::sleep(left.min(policy::ERROR_TTL)).await;
+            }
+            return Some(ForcedFreshness::ForceMiss);
+        }
         rc.joined_fill = handler
             .as_any()
             .downcast_ref::<storage::Reader>()
             .is_some_and(|r| r.joined_fill);
-        let now = SystemTime::now();
-        let until = meta.fresh_until();
         rc.ttl = Some(match until.duration_since(now) {
             Ok(left) => left.as_secs() as i64,
             Err(past) => -(past.duration().as_secs() as i64),
         });
+        None
     }
 
     /// `cache_vary_filter`: called on a lookup of the primary slot and again when a response
