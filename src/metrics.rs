@@ -389,6 +389,25 @@ impl RouteLookups {
     }
 }
 
+static FORWARDED_FOR_UNPARSABLE: OnceLock<IntCounter> = OnceLock::new();
+
+/// `asset_gateway_forwarded_for_unparsable_total` (with `client_ip.trusted_proxies`).
+pub(crate) fn forwarded_for_unparsable() -> Result<IntCounter, String> {
+    if let Some(c) = FORWARDED_FOR_UNPARSABLE.get() {
+        return Ok(c.clone());
+    }
+    let c = IntCounter::new(
+        "asset_gateway_forwarded_for_unparsable_total",
+        "X-Forwarded-For entries behind trusted proxies that are not an address (with or without a port): the walk stops there and the last trusted hop is the client. Counted each time the header is read (for a rate limit, for a cached route's upstream X-Forwarded-For).",
+    )
+    .map_err(|e| format!("metrics: {e}"))?;
+    let c = FORWARDED_FOR_UNPARSABLE.get_or_init(|| {
+        register(Box::new(c.clone()));
+        c
+    });
+    Ok(c.clone())
+}
+
 /// The JWK set's refreshes and size (with `gateway.auth.jwt`).
 pub(crate) struct JwksMetrics {
     ok: IntCounter,

@@ -136,6 +136,36 @@ async fn forwarded_for_counts_only_behind_trusted_proxies() {
     assert_eq!(fetch(&gw, A, Some("198.51.100.8")).await.0, 200);
 }
 
+/// Load balancers that write a port into `X-Forwarded-For` (Azure: `1.2.3.4:5678`,
+/// `[2001:db8::1]:443`): each client still has its own bucket. An entry that is not an
+/// address is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_entries_with_ports_are_clients() {
+    let [admin] = free_addrs();
+    let (_origin, gw) = setup(
+        &format!("  admin: \"{admin}\"\n  client_ip: {{trusted_proxies: [\"127.0.0.1/32\"]}}\n"),
+        "      rate_limit: {per_client: 1/m, burst: 1}\n",
+    )
+    .await;
+    wait_listening(admin);
+    for client in [
+        "198.51.100.1:5678",
+        "198.51.100.2:5678",
+        "[2001:db8::1]:443",
+        "[2001:db8:0:1::1]:443",
+    ] {
+        assert_eq!(fetch(&gw, A, Some(client)).await.0, 200, "{client}");
+    }
+    assert_eq!(fetch(&gw, A, Some("198.51.100.1:9999")).await.0, 429);
+    assert_eq!(fetch(&gw, A, Some("unknown")).await.0, 200);
+    let m = common::scrape(admin).await;
+    assert_eq!(
+        common::metric(&m, "asset_gateway_forwarded_for_unparsable_total"),
+        1.0,
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_upstream_lets_cache_hits_through() {
     let (origin, gw) = setup(

@@ -189,7 +189,7 @@ impl Access {
                 .as_ref()
                 .map(|u| SignedUrls::new(&u.keys, u.max_ttl)),
             jwt: auth.jwt.as_ref().map(Jwt::new).transpose()?,
-            client_ip: ClientIp::new(&s.access.client_ip),
+            client_ip: ClientIp::new(&s.access.client_ip)?,
         })
     }
 
