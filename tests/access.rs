@@ -243,6 +243,25 @@ async fn signed_urls_admit_exactly_what_they_sign() {
     assert!(r.header("cache-status").unwrap().contains("hit"));
     assert_eq!(origin_requests(&s.origin, B).len(), 2);
 
+    // A repeated parameter cannot be reordered into another upstream request or another
+    // object under one signature: both orders are one canonical query (name, then value).
+    let sig_ww = sig(K1, &path(C), exp, &["w=1280", "w=640"]);
+    for (i, ww) in ["w=640&w=1280", "w=1280&w=640"].iter().enumerate() {
+        let r = get(
+            gw,
+            &format!("{}?{ww}&exp={exp}&kid=k1&sig={sig_ww}", path(C)),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("cache-status").unwrap().contains("hit"), i == 1, "{ww}");
+    }
+    let seen: Vec<String> = origin_requests(&s.origin, C)
+        .into_iter()
+        .map(|r| r.target)
+        .collect();
+    assert_eq!(seen, [format!("/v1/assets/{C}?w=1280&w=640")]);
+
     // Metrics and the access log name the reason.
     let scrape = common::scrape(s.admin).await;
     let route = "route=\"/content/v1/assets/{id}\"";

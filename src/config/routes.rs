@@ -251,7 +251,7 @@ pub(crate) fn explain(routes: &[Route], access: &super::AccessSettings) -> Strin
             QueryRule::Forward => "the client's query string, unchanged".to_string(),
             QueryRule::Drop => "none (the client's query string is dropped)".to_string(),
             QueryRule::Allow(names) => {
-                format!("only {}, sorted by name", names.join(", "))
+                format!("only {}, sorted by name, then value", names.join(", "))
             }
         };
         if !r.cache {
