@@ -777,9 +777,15 @@ async fn range_user_agent_and_referer_in_the_access_log() {
         "query forwarded and keyed: only w, fmt, sorted by name",
         "Vary: Accept keys on the first of image/avif, image/webp the client accepts",
         "route /content/v1/nocache/{id} (not cached): every client header",
+        "warning: gateway.routes[0] (/content/v1/assets/{id}): a cached route forwards Accept without vary_accept",
     ] {
         assert!(out.contains(want), "-t does not say {want:?}:\n{out}");
     }
+    assert_eq!(
+        out.matches("forwards Accept without vary_accept").count(),
+        1,
+        "{out}"
+    );
 }
 
 /// A gateway process with an admin listener and a disk tier, for the fleet purge.
