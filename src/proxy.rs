@@ -110,7 +110,7 @@ impl ProxyHttp for Gateway {
         let route = self.router.route(m.index);
         let mut key = policy::key(&route.template, m.asset.as_str(), m.upstream_uri.query());
         if let (Some(cache), Some(cached)) = (self.cache, self.cached_route(Some(m))) {
-            cache.predict(&mut key, session.req_header(), &cached.keying);
+            cache.predict(&mut key, session.req_header(), &cached.keying, &ctx.cache);
         }
         Ok(key)
     }

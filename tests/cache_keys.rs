@@ -475,6 +475,51 @@ async fn one_clients_unstorable_variant_does_not_turn_off_hits() {
     assert_eq!(cs, "asset-gateway; fwd=bypass; detail=status");
 }
 
+/// An origin's `Vary` on a header the gateway sets itself keys on what the upstream gets, not
+/// on what the client sent: `X-Forwarded-Proto` (here always http) and `Host` (the
+/// configured one) make one object whatever the client claims; an answer that varies per
+/// client or per request (`X-Forwarded-For`, `X-Request-Id`) is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_on_what_the_gateway_sets_keys_on_what_it_sends() {
+    let s = setup("", "").await;
+    let varying = |vary: &'static str| {
+        script(move |_| async move {
+            let h = format!("vary: {vary}\r\ncache-control: max-age=600\r\n");
+            ("200 OK".to_string(), h, b"x".to_vec())
+        })
+    };
+    s.origin.set(A, varying("X-Forwarded-Proto"));
+    s.origin.set(B, varying("Host"));
+    s.origin.set(C, varying("X-Request-Id"));
+    let claims: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("x-forwarded-proto", "https")],
+        &[("x-forwarded-proto", "gopher"), ("host", "other.example")],
+    ];
+    for id in [A, B] {
+        for (i, headers) in claims.iter().enumerate() {
+            let (status, cs, _) = get(&s.gw.asset_url(id), headers).await;
+            assert_eq!(status, 200);
+            assert_eq!(
+                cs.starts_with("asset-gateway; hit"),
+                i > 0,
+                "{id} {headers:?}: {cs}"
+            );
+            settled(s.admin).await;
+        }
+        assert_eq!(
+            s.origin.requests_for(id),
+            1,
+            "{id}: split by what the client claimed"
+        );
+    }
+    for i in 0..3 {
+        let (_, cs, _) = get(&s.gw.asset_url(C), &[("x-request-id", &format!("vary-{i}"))]).await;
+        assert!(cs.contains("detail=vary"), "{cs}");
+    }
+    assert_eq!(s.origin.requests_for(C), 3);
+}
+
 /// A herd of 30 on a cold key whose origin answers 503 (slowly): the waiters share the one
 /// answer, and while the origin keeps failing it sees about one request per key per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,22 @@ const OTHER: &str = "other";
 /// variant) without a word.
 pub(crate) const MAX_FORWARDED_BYTES: usize = 8 * 1024;
 
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Gateway-owned headers an origin's `Vary` may name that are not keyed (see
+/// [`Keying::variance`]).
+static NOT_KEYED: [HeaderName; 9] = [
+    http::header::HOST,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-request-id"),
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+];
+
 /// The client headers of a cached route that Pingora's cache strips on a miss and sets itself
 /// to revalidate; they reach the upstream as sent only when the cache is bypassed.
 const CLIENT_OWNED: [HeaderName; 6] = [
@@ -125,23 +141,50 @@ impl Keying {
     /// values of the headers its `Vary` names, skipping those the route does not forward (the
     /// origin never saw them, so its answer cannot depend on them), with `Accept` reduced to
     /// its class when `vary_accept` is set. `None` without (a forwarded) `Vary`.
-    pub(crate) fn variance(&self, resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
-        self.variance_of(super::policy::vary_names(resp), req)
+    ///
+    /// The headers the gateway sets itself are keyed on what the upstream gets, not on what
+    /// the client sent: `X-Forwarded-Proto` on `proto` (the value the gateway sends); `Host`,
+    /// `Range` and the conditionals not at all (the upstream gets the configured `Host`, and a
+    /// stored answer was fetched without the client's `Range` and conditionals, which
+    /// Pingora's cache strips on a miss). An answer that varies on `X-Forwarded-For` or
+    /// `X-Request-Id` (per client, per request) is not stored (`policy::cacheable`), and they
+    /// are not keyed either (a hit-for-pass on such an answer holds for the whole URL).
+    pub(crate) fn variance(
+        &self,
+        resp: &ResponseHeader,
+        req: &RequestHeader,
+        proto: &str,
+    ) -> Option<HashBinary> {
+        self.variance_of(super::policy::vary_names(resp), req, proto)
     }
 
     /// [`Keying::variance`] for the `Vary` names of an answer that is not at hand (hit-for-pass
     /// keeps the names of the answer it refused).
-    pub(crate) fn variance_names(&self, names: &[String], req: &RequestHeader) -> Option<HashBinary> {
-        self.variance_of(names.iter().cloned(), req)
+    pub(crate) fn variance_names(
+        &self,
+        names: &[String],
+        req: &RequestHeader,
+        proto: &str,
+    ) -> Option<HashBinary> {
+        self.variance_of(names.iter().cloned(), req, proto)
     }
 
-    fn variance_of(&self, names: impl Iterator<Item = String>, req: &RequestHeader) -> Option<HashBinary> {
+    fn variance_of(
+        &self,
+        names: impl Iterator<Item = String>,
+        req: &RequestHeader,
+        proto: &str,
+    ) -> Option<HashBinary> {
         let mut b = VarianceBuilder::new();
         for name in names {
             let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
                 continue;
             };
-            if !self.forwards(&header) {
+            if header == X_FORWARDED_PROTO {
+                b.add_owned_name_value(name, proto.as_bytes().to_vec());
+                continue;
+            }
+            if !self.forwards(&header) || NOT_KEYED.contains(&header) {
                 continue;
             }
             if header == ACCEPT && !self.vary_accept.is_empty() {
@@ -263,7 +306,7 @@ mod tests {
         let vary = resp("Accept");
         for (accept, want) in cases {
             let mut r = req(&[("accept", accept)]);
-            let v = k.variance(&vary, &r);
+            let v = k.variance(&vary, &r, "http");
             k.upstream_request(&mut r);
             assert_eq!(
                 r.headers.get("accept").map(|v| v.to_str().unwrap()),
@@ -271,11 +314,11 @@ mod tests {
                 "{accept}"
             );
             let same = req(&[("accept", want.unwrap_or("text/html"))]);
-            assert_eq!(v, k.variance(&vary, &same), "{accept}");
+            assert_eq!(v, k.variance(&vary, &same, "http"), "{accept}");
         }
         assert_ne!(
-            k.variance(&vary, &req(&[("accept", "image/avif")])),
-            k.variance(&vary, &req(&[("accept", "image/webp")]))
+            k.variance(&vary, &req(&[("accept", "image/avif")]), "http"),
+            k.variance(&vary, &req(&[("accept", "image/webp")]), "http")
         );
     }
 
@@ -286,17 +329,58 @@ mod tests {
         let a = k.variance(
             &vary,
             &req(&[("cookie", "a"), ("origin", "x"), ("accept", "image/png")]),
+            "http",
         );
-        let b = k.variance(&vary, &req(&[("cookie", "b"), ("accept", "image/png")]));
+        let b = k.variance(&vary, &req(&[("cookie", "b"), ("accept", "image/png")]), "http");
         assert!(a.is_some());
         assert_eq!(a, b);
-        assert_ne!(a, k.variance(&vary, &req(&[("accept", "image/webp")])));
-        assert_eq!(k.variance(&resp("Cookie"), &req(&[("cookie", "a")])), None);
+        assert_ne!(a, k.variance(&vary, &req(&[("accept", "image/webp")]), "http"));
+        assert_eq!(
+            k.variance(&resp("Cookie"), &req(&[("cookie", "a")]), "http"),
+            None
+        );
         // Listed: keyed.
         let k = Keying::new(&[ACCEPT, http::header::COOKIE], None, &[]);
         assert_ne!(
-            k.variance(&vary, &req(&[("cookie", "a")])),
-            k.variance(&vary, &req(&[("cookie", "b")]))
+            k.variance(&vary, &req(&[("cookie", "a")]), "http"),
+            k.variance(&vary, &req(&[("cookie", "b")]), "http")
         );
+    }
+
+    /// `Vary` on a header the gateway sets keys on what the upstream gets, never on the
+    /// client's value.
+    #[test]
+    fn vary_on_the_gateways_own_headers_keys_on_what_it_sends() {
+        let k = Keying::new(&[ACCEPT], None, &[]);
+        let v =
+            |vary: &str, headers: &[(&str, &str)], proto: &str| k.variance(&resp(vary), &req(headers), proto);
+        let proto = "X-Forwarded-Proto";
+        assert_eq!(
+            v(proto, &[("x-forwarded-proto", "https")], "http"),
+            v(proto, &[("x-forwarded-proto", "gopher")], "http")
+        );
+        assert_ne!(v(proto, &[], "http"), v(proto, &[], "https"));
+        for name in [
+            "Host",
+            "X-Forwarded-For",
+            "X-Request-Id",
+            "Range",
+            "If-None-Match",
+        ] {
+            assert_eq!(v(name, &[(name, "a")], "http"), None, "{name}");
+            assert_eq!(
+                v(
+                    &format!("{name}, Accept"),
+                    &[(name, "a"), ("accept", "x")],
+                    "http"
+                ),
+                v(
+                    &format!("{name}, Accept"),
+                    &[(name, "b"), ("accept", "x")],
+                    "http"
+                ),
+                "{name}"
+            );
+        }
     }
 }

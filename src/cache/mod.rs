@@ -88,6 +88,8 @@ pub(crate) struct RequestCache {
     /// The lookup found the URL's object, but for other values of the headers its `Vary`
     /// names (RFC 9211 `fwd=vary-miss`).
     pub(crate) vary_miss: bool,
+    /// The `X-Forwarded-Proto` the upstream gets (what an origin's `Vary` on it keys on).
+    pub(crate) proto: &'static str,
 }
 
 impl Cache {
@@ -150,12 +152,23 @@ impl Cache {
         // lack the API (a no-op here); there the client write timeout bounds the stall.
         session.set_proxy_tasks_enabled(true);
         rc.enabled = true;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        rc.proto = if tls { "https" } else { "http" };
     }
 
     /// `cache_key_callback`, once the key is made: hit-for-pass's verdict for this request
     /// goes into the key, where Pingora's predictor call reads it (see `pass`).
-    pub(crate) fn predict(&self, key: &mut pingora::cache::CacheKey, req: &RequestHeader, keying: &Keying) {
-        if let Some(passing) = self.pass.check(key, |names| keying.variance_names(names, req)) {
+    pub(crate) fn predict(
+        &self,
+        key: &mut pingora::cache::CacheKey,
+        req: &RequestHeader,
+        keying: &Keying,
+        rc: &RequestCache,
+    ) {
+        if let Some(passing) = self
+            .pass
+            .check(key, |names| keying.variance_names(names, req, rc.proto))
+        {
             key.extensions.insert(passing);
         }
     }
@@ -206,7 +219,7 @@ impl Cache {
         keying: &Keying,
         rc: &mut RequestCache,
     ) -> Option<HashBinary> {
-        let v = keying.variance(meta.response_header(), req);
+        let v = keying.variance(meta.response_header(), req, rc.proto);
         if !rc.storing && v != meta.variance() {
             rc.vary_miss = true;
         }
@@ -251,7 +264,7 @@ impl Cache {
                 self.pass.mark(
                     session.cache.cache_key(),
                     policy::vary_names(resp).collect(),
-                    keying.variance(resp, req),
+                    keying.variance(resp, req, rc.proto),
                     *reason,
                 );
             }
