@@ -657,10 +657,25 @@ async fn bearer_tokens_are_checked_before_the_cache() {
             body: "down",
         },
     );
-    gw.wait_for_log(|l| l.contains("JWKS refresh failed, keeping the last good keys"))
+    gw.wait_for_log(|l| l.contains("JWKS refresh failed, keeping the last good keys, loaded"))
         .await;
     let r = get(gw, &path(C), &[("authorization", &bearer(&new_token))]).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // The age of the keys in use shows it (what to alert on): it grows while refreshes fail,
+    // and falls back once one succeeds.
+    let age = async || common::metric(&common::scrape(s.admin).await, "asset_gateway_jwks_age_seconds");
+    common::eventually_async("the keys' age grows while refreshes fail", async || {
+        age().await >= 3.0
+    })
+    .await;
+    keys_origin.set(
+        JWKS_ID,
+        Behavior::Body {
+            body: jwks(&[es.jwk("es-1"), rs.jwk("rs-1"), es2.jwk("es-2")]).into(),
+            content_type: "application/json",
+        },
+    );
+    common::eventually_async("a good refresh resets the age", async || age().await < 2.0).await;
 }
 
 /// A JWK set from a file (read at start, reread every `jwks_refresh`), an EdDSA token end to
@@ -970,4 +985,28 @@ async fn without_a_token_purges_come_from_loopback_and_check_warns() {
         !ok && out.contains("gateway.admin_token: must be at least 16 bytes"),
         "{out}"
     );
+
+    // `-t` warns about a JWK set fetched over plain HTTP from another host (anyone on the
+    // path could hand the gateway keys of their own).
+    let jwks_url = |url: &str| {
+        yaml(
+            "127.0.0.1:9090",
+            &format!("  auth:\n    jwt:\n      jwks_url: \"{url}\"\n"),
+        )
+    };
+    let (ok, out) = common::check_config(&jwks_url("http://auth.internal/jwks.json"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: gateway.auth.jwt.jwks_url: http://auth.internal/jwks.json is plain HTTP to another host"),
+        "{out}"
+    );
+    for quiet in [
+        "https://auth.internal/jwks.json",
+        "http://127.0.0.1:8081/jwks.json",
+        "http://[::1]/jwks.json",
+        "http://localhost:8081/jwks.json",
+    ] {
+        let (ok, out) = common::check_config(&jwks_url(quiet));
+        assert!(ok && !out.contains("warning"), "{quiet}: {out}");
+    }
 }
