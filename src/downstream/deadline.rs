@@ -223,7 +223,7 @@ impl HeadEnd {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map(|i| i + 1)
-            .or_else(|| memchr::memmem::find(data, b"\r\n\r\n").map(|i| i + 4));
+            .or_else(|| blank_line().find(data).map(|i| i + 4));
         if end.is_some() {
             *self = HeadEnd::default();
             return end;
@@ -384,6 +384,13 @@ impl AsyncRead for HeaderDeadline {
     }
 }
 
+/// The searcher for a head's blank line, built once (building it costs more than searching a
+/// head).
+fn blank_line() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
+}
+
 /// Whether a request head announces a body (`Content-Length` other than 0, or
 /// `Transfer-Encoding`): then the bytes behind it are that body, not a next request.
 fn declares_body(head: &[u8]) -> bool {
@@ -405,7 +412,10 @@ impl HeaderDeadline {
         if !self.next.is_empty() {
             return Poll::Pending;
         }
-        let mut scratch = [0u8; 4096];
+        // Small: this runs several times per request, nearly always to find nothing, and
+        // a larger buffer costs its zeroing each time. The rest of a next request waits in
+        // the socket until Pingora asks for it.
+        let mut scratch = [0u8; 64];
         let mut rb = ReadBuf::new(&mut scratch);
         match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
@@ -417,8 +427,8 @@ impl HeaderDeadline {
     }
 
     /// The next bytes: kept ones of a following request first (at most one read's worth: an
-    /// idle read keeps one read, and bytes behind a head are what was left of its read), then
-    /// the socket's.
+    /// idle read keeps at most 64 bytes, and bytes behind a head are what was left of its
+    /// read), then the socket's.
     fn read_next_or_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.next.is_empty() {
             return Pin::new(&mut self.inner).poll_read(cx, buf);
