@@ -154,6 +154,11 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    // Whether the last read was of a Content-Length or close-delimited body, whose bytes
+    // start the body buffer, and that buffer's capacity when it was read into (before any
+    // overread was split off); see `take_body`.
+    last_read_sized: bool,
+    last_read_capacity: usize,
 }
 
 impl BodyReader {
@@ -165,6 +170,8 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            last_read_sized: false,
+            last_read_capacity: 0,
         }
     }
 
@@ -316,6 +323,21 @@ impl BodyReader {
         buf_ref.get(self.body_buf.as_ref().unwrap())
     }
 
+    /// The body bytes of `buf_ref`, returned by the last read, as owned `Bytes`. Without a
+    /// copy when that read can give its buffer away: the body is framed by Content-Length or
+    /// the connection's close, the bytes are all the buffer holds, and they fill at least half
+    /// of its capacity (a handed-out buffer never holds more than twice its bytes); the next
+    /// read then gets a new buffer. Otherwise copied, as `get_body` and `Bytes::copy_from_slice`.
+    pub fn take_body(&mut self, buf_ref: &BufRef) -> Bytes {
+        if let (true, Some(buf)) = (self.last_read_sized, self.body_buf.as_mut()) {
+            let BufRef(start, end) = *buf_ref;
+            if start == 0 && end == buf.len() && end > 0 && end * 2 >= self.last_read_capacity {
+                return buf.split_to(end).freeze();
+            }
+        }
+        Bytes::copy_from_slice(self.get_body(buf_ref))
+    }
+
     #[allow(dead_code)]
     pub fn get_body_overread(&self) -> Option<&[u8]> {
         self.body_buf_overread.as_deref()
@@ -391,6 +413,7 @@ impl BodyReader {
     where
         S: AsyncRead + Unpin + Send,
     {
+        self.last_read_sized = matches!(self.body_state, PS::Partial(..) | PS::UntilClose(_));
         match self.body_state {
             PS::Complete(_) => Ok(None),
             PS::Done(_) => Ok(None),
@@ -425,6 +448,7 @@ impl BodyReader {
                 .await
                 .or_err(ReadError, "when reading body")?;
         }
+        self.last_read_capacity = self.body_buf.as_ref().map_or(0, |b| b.capacity());
         match self.body_state {
             PS::Partial(read, to_read) => {
                 debug!(
@@ -479,6 +503,7 @@ impl BodyReader {
                 .await
                 .or_err(ReadError, "when reading body")?;
         }
+        self.last_read_capacity = self.body_buf.as_ref().map_or(0, |b| b.capacity());
         match self.body_state {
             PS::UntilClose(read) => {
                 if n == 0 {
@@ -2105,6 +2130,66 @@ mod tests {
         }
         assert_eq!(got.len(), 20 * 1024 + 3);
         assert!(got.ends_with(b"yabc"));
+    }
+
+    #[tokio::test]
+    async fn take_body_hands_out_full_reads_without_a_copy() {
+        init_log();
+        let body = vec![b'z'; 36 * 1024];
+        // 16 KiB, 16 KiB, then 4 KiB of a 16 KiB buffer (less than half: copied)
+        let mut mock_io = Builder::new().read(&body).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.set_body_buf_size(16 * 1024);
+        body_reader.init_content_length(body.len(), b"");
+        let mut got = Vec::new();
+        let mut owned = 0;
+        while let Some(r) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            let in_buffer = body_reader.get_body(&r).as_ptr();
+            let piece = body_reader.take_body(&r);
+            if piece.as_ptr() == in_buffer {
+                owned += 1;
+                assert!(piece.len() >= 8 * 1024, "{}", piece.len());
+            } else {
+                assert!(piece.len() < 8 * 1024, "{}", piece.len());
+            }
+            got.push(piece);
+        }
+        assert_eq!(owned, 2);
+        assert_eq!(got.concat(), body);
+        // the pieces handed out are distinct buffers: the reads after them did not overwrite
+        assert!(got.iter().all(|p| p.iter().all(|b| *b == b'z')));
+    }
+
+    #[tokio::test]
+    async fn take_body_owns_the_rewind_and_copies_chunked_bodies() {
+        init_log();
+        let mut mock_io = Builder::new().read(b"defgh").build();
+        let mut body_reader = BodyReader::new(true);
+        let rewind = BytesMut::from(&b"abc"[..]);
+        let rewind_ptr = rewind.as_ptr();
+        body_reader.init_content_length_owned(8, rewind);
+        let r = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        let first = body_reader.take_body(&r);
+        assert_eq!((&first[..], first.as_ptr()), (&b"abc"[..], rewind_ptr));
+        let r = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(&body_reader.take_body(&r)[..], b"defgh");
+        assert!(body_reader.read_body(&mut mock_io).await.unwrap().is_none());
+
+        let mut input = format!("{:x}\r\n", 12 * 1024).into_bytes();
+        input.extend(vec![b'y'; 12 * 1024]);
+        input.extend_from_slice(b"\r\n0\r\n\r\n");
+        let mut mock_io = Builder::new().read(&input).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.set_body_buf_size(16 * 1024);
+        body_reader.init_chunked(b"");
+        let mut got = Vec::new();
+        while let Some(r) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            let in_buffer = body_reader.get_body(&r).as_ptr();
+            let piece = body_reader.take_body(&r);
+            assert_ne!(piece.as_ptr(), in_buffer, "chunked bodies are copied");
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, vec![b'y'; 12 * 1024]);
     }
 
     #[tokio::test]
