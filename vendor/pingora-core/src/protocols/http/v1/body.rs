@@ -1154,6 +1154,93 @@ impl BodyMode {
     }
 }
 
+/// Several body buffers written as one (optionally behind a prefix and before a suffix, for a
+/// chunk's size line and CRLF), at most `body_left` of their bytes: a [`Buf`] whose
+/// `chunks_vectored` offers every piece, so a vectored write sends them all at once.
+struct BufList<'a> {
+    prefix: Bytes,
+    bufs: &'a [Bytes],
+    suffix: &'static [u8],
+    // position in `bufs`: the buffer and the offset in it
+    index: usize,
+    offset: usize,
+    body_left: usize,
+}
+
+impl<'a> BufList<'a> {
+    fn new(prefix: Bytes, bufs: &'a [Bytes], body_len: usize, suffix: &'static [u8]) -> Self {
+        BufList {
+            prefix,
+            bufs,
+            suffix,
+            index: 0,
+            offset: 0,
+            body_left: body_len,
+        }
+    }
+
+    /// The body pieces still to write, each cut to `body_left`.
+    fn body_pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let mut left = self.body_left;
+        self.bufs
+            .iter()
+            .skip(self.index)
+            .enumerate()
+            .map(move |(i, b)| {
+                let b = if i == 0 { &b[self.offset..] } else { &b[..] };
+                let piece = &b[..b.len().min(left)];
+                left -= piece.len();
+                piece
+            })
+            .filter(|piece| !piece.is_empty())
+    }
+}
+
+impl Buf for BufList<'_> {
+    fn remaining(&self) -> usize {
+        self.prefix.len() + self.body_left + self.suffix.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        if !self.prefix.is_empty() {
+            return &self.prefix;
+        }
+        self.body_pieces().next().unwrap_or(self.suffix)
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        let from_prefix = cnt.min(self.prefix.len());
+        self.prefix.advance(from_prefix);
+        cnt -= from_prefix;
+        while cnt > 0 && self.body_left > 0 {
+            let buf_left = self.bufs[self.index].len() - self.offset;
+            if buf_left == 0 {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = cnt.min(buf_left).min(self.body_left);
+            self.offset += n;
+            self.body_left -= n;
+            cnt -= n;
+        }
+        self.suffix = &self.suffix[cnt.min(self.suffix.len())..];
+    }
+
+    fn chunks_vectored<'b>(&'b self, dst: &mut [std::io::IoSlice<'b>]) -> usize {
+        let pieces = std::iter::once(&self.prefix[..])
+            .chain(self.body_pieces())
+            .chain(std::iter::once(self.suffix))
+            .filter(|piece| !piece.is_empty());
+        let mut n = 0;
+        for (slot, piece) in dst.iter_mut().zip(pieces) {
+            *slot = std::io::IoSlice::new(piece);
+            n += 1;
+        }
+        n
+    }
+}
+
 /// Type alias for the chunked encoding buffer chain
 type ChunkedBuf = bytes::buf::Chain<bytes::buf::Chain<Bytes, Bytes>, &'static [u8]>;
 
@@ -1363,6 +1450,71 @@ impl BodyWriter {
             BM::ChunkedEncoding(_) => self.do_write_chunked_body(stream, buf).await,
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
             BM::ToSelect => Ok(None), // Error here?
+        }
+    }
+
+    /// Like [`Self::write_body`] for several buffers at once, framed as one write of their
+    /// concatenation (one chunk when chunked), but sent with vectored writes instead of being
+    /// copied into one buffer first: one `writev` for the lot when the stream takes it all.
+    /// Meant for streams whose `is_write_vectored()` is true; on others each piece costs a
+    /// write of its own.
+    pub async fn write_body_vectored<S>(
+        &mut self,
+        stream: &mut S,
+        bufs: &[Bytes],
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        trace!("Writing Body, size: {len} in {} pieces", bufs.len());
+        match self.body_mode {
+            BM::Complete(_) | BM::ToSelect => Ok(None),
+            BM::ContentLength(total, written) => {
+                if written >= total {
+                    // already written full length
+                    return Ok(None);
+                }
+                let mut to_write = total - written;
+                if to_write < len {
+                    warn!("Trying to write data over content-length: {total}");
+                } else {
+                    to_write = len;
+                }
+                let mut out = BufList::new(Bytes::new(), bufs, to_write, b"");
+                match stream.write_all_buf(&mut out).await {
+                    Ok(()) => {
+                        self.body_mode = BM::ContentLength(total, written + to_write);
+                        if self.finished() {
+                            stream.flush().await.or_err(WriteError, "flushing body")?;
+                        }
+                        Ok(Some(to_write))
+                    }
+                    Err(e) => Error::e_because(WriteError, "while writing body", e),
+                }
+            }
+            BM::ChunkedEncoding(written) => {
+                let size_line = Bytes::from(format!("{:X}\r\n", len));
+                let mut out = BufList::new(size_line, bufs, len, b"\r\n");
+                stream
+                    .write_all_buf(&mut out)
+                    .await
+                    .or_err(WriteError, "while writing body")?;
+                stream.flush().await.or_err(WriteError, "flushing body")?;
+                self.body_mode = BM::ChunkedEncoding(written + len);
+                Ok(Some(len))
+            }
+            BM::UntilClose(written) => {
+                let mut out = BufList::new(Bytes::new(), bufs, len, b"");
+                match stream.write_all_buf(&mut out).await {
+                    Ok(()) => {
+                        self.body_mode = BM::UntilClose(written + len);
+                        stream.flush().await.or_err(WriteError, "flushing body")?;
+                        Ok(Some(len))
+                    }
+                    Err(e) => Error::e_because(WriteError, "while writing body", e),
+                }
+            }
         }
     }
 
@@ -4569,5 +4721,80 @@ mod test_poll_body_writer {
         assert!(matches!(res, Ok(Some(5))));
         assert_eq!(mock.written, data);
         assert!(mock.next.is_empty());
+    }
+
+    #[tokio::test]
+    async fn vectored_body_write_sends_a_batch_in_one_call() {
+        let bufs = [
+            Bytes::from_static(b"abc"),
+            Bytes::new(),
+            Bytes::from_static(b"defgh"),
+        ];
+        // content-length: one vectored write of both pieces
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(8))]);
+        let mut bw = BodyWriter::new();
+        bw.init_content_length(8);
+        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(8), &b"abcdefgh"[..]));
+        assert!(bw.finished());
+        assert!(mock.next.is_empty());
+
+        // chunked: one chunk of the batch, size line and CRLF in the same call
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(13))]);
+        let mut bw = BodyWriter::new();
+        bw.init_chunked();
+        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(8), &b"8\r\nabcdefgh\r\n"[..]));
+        assert!(mock.next.is_empty());
+
+        // close-delimited
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(8))]);
+        let mut bw = BodyWriter::new();
+        bw.init_close_delimited();
+        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(8), &b"abcdefgh"[..]));
+    }
+
+    #[tokio::test]
+    async fn vectored_body_write_resumes_short_writes_and_keeps_the_length() {
+        let bufs = [
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"defgh"),
+            Bytes::from_static(b"ij"),
+        ];
+        // short writes stopping inside the size line, inside a piece, at a piece's end and
+        // inside the CRLF
+        let mut mock = MockWriter::new(
+            true,
+            vec![
+                Poll::Ready(Ok(1)),
+                Poll::Ready(Ok(4)),
+                Poll::Ready(Ok(3)),
+                Poll::Ready(Ok(6)),
+                Poll::Ready(Ok(1)),
+            ],
+        );
+        let mut bw = BodyWriter::new();
+        bw.init_chunked();
+        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(10), &b"A\r\nabcdefghij\r\n"[..]));
+        assert!(mock.next.is_empty());
+
+        let mut mock = MockWriter::new(
+            true,
+            vec![Poll::Ready(Ok(2)), Poll::Ready(Ok(3)), Poll::Ready(Ok(5))],
+        );
+        let mut bw = BodyWriter::new();
+        bw.init_content_length(10);
+        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(10), &b"abcdefghij"[..]));
+
+        // more than the content-length: cut at it
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(6))]);
+        let mut bw = BodyWriter::new();
+        bw.init_content_length(6);
+        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(6), &b"abcdef"[..]));
+        assert_eq!(bw.write_body_vectored(&mut mock, &bufs).await.unwrap(), None);
     }
 }

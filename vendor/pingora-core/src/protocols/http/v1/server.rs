@@ -30,7 +30,7 @@ use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
@@ -93,6 +93,9 @@ pub struct HttpSession {
     proxy_task_state: ProxyTaskState,
     /// An internal buffer to buf multiple body writes to reduce the underlying syscalls
     body_write_buf: BytesMut,
+    // The bodies of a batch of tasks, written with one vectored write instead of being copied
+    // into `body_write_buf`, when the stream writes vectors.
+    body_write_bufs: Vec<Bytes>,
     /// Track how many application (not on the wire) body bytes already sent
     body_bytes_sent: usize,
     /// Track how many application (not on the wire) body bytes already read
@@ -186,6 +189,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             proxy_task_state: ProxyTaskState::default(),
             body_write_buf: BytesMut::new(),
+            body_write_bufs: Vec::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             update_resp_headers: true,
             response_written: None,
@@ -1101,6 +1105,20 @@ impl HttpSession {
     }
 
     async fn do_write_body_buf(&mut self) -> Result<Option<usize>> {
+        if !self.body_write_bufs.is_empty() {
+            let bufs = std::mem::take(&mut self.body_write_bufs);
+            let written = self
+                .body_writer
+                .write_body_vectored(&mut self.underlying_stream, &bufs)
+                .await;
+            if let Ok(Some(num_bytes)) = written {
+                self.body_bytes_sent += num_bytes;
+            }
+            // keep the vector's allocation for the next batch
+            self.body_write_bufs = bufs;
+            self.body_write_bufs.clear();
+            return written;
+        }
         // Don't flush empty chunks, they are considered end of body for chunks
         if self.body_write_buf.is_empty() {
             return Ok(None);
@@ -1122,7 +1140,9 @@ impl HttpSession {
     }
 
     async fn write_body_buf(&mut self) -> Result<Option<usize>> {
-        match self.write_timeout(self.body_write_buf.len()) {
+        let len = self.body_write_buf.len()
+            + self.body_write_bufs.iter().map(|b| b.len()).sum::<usize>();
+        match self.write_timeout(len) {
             Some(t) => match timeout(t, self.do_write_body_buf()).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
@@ -1605,11 +1625,15 @@ impl HttpSession {
             return;
         };
         if !d.is_empty() && !self.body_writer.finished() {
-            self.body_write_buf.put_slice(&d);
+            if self.underlying_stream.is_write_vectored() {
+                // no copy: the batch goes out in one vectored write
+                self.body_write_bufs.push(d);
+            } else {
+                self.body_write_buf.put_slice(&d);
+            }
         }
     }
 
-    // TODO: use vectored write to avoid copying
     pub async fn response_duplex_vec(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
         let n_tasks = tasks.len();
         if n_tasks == 1 {
