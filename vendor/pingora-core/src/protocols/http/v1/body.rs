@@ -1154,10 +1154,12 @@ impl BodyMode {
     }
 }
 
-/// Several body buffers written as one (optionally behind a prefix and before a suffix, for a
-/// chunk's size line and CRLF), at most `body_left` of their bytes: a [`Buf`] whose
-/// `chunks_vectored` offers every piece, so a vectored write sends them all at once.
+/// Several body buffers written as one (optionally behind a head, such as the response header,
+/// and a prefix, and before a suffix, for a chunk's size line and CRLF), at most `body_left` of
+/// their bytes: a [`Buf`] whose `chunks_vectored` offers every piece, so a vectored write sends
+/// them all at once.
 struct BufList<'a> {
+    head: Bytes,
     prefix: Bytes,
     bufs: &'a [Bytes],
     suffix: &'static [u8],
@@ -1168,8 +1170,15 @@ struct BufList<'a> {
 }
 
 impl<'a> BufList<'a> {
-    fn new(prefix: Bytes, bufs: &'a [Bytes], body_len: usize, suffix: &'static [u8]) -> Self {
+    fn new(
+        head: Bytes,
+        prefix: Bytes,
+        bufs: &'a [Bytes],
+        body_len: usize,
+        suffix: &'static [u8],
+    ) -> Self {
         BufList {
+            head,
             prefix,
             bufs,
             suffix,
@@ -1198,10 +1207,13 @@ impl<'a> BufList<'a> {
 
 impl Buf for BufList<'_> {
     fn remaining(&self) -> usize {
-        self.prefix.len() + self.body_left + self.suffix.len()
+        self.head.len() + self.prefix.len() + self.body_left + self.suffix.len()
     }
 
     fn chunk(&self) -> &[u8] {
+        if !self.head.is_empty() {
+            return &self.head;
+        }
         if !self.prefix.is_empty() {
             return &self.prefix;
         }
@@ -1209,6 +1221,9 @@ impl Buf for BufList<'_> {
     }
 
     fn advance(&mut self, mut cnt: usize) {
+        let from_head = cnt.min(self.head.len());
+        self.head.advance(from_head);
+        cnt -= from_head;
         let from_prefix = cnt.min(self.prefix.len());
         self.prefix.advance(from_prefix);
         cnt -= from_prefix;
@@ -1228,7 +1243,8 @@ impl Buf for BufList<'_> {
     }
 
     fn chunks_vectored<'b>(&'b self, dst: &mut [std::io::IoSlice<'b>]) -> usize {
-        let pieces = std::iter::once(&self.prefix[..])
+        let pieces = [&self.head[..], &self.prefix[..]]
+            .into_iter()
             .chain(self.body_pieces())
             .chain(std::iter::once(self.suffix))
             .filter(|piece| !piece.is_empty());
@@ -1458,9 +1474,14 @@ impl BodyWriter {
     /// copied into one buffer first: one `writev` for the lot when the stream takes it all.
     /// Meant for streams whose `is_write_vectored()` is true; on others each piece costs a
     /// write of its own.
+    ///
+    /// `head` (may be empty) goes out first in the same write, whether or not any body does:
+    /// bytes that precede the body, such as the response header. It is consumed as it is
+    /// written, so after an error the caller can tell whether all of it went out.
     pub async fn write_body_vectored<S>(
         &mut self,
         stream: &mut S,
+        head: &mut Bytes,
         bufs: &[Bytes],
     ) -> Result<Option<usize>>
     where
@@ -1468,21 +1489,32 @@ impl BodyWriter {
     {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         trace!("Writing Body, size: {len} in {} pieces", bufs.len());
+        let head_alone = match self.body_mode {
+            BM::Complete(_) | BM::ToSelect => true,
+            BM::ContentLength(total, written) => written >= total,
+            BM::ChunkedEncoding(_) | BM::UntilClose(_) => len == 0,
+        };
+        if head_alone {
+            if !head.is_empty() {
+                let res = stream.write_all_buf(head).await;
+                res.or_err(WriteError, "writing response header")?;
+            }
+            return Ok(None);
+        }
         match self.body_mode {
             BM::Complete(_) | BM::ToSelect => Ok(None),
             BM::ContentLength(total, written) => {
-                if written >= total {
-                    // already written full length
-                    return Ok(None);
-                }
                 let mut to_write = total - written;
                 if to_write < len {
                     warn!("Trying to write data over content-length: {total}");
                 } else {
                     to_write = len;
                 }
-                let mut out = BufList::new(Bytes::new(), bufs, to_write, b"");
-                match stream.write_all_buf(&mut out).await {
+                let mut out =
+                    BufList::new(std::mem::take(head), Bytes::new(), bufs, to_write, b"");
+                let res = stream.write_all_buf(&mut out).await;
+                *head = out.head;
+                match res {
                     Ok(()) => {
                         self.body_mode = BM::ContentLength(total, written + to_write);
                         if self.finished() {
@@ -1495,18 +1527,19 @@ impl BodyWriter {
             }
             BM::ChunkedEncoding(written) => {
                 let size_line = Bytes::from(format!("{:X}\r\n", len));
-                let mut out = BufList::new(size_line, bufs, len, b"\r\n");
-                stream
-                    .write_all_buf(&mut out)
-                    .await
-                    .or_err(WriteError, "while writing body")?;
+                let mut out = BufList::new(std::mem::take(head), size_line, bufs, len, b"\r\n");
+                let res = stream.write_all_buf(&mut out).await;
+                *head = out.head;
+                res.or_err(WriteError, "while writing body")?;
                 stream.flush().await.or_err(WriteError, "flushing body")?;
                 self.body_mode = BM::ChunkedEncoding(written + len);
                 Ok(Some(len))
             }
             BM::UntilClose(written) => {
-                let mut out = BufList::new(Bytes::new(), bufs, len, b"");
-                match stream.write_all_buf(&mut out).await {
+                let mut out = BufList::new(std::mem::take(head), Bytes::new(), bufs, len, b"");
+                let res = stream.write_all_buf(&mut out).await;
+                *head = out.head;
+                match res {
                     Ok(()) => {
                         self.body_mode = BM::UntilClose(written + len);
                         stream.flush().await.or_err(WriteError, "flushing body")?;
@@ -4734,7 +4767,7 @@ mod test_poll_body_writer {
         let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(8))]);
         let mut bw = BodyWriter::new();
         bw.init_content_length(8);
-        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
         assert_eq!((res, &mock.written[..]), (Some(8), &b"abcdefgh"[..]));
         assert!(bw.finished());
         assert!(mock.next.is_empty());
@@ -4743,7 +4776,7 @@ mod test_poll_body_writer {
         let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(13))]);
         let mut bw = BodyWriter::new();
         bw.init_chunked();
-        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
         assert_eq!((res, &mock.written[..]), (Some(8), &b"8\r\nabcdefgh\r\n"[..]));
         assert!(mock.next.is_empty());
 
@@ -4751,7 +4784,7 @@ mod test_poll_body_writer {
         let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(8))]);
         let mut bw = BodyWriter::new();
         bw.init_close_delimited();
-        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
         assert_eq!((res, &mock.written[..]), (Some(8), &b"abcdefgh"[..]));
     }
 
@@ -4776,7 +4809,7 @@ mod test_poll_body_writer {
         );
         let mut bw = BodyWriter::new();
         bw.init_chunked();
-        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
         assert_eq!((res, &mock.written[..]), (Some(10), &b"A\r\nabcdefghij\r\n"[..]));
         assert!(mock.next.is_empty());
 
@@ -4786,15 +4819,15 @@ mod test_poll_body_writer {
         );
         let mut bw = BodyWriter::new();
         bw.init_content_length(10);
-        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
         assert_eq!((res, &mock.written[..]), (Some(10), &b"abcdefghij"[..]));
 
         // more than the content-length: cut at it
         let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(6))]);
         let mut bw = BodyWriter::new();
         bw.init_content_length(6);
-        let res = bw.write_body_vectored(&mut mock, &bufs).await.unwrap();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
         assert_eq!((res, &mock.written[..]), (Some(6), &b"abcdef"[..]));
-        assert_eq!(bw.write_body_vectored(&mut mock, &bufs).await.unwrap(), None);
+        assert_eq!(bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap(), None);
     }
 }
