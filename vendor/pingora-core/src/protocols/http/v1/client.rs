@@ -422,13 +422,20 @@ impl HttpSession {
                 ));
             }
 
+            // With owned body reads, what follows the header in this buffer becomes the first
+            // body buffer: the first read takes as much as a body read.
+            let read_size = if self.owned_body_reads && already_read == 0 {
+                self.body_reader.body_buf_size.max(INIT_HEADER_BUF_SIZE)
+            } else {
+                INIT_HEADER_BUF_SIZE
+            };
             if self
                 .response_header_read_buf
                 .capacity()
                 .saturating_sub(self.response_header_read_buf.len())
-                < INIT_HEADER_BUF_SIZE
+                < read_size
             {
-                self.response_header_read_buf.reserve(INIT_HEADER_BUF_SIZE);
+                self.response_header_read_buf.reserve(read_size);
             }
 
             let read_fut = self
@@ -1177,10 +1184,11 @@ mod tests_stream {
     async fn owned_body_reads_hand_out_the_read_buffers() {
         init_log();
         let big = vec![b'q'; 32 * 1024];
-        let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len() + 3000);
-        // 3000 body bytes with the header: more than half of what the 4 KiB header buffer has
-        // left after the header, so they are handed out in place
-        let first = [header.as_bytes(), &[b'p'; 3000][..]].concat();
+        let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len() + 9000);
+        // 9000 body bytes with the header: the first read takes up to a body read (16 KiB, not
+        // the 4 KiB of a header read), and they fill more than half of what is left of it after
+        // the header, so they are handed out in place
+        let first = [header.as_bytes(), &[b'p'; 9000][..]].concat();
         let mock_io = Builder::new().read(&first).read(&big[..16 * 1024]).read(&big[16 * 1024..]).build();
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         http_stream.set_body_read_size(16 * 1024);
@@ -1190,11 +1198,11 @@ mod tests_stream {
         while let Some(piece) = http_stream.read_body_bytes().await.unwrap() {
             pieces.push(piece);
         }
-        assert_eq!(pieces.iter().map(|p| p.len()).collect::<Vec<_>>(), [3000, 16 * 1024, 16 * 1024]);
+        assert_eq!(pieces.iter().map(|p| p.len()).collect::<Vec<_>>(), [9000, 16 * 1024, 16 * 1024]);
         // the bytes read with the header stayed in the header's buffer, right after it
         let header_end = http_stream.get_headers_raw().as_ptr() as usize + header.len();
         assert_eq!(pieces[0].as_ptr() as usize, header_end);
-        assert_eq!(pieces[0], vec![b'p'; 3000]);
+        assert_eq!(pieces[0], vec![b'p'; 9000]);
         assert!(pieces[1..].iter().all(|p| p.iter().all(|b| *b == b'q')));
         assert_ne!(pieces[1].as_ptr(), pieces[2].as_ptr());
     }
