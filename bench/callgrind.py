@@ -2,7 +2,8 @@
 """Instructions per proxied request, counted by callgrind (repeatable on a shared machine,
 unlike CPU time): the proxy runs under valgrind with instrumentation off, serves a warm-up,
 then instrumentation is switched on for exactly N requests on 4 kept-alive client connections
-(h2load --h1), and the user-space instructions are divided by N.
+(h2load --h1), and the user-space instructions, and the calls to the Rust allocator, are divided
+by N.
 
     bench/callgrind [N] [--binary PATH] [--minimal | --nginx] [--keep FILE] [--extra YAML]
                     [--photo | --large] [--cache] [--h2]
@@ -81,8 +82,8 @@ def gateway_conf(cache, large, extra):
 
 
 def measure(who="gateway", n=None, asset=SMALL, cache=False, h2=False, extra="", binary=None, keep=None):
-    """Instructions per request (per MiB for the 100 MiB asset) of `who` (gateway, minimal,
-    nginx) under callgrind."""
+    """Instructions and allocations (Rust allocator calls; none counted for nginx) per request
+    (per MiB for the 100 MiB asset) of `who` (gateway, minimal, nginx) under callgrind."""
     large = asset == LARGE
     n = n or (2 if large else 1000 if asset == PHOTO else 2000)
     out = TMP / f"callgrind-{who}.out"
@@ -139,9 +140,25 @@ def measure(who="gateway", n=None, asset=SMALL, cache=False, h2=False, extra="",
     for line in dump.read_text(errors="replace").splitlines():
         if line.startswith("totals:") or line.startswith("summary:"):
             total = int(line.split()[1])
-    if large:
-        return total / (n * SIZES[LARGE] / 2**20)
-    return total / n
+    per = n * SIZES[LARGE] / 2**20 if large else n
+    return total / per, allocations(dump) / per
+
+
+def allocations(dump):
+    """Calls to the Rust allocator (`__rust_alloc`, `_alloc_zeroed`, `_realloc`) in a callgrind
+    dump: callgrind counts every call, so this is the exact number of allocations made."""
+    names, total, counting = {}, 0, False
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+            if m and m.group(2):
+                names[m.group(1)] = m.group(2)
+            counting = line.startswith("cfn=") and m is not None and re.search(
+                r"__rust_(alloc|alloc_zeroed|realloc)$", names.get(m.group(1), "")) is not None
+        elif line.startswith("calls=") and counting:
+            total += int(line.split("=")[1].split()[0])
+            counting = False
+    return total
 
 
 ROWS = [
@@ -157,13 +174,14 @@ ROWS = [
 
 
 def table():
-    print("| work | nginx | gateway | ratio | minimal Pingora |\n|---|---|---|---|---|")
+    print("| work | nginx | gateway | ratio | gateway allocations | minimal Pingora |\n|---|---|---|---|---|---|")
     for label, asset, cache, h2, minimal in ROWS:
-        n = measure("nginx", asset=asset, cache=cache, h2=h2)
-        g = measure("gateway", asset=asset, cache=cache, h2=h2)
-        m = measure("minimal", asset=asset) if minimal else None
+        n, _ = measure("nginx", asset=asset, cache=cache, h2=h2)
+        g, allocs = measure("gateway", asset=asset, cache=cache, h2=h2)
+        m, _ = measure("minimal", asset=asset) if minimal else (None, None)
         mcell = f"{m / 1000:,.1f} K ({m / n:.2f} x)" if m else ""
-        print(f"| {label} | {n / 1000:,.1f} K | {g / 1000:,.1f} K | {g / n:.2f} x | {mcell} |", flush=True)
+        print(f"| {label} | {n / 1000:,.1f} K | {g / 1000:,.1f} K | {g / n:.2f} x | {allocs:.1f} | {mcell} |",
+              flush=True)
 
 
 def main():
@@ -185,13 +203,14 @@ def main():
         h2 = "--h2" in sys.argv
         extra = opt("--extra") + "\n" if opt("--extra") else ""
         n = int(args[0]) if args else None
-        per = measure(who, n, asset, "--cache" in sys.argv, h2, extra, opt("--binary"), opt("--keep"))
+        per, allocs = measure(who, n, asset, "--cache" in sys.argv, h2, extra, opt("--binary"), opt("--keep"))
         label = {"nginx": "nginx", "minimal": "minimal Pingora", "gateway": "gateway"}[who]
         label += (" (TLS h2)" if h2 else "") + (" (cache hit)" if "--cache" in sys.argv else "")
         if asset == LARGE:
-            print(f"{label}: {per / 1000:,.0f} K instructions per MiB (100 MiB asset)")
+            print(f"{label}: {per / 1000:,.0f} K instructions, {allocs:.1f} allocations per MiB (100 MiB asset)")
         else:
-            print(f"{label}: {per / 1000:.1f} K instructions per request ({SIZES[asset] // 1024} KiB asset)")
+            print(f"{label}: {per / 1000:.1f} K instructions, {allocs:.1f} allocations per request "
+                  f"({SIZES[asset] // 1024} KiB asset)")
     finally:
         origin.send_signal(signal.SIGQUIT)
         origin.wait(timeout=10)
