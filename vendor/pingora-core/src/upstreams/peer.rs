@@ -552,10 +552,11 @@ pub struct PeerOptions {
     pub h1_discard_header_case: bool,
     /// Hand each read of an HTTP/1 response body to the caller as the buffer it was read into
     /// instead of a copy, when the body is framed by `Content-Length` or by the connection's
-    /// close and the read filled at least half of that buffer (so a handed-out buffer never
-    /// holds more than twice its bytes); the next read gets a new buffer. Body bytes that
-    /// arrived with the header are handed out the same way. Chunked bodies are still copied.
-    /// Default: false (every read is copied out of one reused buffer).
+    /// close and the read filled that buffer (a handed-out buffer holds nothing but its
+    /// bytes); the next read gets a new buffer. The first read of a response then takes up to
+    /// the body read size, and the body bytes that came with the header are handed out the
+    /// same way. Shorter reads and chunked bodies are still copied. Default: false (every read
+    /// is copied out of one reused buffer).
     pub h1_owned_body_reads: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
