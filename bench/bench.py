@@ -35,10 +35,12 @@ from procs import status_bytes, wait_port
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = "--quick" in sys.argv
 PROXY_CORE, LOAD_CORE = "0", "1"
-ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX, MINIMAL = 18001, 18002, 18080, 18081, 18082
-NGINX_UNBUFFERED, MINIMAL_PRISTINE = 18083, 18084
-GATEWAY_H2, NGINX_H2 = 18443, 18444
-GATEWAY_CACHE, NGINX_CACHE = 18085, 18086
+# BENCH_PORT_OFFSET moves every port (two benchmarks on one machine must not share them).
+_P = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
+ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX, MINIMAL = 18001 + _P, 18002 + _P, 18080 + _P, 18081 + _P, 18082 + _P
+NGINX_UNBUFFERED, MINIMAL_PRISTINE = 18083 + _P, 18084 + _P
+GATEWAY_H2, NGINX_H2 = 18443 + _P, 18444 + _P
+GATEWAY_CACHE, NGINX_CACHE = 18085 + _P, 18086 + _P
 # Cold 5 MiB assets for the herd phase, one per repetition and target.
 HERD = [f"00000000-0000-4000-8000-0000000002{i:02d}" for i in range(8)]
 HERD_CLIENTS = 50
