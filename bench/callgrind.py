@@ -16,10 +16,11 @@ in one harness. --minimal measures examples/minimal_proxy (Pingora's own floor).
 --photo fetches the 200 KiB photo (N defaults to 1000); --large the 100 MiB asset (N times,
 default 2) and reports instructions per MiB; --cache serves from the cache, filled by one request
 and the warm-up (the gateway with `cache: {memory: 256MiB}`, with --large `memory: 64MiB` and a
-disk tier, which alone can hold it; nginx with `proxy_cache`); --h2 sends the requests over TLS h2 (4 connections x 16 streams; the TLS
-work included); --extra adds lines under the gateway's `gateway:` (e.g.
-"  access_log: {enabled: false}"), to see what a feature costs; --keep copies the callgrind
-profile of the N requests to FILE (for callgrind_annotate).
+disk tier, which alone can hold it; nginx with `proxy_cache`); --h2 sends the requests over
+TLS h2 (4 connections x 16 streams; the TLS work included); --extra adds lines under the
+gateway's `gateway:` (e.g. "  access_log: {enabled: false}"), to see what a feature costs;
+--keep copies the callgrind profile of the N requests to FILE (for callgrind_annotate).
+BENCH_PORT_OFFSET moves the ports (as for bench/run).
 --table measures every row for the gateway, nginx and (where it applies) the minimal proxy and
 prints the ratio table (README, Performance).
 Needs valgrind, nginx and h2load (nghttp2-client); installs them when missing.
