@@ -2313,6 +2313,9 @@ mod test {
         for key in [&b"a"[..], b"b", b"c"] {
             let lb: LoadBalancer<selection::Consistent> =
                 LoadBalancer::try_from_iter(addrs).unwrap();
+            // one backend not ready: both see the same health
+            lb.backends()
+                .set_enable(&Backend::new("1.0.0.1:80").unwrap(), false);
             let skip = Backend::new("1.1.1.1:80").unwrap();
             let seen_with = std::cell::RefCell::new(Vec::new());
             let picked = lb.select_with(key, 10, |b, healthy| {
@@ -2326,6 +2329,9 @@ mod test {
             });
             assert_eq!(picked.map(|b| b.addr), mapped);
             assert_eq!(seen_with.into_inner(), seen_map);
+            let disabled = Backend::new("1.0.0.1:80").unwrap().addr;
+            assert!(seen_map.iter().all(|(addr, healthy)| *healthy == (*addr != disabled)));
+            assert_ne!(mapped, Some(disabled));
             // nothing accepted: every backend visited once, within max_iterations
             let mut visits = 0;
             assert!(lb.select_map(key, 10, |_, _| -> Option<()> { visits += 1; None }).is_none());
