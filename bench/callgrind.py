@@ -6,7 +6,7 @@ then instrumentation is switched on for exactly N requests on 4 kept-alive clien
 by N.
 
     bench/callgrind [N] [--binary PATH] [--minimal | --nginx] [--keep FILE] [--extra YAML]
-                    [--photo | --large] [--cache] [--h2]
+                    [--photo | --large] [--cache] [--h2] [--auth signed_url|jwt-es256|jwt-rs256]
     bench/callgrind --table
 
 --nginx measures nginx 1.22 instead, configured as in bench/run (upstream keepalive, sendfile,
@@ -19,7 +19,9 @@ and the warm-up (the gateway with `cache: {memory: 256MiB}`, with --large `memor
 disk tier, which alone can hold it; nginx with `proxy_cache`); --h2 sends the requests over
 TLS h2 (4 connections x 16 streams; the TLS work included); --extra adds lines under the
 gateway's `gateway:` (e.g. "  access_log: {enabled: false}"), to see what a feature costs;
---keep copies the callgrind profile of the N requests to FILE (for callgrind_annotate).
+--keep copies the callgrind profile of the N requests to FILE (for callgrind_annotate);
+--auth puts the gateway's asset route behind a signed URL (HMAC-SHA256) or a bearer JWT (ES256 or
+RS256, keys made with openssl), and every request carries a valid one.
 BENCH_PORT_OFFSET moves the ports (as for bench/run).
 --table measures every row for the gateway, nginx and (where it applies) the minimal proxy and
 prints the ratio table (README, Performance).
@@ -51,6 +53,60 @@ def opt(name):
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
 
 
+def b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def auth_setup(kind, path):
+    """Config lines under `gateway:`, the line for the route, the request path and headers for
+    `--auth`: every request carries a valid signed URL or token."""
+    import hashlib
+    import hmac
+    import json
+    if kind == "signed_url":
+        secret = "bench-secret-0123456789abcdef0123456789"
+        exp = int(time.time()) + 3600
+        sig = b64url(hmac.new(secret.encode(), f"{path}\n{exp}".encode(), hashlib.sha256).digest())
+        extra = f'  auth: {{signed_url: {{keys: {{k1: "{secret}"}}}}}}\n'
+        return extra, "      auth: [signed_url]\n", f"{path}?exp={exp}&kid=k1&sig={sig}", []
+    key = TMP / "jwt-key.pem"
+    if kind == "jwt-rs256":
+        subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(key)],
+                       check=True, capture_output=True)
+        modulus = subprocess.run(["openssl", "rsa", "-in", str(key), "-noout", "-modulus"], check=True,
+                                 capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+        jwk = {"kty": "RSA", "kid": "bench", "n": b64url(bytes.fromhex(modulus)), "e": "AQAB"}
+        alg = "RS256"
+    elif kind == "jwt-es256":
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+                       check=True, capture_output=True)
+        der = subprocess.run(["openssl", "ec", "-in", str(key), "-pubout", "-outform", "DER"], check=True,
+                             capture_output=True).stdout
+        point = der[-65:]
+        jwk = {"kty": "EC", "crv": "P-256", "kid": "bench", "x": b64url(point[1:33]), "y": b64url(point[33:])}
+        alg = "ES256"
+    else:
+        sys.exit(f"--auth {kind}: signed_url, jwt-es256 or jwt-rs256")
+    (TMP / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    header = b64url(json.dumps({"alg": alg, "typ": "JWT", "kid": "bench"}).encode())
+    claims = b64url(json.dumps({"sub": "bench", "exp": int(time.time()) + 3600}).encode())
+    msg = f"{header}.{claims}".encode()
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=msg, check=True,
+                         capture_output=True).stdout
+    if alg == "ES256":
+        # DER SEQUENCE { INTEGER r, INTEGER s } -> r || s, 32 bytes each.
+        def integer(b, i):
+            n = b[i + 1]
+            return b[i + 2:i + 2 + n], i + 2 + n
+        r, i = integer(sig, 2)
+        s_, _ = integer(sig, i)
+        sig = r[-32:].rjust(32, b"\0") + s_[-32:].rjust(32, b"\0")
+    token = f"{header}.{claims}.{b64url(sig)}"
+    extra = f"  auth: {{jwt: {{jwks: {TMP}/jwks.json}}}}\n"
+    return extra, "      auth: [jwt]\n", path, ["-H", f"authorization: Bearer {token}"]
+
+
 def nginx_conf(cache):
     log = NGINX_ACCESS_LOG.format(tmp=TMP)
     if cache:
@@ -68,7 +124,7 @@ def nginx_conf(cache):
     return ["nginx", "-c", str(conf), "-p", str(TMP)]
 
 
-def gateway_conf(cache, large, extra):
+def gateway_conf(cache, large, extra, route_auth=""):
     conf = TMP / "gateway.yaml"
     lines = extra
     if cache:
@@ -78,11 +134,13 @@ def gateway_conf(cache, large, extra):
         else:
             lines += "  cache:\n    memory: 256MiB\n"
     conf.write_text(GATEWAY_CONF.format(tmp=TMP, port=GATEWAY, h2=GATEWAY_H2, fast=ORIGIN_FAST, slow=ORIGIN_SLOW)
-                    .replace("gateway:\n", "gateway:\n" + lines))
+                    .replace("gateway:\n", "gateway:\n" + lines)
+                    .replace("      rewrite: /v1/assets/{id}\n", "      rewrite: /v1/assets/{id}\n" + route_auth, 1))
     return conf
 
 
-def measure(who="gateway", n=None, asset=SMALL, cache=False, h2=False, extra="", binary=None, keep=None):
+def measure(who="gateway", n=None, asset=SMALL, cache=False, h2=False, extra="", binary=None, keep=None,
+            auth=None):
     """Instructions and allocations (Rust allocator calls; none counted for nginx) per request
     (per MiB for the 100 MiB asset) of `who` (gateway, minimal, nginx) under callgrind."""
     large = asset == LARGE
@@ -90,6 +148,10 @@ def measure(who="gateway", n=None, asset=SMALL, cache=False, h2=False, extra="",
     out = TMP / f"callgrind-{who}.out"
     for old in TMP.glob(f"callgrind-{who}.out*"):
         old.unlink()
+    path, headers, route_auth = f"/content/v1/assets/{asset}", [], ""
+    if auth and who == "gateway":
+        auth_extra, route_auth, path, headers = auth_setup(auth, path)
+        extra += auth_extra
     if who == "nginx":
         target = nginx_conf(cache)
         port, h2_port = NGINX, NGINX_H2
@@ -98,7 +160,8 @@ def measure(who="gateway", n=None, asset=SMALL, cache=False, h2=False, extra="",
                   f"127.0.0.1:{ORIGIN_FAST}"]
         port, h2_port = GATEWAY, None
     else:
-        target = [binary or str(ROOT / "target/release/asset-gateway"), "-c", str(gateway_conf(cache, large, extra))]
+        target = [binary or str(ROOT / "target/release/asset-gateway"), "-c",
+                  str(gateway_conf(cache, large, extra, route_auth))]
         port, h2_port = GATEWAY, GATEWAY_H2
     shutil.rmtree(TMP / "nginx-cache", ignore_errors=True)
     shutil.rmtree(TMP / "gateway-disk-cache", ignore_errors=True)
@@ -107,15 +170,15 @@ def measure(who="gateway", n=None, asset=SMALL, cache=False, h2=False, extra="",
                              env={**os.environ, "RUST_LOG": "info"})
     try:
         wait_port(port, proxy)
-        url = f"http://127.0.0.1:{port}/content/v1/assets/{asset}"
-        h2load = ["h2load", "--h1", "-c", "1" if large else "4", "-m", "1"]
+        url = f"http://127.0.0.1:{port}{path}"
+        h2load = ["h2load", "--h1", "-c", "1" if large else "4", "-m", "1", *headers]
         if h2:
             wait_port(h2_port, proxy)
-            url = f"https://127.0.0.1:{h2_port}/content/v1/assets/{asset}"
-            h2load = ["h2load", "-c", "1" if large else "4", "-m", "1" if large else "16"]
+            url = f"https://127.0.0.1:{h2_port}{path}"
+            h2load = ["h2load", "-c", "1" if large else "4", "-m", "1" if large else "16", *headers]
         if cache:
             # The first request fills the cache; the object is committed after its response.
-            subprocess.run(["curl", "-s", "-o", "/dev/null", url], check=True)
+            subprocess.run(["curl", "-s", "-o", "/dev/null", *headers, url], check=True)
             time.sleep(2 if large else 0.5)
         subprocess.run(h2load + ["-n", "4" if large else "400", url], check=True, capture_output=True)  # warm-up
         subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
@@ -198,15 +261,17 @@ def main():
             table()
             return
         args = [a for i, a in enumerate(sys.argv[1:], 1)
-                if not a.startswith("--") and sys.argv[i - 1] not in ("--binary", "--keep", "--extra")]
+                if not a.startswith("--") and sys.argv[i - 1] not in ("--binary", "--keep", "--extra", "--auth")]
         who = "nginx" if "--nginx" in sys.argv else "minimal" if "--minimal" in sys.argv else "gateway"
         asset = LARGE if "--large" in sys.argv else PHOTO if "--photo" in sys.argv else SMALL
         h2 = "--h2" in sys.argv
         extra = opt("--extra") + "\n" if opt("--extra") else ""
         n = int(args[0]) if args else None
-        per, allocs = measure(who, n, asset, "--cache" in sys.argv, h2, extra, opt("--binary"), opt("--keep"))
+        per, allocs = measure(who, n, asset, "--cache" in sys.argv, h2, extra, opt("--binary"), opt("--keep"),
+                              opt("--auth"))
         label = {"nginx": "nginx", "minimal": "minimal Pingora", "gateway": "gateway"}[who]
         label += (" (TLS h2)" if h2 else "") + (" (cache hit)" if "--cache" in sys.argv else "")
+        label += f" (--auth {opt('--auth')})" if opt("--auth") else ""
         if asset == LARGE:
             print(f"{label}: {per / 1000:,.0f} K instructions, {allocs:.1f} allocations per MiB (100 MiB asset)")
         else:

@@ -8,7 +8,8 @@
 //! `RUST_LOG` still decides whether lines are written (target `access`).
 
 use crate::config::AccessLogFormat;
-use crate::fmt::{push_addr, push_json_str, push_ms, push_now, push_u64};
+use crate::fmt::{push_addr, push_ip, push_json_str, push_ms, push_now, push_u64};
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -56,6 +57,16 @@ pub(crate) struct AccessRecord<'a> {
     /// What the cache did (`hit`, `collapsed`, `miss-stored`, `miss`, ...); `None` when the
     /// request did not use the cache (the field is then left out).
     pub cache: Option<&'a str>,
+    /// Why access control refused the request (`missing-credentials`, `rate-limit`, ...).
+    pub refused: Option<&'a str>,
+    /// The client's address when it is not the connection's peer (from `X-Forwarded-For`
+    /// behind trusted proxies).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The optional fields (`access_log.fields`): the client's `Range`, `User-Agent` and
+    /// `Referer`. `None`: not configured (left out); `Some(None)`: configured, not sent.
+    pub range: Option<Option<Cow<'a, str>>>,
+    pub user_agent: Option<Option<Cow<'a, str>>>,
+    pub referer: Option<Option<Cow<'a, str>>>,
 }
 
 /// A field's value, written the way each format writes it.
@@ -65,6 +76,7 @@ enum Value<'a> {
     /// A quoted string in both formats.
     Quoted(&'a str),
     Addr(SocketAddr),
+    Ip(std::net::IpAddr),
     Int(u64),
     Ms(Duration),
     Bool(bool),
@@ -74,12 +86,17 @@ enum Value<'a> {
 
 impl AccessRecord<'_> {
     /// Every field, in order. `None` leaves the field out of the line.
-    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 15] {
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 20] {
         fn or_missing(v: Option<Value<'_>>) -> Option<Value<'_>> {
             Some(v.unwrap_or(Value::Missing))
         }
+        fn optional<'a>(v: &'a Option<Option<Cow<'_, str>>>) -> Option<Value<'a>> {
+            v.as_ref()
+                .map(|v| v.as_deref().map_or(Value::Missing, Value::Quoted))
+        }
         [
             ("client", or_missing(self.client.map(Value::Addr))),
+            ("client_ip", self.client_ip.map(Value::Ip)),
             ("proto", Some(Value::Word(self.proto))),
             ("method", Some(Value::Word(self.method))),
             ("path", Some(Value::Quoted(self.path))),
@@ -92,8 +109,12 @@ impl AccessRecord<'_> {
             ("total_ms", Some(Value::Ms(self.total))),
             ("request_id", Some(Value::Word(self.request_id))),
             ("cache", self.cache.map(Value::Word)),
+            ("refused", self.refused.map(Value::Word)),
             ("error", self.error.as_deref().map(Value::Quoted)),
             ("upstream_failures", self.failures.as_deref().map(Value::Quoted)),
+            ("range", optional(&self.range)),
+            ("user_agent", optional(&self.user_agent)),
+            ("referer", optional(&self.referer)),
         ]
     }
 
@@ -112,6 +133,7 @@ impl AccessRecord<'_> {
                 Value::Word(s) => line.push_str(s),
                 Value::Quoted(s) => push_json_str(&mut line, s),
                 Value::Addr(a) => push_addr(&mut line, &a),
+                Value::Ip(ip) => push_ip(&mut line, &ip),
                 Value::Int(n) => push_u64(&mut line, n),
                 Value::Ms(d) => push_ms(&mut line, d),
                 Value::Bool(b) => line.push_str(if b { "true" } else { "false" }),
@@ -138,6 +160,11 @@ impl AccessRecord<'_> {
                 Value::Addr(a) => {
                     line.push('"');
                     push_addr(&mut line, &a);
+                    line.push('"');
+                }
+                Value::Ip(ip) => {
+                    line.push('"');
+                    push_ip(&mut line, &ip);
                     line.push('"');
                 }
                 Value::Int(n) => push_u64(&mut line, n),
@@ -180,6 +207,34 @@ pub(crate) fn write(record: &AccessRecord, format: AccessLogFormat) {
     if pending.len() >= BATCH {
         WAKE.notify_one();
     }
+}
+
+/// The access line of a head the connection wrapper answered 414 (Pingora never saw it).
+pub(crate) fn write_refused_head(h: &crate::downstream::RefusedHead<'_>, format: AccessLogFormat) {
+    let record = AccessRecord {
+        client: h.client,
+        proto: "http/1.1",
+        method: h.method,
+        path: h.target,
+        status: 414,
+        body_bytes: h.body_bytes,
+        upstream_peer: None,
+        reused: false,
+        attempts: 0,
+        upstream_ttfb: None,
+        total: h.elapsed,
+        request_id: h.request_id,
+        error: Some("bad request from the client: request target longer than max_uri_bytes".to_string()),
+        failures: None,
+        cache: None,
+        refused: None,
+        client_ip: None,
+        // The head was never parsed: its headers are unknown.
+        range: None,
+        user_agent: None,
+        referer: None,
+    };
+    write(&record, format);
 }
 
 fn writer_loop() {
@@ -247,6 +302,11 @@ mod tests {
             error: error.map(str::to_string),
             failures: None,
             cache: None,
+            refused: None,
+            client_ip: None,
+            range: None,
+            user_agent: None,
+            referer: None,
         }
     }
 
@@ -283,5 +343,24 @@ mod tests {
         assert!(r
             .json_line()
             .contains(",\"request_id\":\"req-1\",\"cache\":\"hit\"}"));
+    }
+
+    #[test]
+    fn optional_fields_are_quoted_and_dashed_when_absent() {
+        let mut r = record(None);
+        r.range = Some(Some("bytes=0-99".into()));
+        r.user_agent = Some(Some("VLC/3.0 \"x\"".into()));
+        r.referer = Some(None);
+        assert!(
+            r.text_line()
+                .ends_with(" range=\"bytes=0-99\" user_agent=\"VLC/3.0 \\\"x\\\"\" referer=-\n"),
+            "{}",
+            r.text_line()
+        );
+        assert!(r
+            .json_line()
+            .ends_with(",\"range\":\"bytes=0-99\",\"user_agent\":\"VLC/3.0 \\\"x\\\"\",\"referer\":null}\n"));
+        r.user_agent = None;
+        assert!(!r.text_line().contains("user_agent"));
     }
 }

@@ -1,13 +1,17 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (every
 //! upstream has a usable peer; a DNS upstream has resolved at least once), and with a cache
-//! `GET /cache` (sizes) and `DELETE /cache/<client path of an asset>` (purge). Anything else
+//! `GET /cache` (sizes), `DELETE /cache/<client path of an asset>` (purge) and
+//! `DELETE /cache/<route path with * for the id>` (purge every asset of a route). Anything else
 //! is 404. The main listener never serves these.
+//! With `admin_token` every endpoint but the probes needs it; without, purges come only from
+//! loopback (`access::admin`).
 //! Its clients get the main listener's protections: `app` wraps it in the same head deadline,
 //! and each request gets the same head checks and keep-alive rules.
 
+use crate::access::admin::AdminGate;
 use crate::cache::{policy, Cache};
 use crate::config::Downstream;
-use crate::routing::{Resolution, Router};
+use crate::routing::{self, Resolution, Router};
 use crate::upstreams::{PeerState, Upstreams};
 use crate::{downstream, headers, metrics};
 use async_trait::async_trait;
@@ -23,6 +27,8 @@ pub(crate) struct Admin {
     pub cache: Option<&'static Cache>,
     /// To resolve a purge path exactly as the proxy resolves a request path.
     pub router: Router,
+    /// `admin_token`, or loopback-only purges.
+    gate: AdminGate,
 }
 
 impl Admin {
@@ -31,6 +37,7 @@ impl Admin {
         d: &Downstream,
         cache: Option<&'static Cache>,
         router: Router,
+        admin_token: Option<&[u8]>,
     ) -> Admin {
         Admin {
             upstreams,
@@ -38,6 +45,7 @@ impl Admin {
             keepalive_secs: d.keepalive_secs(),
             cache,
             router,
+            gate: AdminGate::new(admin_token),
         }
     }
 
@@ -69,6 +77,20 @@ impl Admin {
                 );
                 Some(reply(200, "application/json", body))
             }
+            (&http::Method::DELETE, Some(pattern)) if pattern.contains('*') => {
+                Some(match self.router.route_of_pattern(pattern) {
+                    Some(route) => {
+                        let assets = cache.purge_route(&self.router.route(route).template);
+                        let body = format!("{{\"purged\":{},\"assets\":{assets}}}\n", assets > 0);
+                        reply(200, "application/json", body)
+                    }
+                    None => reply(
+                        404,
+                        "text/plain",
+                        "no route has this path (a route purge puts * in place of {id})\n",
+                    ),
+                })
+            }
             (&http::Method::DELETE, Some(asset_path)) => Some(match self.router.resolve(asset_path) {
                 Resolution::Asset { route, id } => {
                     let tag = policy::asset_tag(&self.router.route(route).template, id.as_str());
@@ -98,11 +120,15 @@ impl ServeHttp for Admin {
             session.set_keepalive(None);
             return reply(reject.status, "text/plain", format!("{}\n", reject.message));
         }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Some(answer) = self.gate.check(session.req_header(), peer) {
+            return answer;
+        }
         let req = session.req_header();
         if let Some(answer) = self.cache_request(&req.method, req.uri.path()) {
             return answer;
         }
-        if !downstream::is_allowed_method(&req.method) {
+        if !routing::is_allowed_method(req.method.as_str()) {
             return reply(405, "text/plain", "method not allowed\n");
         }
         match req.uri.path() {

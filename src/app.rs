@@ -1,8 +1,10 @@
 //! Wiring: the Pingora server, its services and start-up checks.
 
+use crate::access_log;
 use crate::admin::Admin;
 use crate::config::{Config, Listener, ListenerKind, H2};
-use crate::downstream::Guarded;
+use crate::downstream::proxy_protocol::{PreTls, ProxyProtocol};
+use crate::downstream::{Guarded, LogRefused, RefusedHead};
 use crate::gateway::Gateway;
 use crate::memory::Collector;
 use crate::shutdown::ExitWhenDrained;
@@ -25,6 +27,7 @@ pub fn run(opt: Opt, config: Config) -> ! {
     let Config {
         server: server_conf,
         gateway: settings,
+        ..
     } = config;
     let gateway = Gateway::build(&settings).unwrap_or_else(|e| {
         eprintln!("asset-gateway: {e}");
@@ -53,6 +56,9 @@ pub fn run(opt: Opt, config: Config) -> ! {
     for service in gateway.upstreams.services() {
         server.add_boxed_service(service);
     }
+    if let Some(service) = gateway.access.jwks_service() {
+        server.add_boxed_service(service);
+    }
     let header_timeout = settings.downstream.header_timeout;
     if let Some(addr) = &settings.admin {
         let admin = Admin::new(
@@ -60,6 +66,7 @@ pub fn run(opt: Opt, config: Config) -> ! {
             &settings.downstream,
             gateway.cache,
             gateway.router.clone(),
+            settings.access.admin_token.as_deref(),
         );
         let mut admin = Service::new(
             "admin".to_string(),
@@ -68,6 +75,9 @@ pub fn run(opt: Opt, config: Config) -> ! {
                 header_timeout,
                 h2c: Vec::new(),
                 count_connections: false,
+                max_uri_bytes: settings.downstream.limits.max_uri_bytes,
+                log_refused: None,
+                proxy_protocol: None,
             },
         );
         admin.add_tcp(&addr.to_string());
@@ -98,13 +108,31 @@ pub fn run(opt: Opt, config: Config) -> ! {
         .filter(|l| matches!(l.kind, ListenerKind::H2c))
         .map(|l| l.addr)
         .collect();
+    let client_ip = &settings.access.client_ip;
+    let proxy_protocol = client_ip.proxy_protocol.then(|| {
+        Arc::new(ProxyProtocol {
+            trusted: client_ip.trusted_proxies.clone(),
+            timeout: header_timeout,
+        })
+    });
     let guarded = Guarded {
         inner: Arc::new(app),
         header_timeout,
         h2c,
         count_connections: true,
+        max_uri_bytes: settings.downstream.limits.max_uri_bytes,
+        log_refused: settings.access_log.map(|format| {
+            LogRefused(Arc::new(move |h: &RefusedHead<'_>| {
+                access_log::write_refused_head(h, format)
+            }))
+        }),
+        proxy_protocol: proxy_protocol.clone(),
     };
     let mut proxy = Service::new("asset-gateway".to_string(), guarded);
+    if let Some(pp) = proxy_protocol {
+        // TLS listeners: the header comes before the handshake.
+        proxy.endpoints().set_pre_tls_callback(Arc::new(PreTls(pp)));
+    }
     for listener in &settings.listen {
         proxy.add_listener(listener_config(listener));
     }

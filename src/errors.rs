@@ -30,6 +30,20 @@ pub(crate) const TOO_MANY_HEADERS: Reject = Reject::new(431, "the request has to
 pub(crate) const NO_HEALTHY_PEER: Reject = Reject::new(502, "no healthy upstream peer");
 pub(crate) const MISSING_HOST: Reject = Reject::new(400, "an HTTP/1.1 request needs a Host header");
 pub(crate) const BAD_HOST: Reject = Reject::new(400, "the Host header is not a valid host[:port]");
+// Access control (`access`).
+pub(crate) const AUTH_REQUIRED: Reject =
+    Reject::new(401, "authentication required: a signed URL or a bearer token");
+pub(crate) const URL_EXPIRED: Reject = Reject::new(403, "the signed URL has expired");
+pub(crate) const URL_UNKNOWN_KEY: Reject = Reject::new(403, "the signed URL names an unknown key id");
+pub(crate) const URL_BAD_SIGNATURE: Reject = Reject::new(403, "the URL signature does not match");
+pub(crate) const URL_BEYOND_MAX_TTL: Reject =
+    Reject::new(403, "the signed URL expires later than the gateway allows");
+pub(crate) const TOKEN_INVALID: Reject = Reject::new(401, "the bearer token is not valid");
+pub(crate) const TOKEN_UNKNOWN_KEY: Reject = Reject::new(401, "the bearer token names an unknown key");
+pub(crate) const TOKEN_EXPIRED: Reject = Reject::new(401, "the bearer token has expired");
+pub(crate) const TOKEN_CLAIMS: Reject = Reject::new(401, "the bearer token claims are not accepted");
+pub(crate) const TOO_MANY_REQUESTS: Reject = Reject::new(429, "too many requests from this client");
+pub(crate) const CORS_REFUSED: Reject = Reject::new(403, "cross-origin request not allowed");
 
 /// The error type `upstream_peer` returns when selection finds no usable peer.
 pub(crate) const NO_PEER_ERROR: ErrorType = ErrorType::Custom("NoHealthyPeer");
@@ -97,9 +111,22 @@ pub(crate) fn json_body(reject: Reject, request_id: &str) -> Bytes {
 /// Answers the request from the gateway, keeping the client connection open for the next
 /// request (Pingora's `respond_error` would close it).
 pub(crate) async fn respond(session: &mut Session, reject: Reject, request_id: &RequestId) -> Result<()> {
+    respond_with(session, reject, request_id, &[]).await
+}
+
+/// [`respond`] with more headers (`WWW-Authenticate`, `Retry-After`, CORS).
+pub(crate) async fn respond_with(
+    session: &mut Session,
+    reject: Reject,
+    request_id: &RequestId,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<()> {
     let body = json_body(reject, request_id.as_str());
     let head = session.req_header().method == http::Method::HEAD;
-    let h = headers::own_answer(reject.status, "application/json", body.len(), Some(request_id))?;
+    let mut h = headers::own_answer(reject.status, "application/json", body.len(), Some(request_id))?;
+    for (name, value) in extra {
+        h.append_header(name.clone(), value.clone())?;
+    }
     session.write_response_header(Box::new(h), head).await?;
     if !head {
         session.write_response_body(Some(body), true).await?;

@@ -2,14 +2,15 @@
 //! the per-request context its hooks share, with the two decisions made before any upstream
 //! work: whether a request is admitted, and which upstream serves it.
 
+use crate::access::{self, Access, RequestAccess, RequestRef};
 use crate::attempts::Attempts;
-use crate::cache::{Cache, RequestCache};
-use crate::config::{AccessLogFormat, Settings};
-use crate::downstream::{self, Limits};
+use crate::cache::{Cache, CachedRoute, RequestCache};
+use crate::config::{self, AccessLogFields, AccessLogFormat, Settings};
+use crate::downstream::Limits;
 use crate::errors::{self, Reject};
 use crate::metrics::RouteMetrics;
 use crate::request_id::RequestId;
-use crate::routing::{AssetId, Resolution, Route, Router};
+use crate::routing::{self, AssetId, Resolution, Route, Router};
 use crate::shutdown::InFlight;
 use crate::upstreams::{Upstream, Upstreams};
 use pingora::proxy::Session;
@@ -29,29 +30,47 @@ pub(crate) struct Gateway {
     pub(crate) limits: Limits,
     pub(crate) server_timing: bool,
     pub(crate) access_log: Option<AccessLogFormat>,
+    pub(crate) access_log_fields: AccessLogFields,
     /// The response cache, if configured.
     pub(crate) cache: Option<&'static Cache>,
-    /// Indexed like the routes: whether the route's responses go through the cache.
-    pub(crate) cache_routes: Vec<bool>,
+    /// Indexed like the routes: `Some` for a route whose responses go through the cache.
+    pub(crate) cache_routes: Vec<Option<CachedRoute>>,
+    /// Who may fetch: CORS, rate limits, signed URLs and tokens.
+    pub(crate) access: Access,
+}
+
+/// The router of the configured routes (the proxy's, the admin's, `sign`'s).
+pub(crate) fn router(s: &Settings) -> Router {
+    let routes: Vec<Route> = s
+        .routes
+        .iter()
+        .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.query.clone()))
+        .collect();
+    Router::new(routes)
 }
 
 impl Gateway {
     /// Builds the runtime structures from settings `config` has already checked; only the
     /// metric families can still fail to register.
     pub(crate) fn build(s: &Settings) -> std::result::Result<Gateway, String> {
-        let routes: Vec<Route> = s
+        let route_metrics = s
             .routes
-            .iter()
-            .map(|r| Route::new(&r.template, &r.rewrite, r.upstream, r.forward_query))
-            .collect();
-        let route_metrics = routes
             .iter()
             .map(|r| r.template.as_str())
             .chain(["unmatched"])
-            .map(RouteMetrics::new)
+            .map(|route| RouteMetrics::new(route, &access::Reason::ALL.map(access::Reason::as_str)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let cache = s.cache.as_ref().map(Cache::build).transpose()?;
+        let cache_routes = s
+            .routes
+            .iter()
+            .map(|r| {
+                let subject = config::subject_header(&r.access, &s.access);
+                cache.filter(|_| r.cache).map(|c| CachedRoute::new(c, r, subject))
+            })
+            .collect();
         Ok(Gateway {
-            router: Router::new(routes),
+            router: router(s),
             upstreams: Arc::new(Upstreams::build(&s.upstreams)?),
             route_metrics,
             keepalive_secs: s.downstream.keepalive_secs(),
@@ -59,8 +78,10 @@ impl Gateway {
             limits: s.downstream.limits,
             server_timing: s.server_timing,
             access_log: s.access_log,
-            cache: s.cache.as_ref().map(Cache::build).transpose()?,
-            cache_routes: s.routes.iter().map(|r| r.cache).collect(),
+            access_log_fields: s.access_log_fields,
+            cache,
+            cache_routes,
+            access: Access::build(s)?,
         })
     }
 }
@@ -75,6 +96,7 @@ pub(crate) struct Ctx {
     /// The status `fail_to_proxy` wrote, if it could write one.
     pub(crate) error_status: Option<u16>,
     pub(crate) cache: RequestCache,
+    pub(crate) access: RequestAccess,
     _in_flight: InFlight,
 }
 
@@ -108,8 +130,20 @@ impl Ctx {
             },
             error_status: None,
             cache: RequestCache::default(),
+            access: RequestAccess::default(),
             _in_flight: InFlight::start(),
         }
+    }
+
+    /// What access control needs of this context, once a route matched.
+    pub(crate) fn access(&mut self) -> Option<RequestRef<'_>> {
+        let m = self.route.as_mut()?;
+        Some(RequestRef {
+            route: m.index,
+            upstream_uri: &mut m.upstream_uri,
+            request_id: &self.request_id,
+            state: &mut self.access,
+        })
     }
 
     pub(crate) fn hash_key(&self) -> &[u8] {
@@ -118,6 +152,11 @@ impl Ctx {
 }
 
 impl Gateway {
+    /// The request's route (`ctx.route`), when it is cached.
+    pub(crate) fn cached_route(&self, route: Option<&Matched>) -> Option<&CachedRoute> {
+        self.cache_routes.get(route?.index)?.as_ref()
+    }
+
     pub(crate) fn upstream_of(&self, ctx: &Ctx) -> Option<&Upstream> {
         let m = ctx.route.as_ref()?;
         Some(self.upstreams.get(self.router.route(m.index).upstream))
@@ -133,7 +172,10 @@ impl Gateway {
         if resolution == Resolution::NoRoute {
             return Err(errors::NO_ROUTE);
         }
-        if !downstream::is_allowed_method(&req.method) {
+        // `OPTIONS` only for CORS preflights, which `access` answers.
+        let preflight = req.method == http::Method::OPTIONS
+            && matches!(resolution, Resolution::Asset { route, .. } if self.access.has_cors(route));
+        if !routing::is_allowed_method(req.method.as_str()) && !preflight {
             return Err(errors::METHOD_NOT_ALLOWED);
         }
         let Resolution::Asset { route, id } = resolution else {

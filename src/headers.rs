@@ -1,10 +1,14 @@
 //! The headers the gateway adds itself, in one place: on every response it relays
 //! (`X-Content-Type-Options: nosniff`, `X-Request-Id`) and on the answers it makes itself
-//! (the same, plus `Cache-Control: no-store`, a content type and length, `Allow` on 405).
+//! (the same, plus `Cache-Control: no-store`, a content type and length, `Allow` on 405);
+//! upstream, `X-Forwarded-For`, and the request headers the gateway owns on a cached route.
 
-use crate::downstream::ALLOWED_METHODS;
 use crate::request_id::RequestId;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use crate::routing::ALLOWED_METHODS;
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
@@ -44,11 +48,29 @@ pub(crate) fn own_answer(
         h.insert_header(X_REQUEST_ID, id.header())?;
     }
     if status == 405 {
-        let allow: Vec<&str> = ALLOWED_METHODS.iter().map(|m| m.as_str()).collect();
-        h.insert_header(ALLOW, allow.join(", "))?;
+        h.insert_header(ALLOW, ALLOWED_METHODS.join(", "))?;
     }
     Ok(h)
 }
+
+/// The request headers the gateway owns on a cached route, which reach the upstream whatever
+/// the route's `forward_headers` say: those it sets itself (`Host`, `X-Forwarded-For` (the
+/// client's chain, appended to), `X-Forwarded-Proto`, `X-Request-Id`), and the conditional and
+/// `Range` headers, which Pingora's cache removes on a miss (so the whole object is fetched)
+/// and sets itself to revalidate; they only reach the upstream as the client sent them when
+/// the cache is bypassed, and then the answer is not stored for another client.
+pub(crate) static GATEWAY_OWNED: [HeaderName; 10] = [
+    HOST,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-request-id"),
+    RANGE,
+    IF_RANGE,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_MATCH,
+    IF_UNMODIFIED_SINCE,
+];
 
 /// `X-Forwarded-For` for the upstream request: every value the client sent, joined, then the
 /// client's address.

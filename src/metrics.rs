@@ -28,6 +28,7 @@ struct Families {
     peer_healthy: IntGaugeVec,
     upstream_peers: IntGaugeVec,
     dns_resolutions: IntCounterVec,
+    refusals: IntCounterVec,
 }
 
 static FAMILIES: OnceLock<Families> = OnceLock::new();
@@ -121,6 +122,11 @@ impl Families {
                 "DNS discovery polls by outcome: ok (peers found), empty (no A/AAAA record; the last peers are kept), error (lookup failed; the last peers are kept).",
                 &["upstream", "result"],
             )?,
+            refusals: counter(
+                "asset_gateway_refusals_total",
+                "Requests refused by access control, by route and reason (missing-credentials, url-*, jwt-*, rate-limit, cors-refused).",
+                &["route", "reason"],
+            )?,
             active,
             peer_healthy,
             upstream_peers,
@@ -141,16 +147,31 @@ pub(crate) struct RouteMetrics {
     requests: [IntCounter; 6],
     duration: Histogram,
     body_bytes: IntCounter,
+    /// Indexed like `access::Reason::ALL`.
+    refusals: Vec<IntCounter>,
 }
 
 impl RouteMetrics {
-    pub(crate) fn new(route: &str) -> Result<RouteMetrics, String> {
+    /// `refusal_reasons`: the `reason` labels of access-control refusals, in the order
+    /// [`RouteMetrics::refused`] indexes them.
+    pub(crate) fn new(route: &str, refusal_reasons: &[&str]) -> Result<RouteMetrics, String> {
         let f = families()?;
         Ok(RouteMetrics {
             requests: STATUS_CLASSES.map(|c| f.requests.with_label_values(&[route, c])),
             duration: f.duration.with_label_values(&[route]),
             body_bytes: f.body_bytes.with_label_values(&[route]),
+            refusals: refusal_reasons
+                .iter()
+                .map(|r| f.refusals.with_label_values(&[route, r]))
+                .collect(),
         })
+    }
+
+    /// Counts a request that access control refused, by the index of its reason.
+    pub(crate) fn refused(&self, reason: usize) {
+        if let Some(c) = self.refusals.get(reason) {
+            c.inc();
+        }
     }
 
     /// Records a finished request; `status` is `None` when no response was sent.
@@ -267,7 +288,7 @@ pub(crate) fn scrape<'a>(
 
 /// The cache's metrics, registered once when a cache is configured.
 pub(crate) struct CacheMetrics {
-    /// `asset_gateway_cache_lookups_total{result}`: hit, miss, stale, coalesced.
+    /// `asset_gateway_cache_lookups_total{route, result}`: see [`LOOKUP_RESULTS`].
     lookups: IntCounterVec,
     pub(crate) hit_bytes: IntCounter,
     pub(crate) stored_bytes: IntCounter,
@@ -300,15 +321,11 @@ impl CacheMetrics {
         let lookups = IntCounterVec::new(
             Opts::new(
                 "asset_gateway_cache_lookups_total",
-                "Cache lookups of cacheable requests: hit (stored object), coalesced (joined another request's fill), miss, stale.",
+                "Cache lookups of cacheable requests by route: hit (stored object), coalesced (joined another request's fill), miss, stale, pass (skipped the cache: the key's last answer could not be stored).",
             ),
-            &["result"],
+            &["route", "result"],
         )?;
         register(Box::new(lookups.clone()));
-        // Every result is exported from the start (at 0), so rates work before the first one.
-        for result in ["hit", "coalesced", "miss", "stale"] {
-            lookups.with_label_values(&[result]);
-        }
         let memory_bytes = IntGauge::new(
             "asset_gateway_cache_memory_bytes",
             "Bytes charged against gateway.cache.memory by stored objects (body, header and index overhead).",
@@ -350,8 +367,79 @@ impl CacheMetrics {
         })
     }
 
-    /// `result` is one of a fixed set of words, so the label lookup stays cheap.
-    pub(crate) fn lookup(&self, result: &str) {
-        self.lookups.with_label_values(&[result]).inc();
+    /// A cached route's lookup counters, each exported from the start (at 0), so rates work
+    /// before the first one.
+    pub(crate) fn route_lookups(&self, route: &str) -> RouteLookups {
+        RouteLookups(LOOKUP_RESULTS.map(|result| self.lookups.with_label_values(&[route, result])))
+    }
+}
+
+/// The `result` values of `asset_gateway_cache_lookups_total`.
+const LOOKUP_RESULTS: [&str; 5] = ["hit", "coalesced", "miss", "stale", "pass"];
+
+/// One cached route's `asset_gateway_cache_lookups_total` series, by result.
+pub(crate) struct RouteLookups([IntCounter; 5]);
+
+impl RouteLookups {
+    /// `result` is one of [`LOOKUP_RESULTS`].
+    pub(crate) fn record(&self, result: &str) {
+        if let Some(i) = LOOKUP_RESULTS.iter().position(|r| *r == result) {
+            self.0[i].inc();
+        }
+    }
+}
+
+/// The JWK set's refreshes and size (with `gateway.auth.jwt`).
+pub(crate) struct JwksMetrics {
+    ok: IntCounter,
+    error: IntCounter,
+    keys: IntGauge,
+}
+
+static JWKS: OnceLock<(IntCounterVec, IntGauge)> = OnceLock::new();
+
+impl JwksMetrics {
+    pub(crate) fn get() -> Result<JwksMetrics, String> {
+        let (refreshes, keys) = match JWKS.get() {
+            Some(m) => m,
+            None => {
+                let made = Self::families().map_err(|e| format!("metrics: {e}"))?;
+                JWKS.get_or_init(|| made)
+            }
+        };
+        Ok(JwksMetrics {
+            ok: refreshes.with_label_values(&["ok"]),
+            error: refreshes.with_label_values(&["error"]),
+            keys: keys.clone(),
+        })
+    }
+
+    fn families() -> prometheus::Result<(IntCounterVec, IntGauge)> {
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "asset_gateway_jwks_refreshes_total",
+                "JWK set reloads (file) or fetches (jwks_url) by result; on error the last good keys are kept.",
+            ),
+            &["result"],
+        )?;
+        register(Box::new(refreshes.clone()));
+        let keys = IntGauge::new(
+            "asset_gateway_jwks_keys",
+            "Usable keys in the JWK set bearer tokens are checked against.",
+        )?;
+        register(Box::new(keys.clone()));
+        Ok((refreshes, keys))
+    }
+
+    pub(crate) fn refreshed(&self, ok: bool) {
+        if ok {
+            self.ok.inc()
+        } else {
+            self.error.inc()
+        }
+    }
+
+    pub(crate) fn keys(&self, n: usize) {
+        self.keys.set(n as i64);
     }
 }

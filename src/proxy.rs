@@ -77,7 +77,8 @@ impl ProxyHttp for Gateway {
         match self.admit(session) {
             Ok(matched) => {
                 ctx.route = Some(matched);
-                Ok(false)
+                // Who may fetch, before the cache: CORS preflight, rate limit, credentials.
+                self.access.on_request(session, ctx.access()).await
             }
             Err(reject) => {
                 if !session.is_body_empty() {
@@ -93,16 +94,14 @@ impl ProxyHttp for Gateway {
     /// Runs after `request_filter` admitted the request (routing, 400/404/405 and head
     /// checks come first): GET and HEAD of a cacheable route use the cache, with the lock.
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        if let (Some(cache), Some(m)) = (self.cache, &ctx.route) {
-            if self.cache_routes.get(m.index).copied().unwrap_or(false) {
-                cache.enable(session, &mut ctx.cache);
-            }
+        if let (Some(cache), Some(_)) = (self.cache, self.cached_route(ctx.route.as_ref())) {
+            cache.enable(session, &mut ctx.cache);
         }
         Ok(())
     }
 
-    /// Route and asset id (plus the query the route forwards upstream); Pingora's default
-    /// panics.
+    /// Route and asset id (plus the query the route forwards upstream: canonical with
+    /// `query: {allow}`); Pingora's default panics.
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
         let m = ctx
             .route
@@ -130,7 +129,8 @@ impl ProxyHttp for Gateway {
 
     /// Pingora's default ignores `Vary` (one variant would be served to every request).
     fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
-        Cache::variance(meta, req, &mut ctx.cache)
+        let route = self.cached_route(ctx.route.as_ref())?;
+        Cache::variance(meta, req, &route.keying, &mut ctx.cache)
     }
 
     /// Pingora's default stores nothing.
@@ -140,15 +140,19 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(match self.cache {
-            Some(cache) => cache.cacheable(session, resp, &mut ctx.cache),
-            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        Ok(match (self.cache, self.cached_route(ctx.route.as_ref())) {
+            (Some(cache), Some(route)) => cache.cacheable(session, resp, &route.keying, &mut ctx.cache),
+            _ => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
         })
     }
 
     /// Picks the first peer before proxying starts, so that when every peer is known to be
     /// down the answer is an immediate 502 on a connection that stays open.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // A rate limit that counts only requests going upstream (hits never get here).
+        if !self.access.on_upstream(session, ctx.access()).await? {
+            return Ok(false);
+        }
         let Some(upstream) = self.upstream_of(ctx) else {
             return Ok(true);
         };
@@ -258,6 +262,11 @@ impl ProxyHttp for Gateway {
         if let Some(m) = &ctx.route {
             req.set_uri(m.upstream_uri.clone());
         }
+        // A cached route forwards only what its key accounts for (first: the gateway's own
+        // headers are set below).
+        if let Some(route) = self.cached_route(ctx.route.as_ref()) {
+            route.keying.upstream_request(req);
+        }
         if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), &ctx.attempts.current) {
             req.insert_header(http::header::HOST, peer.host.clone())?;
             for (name, value) in &upstream.headers {
@@ -321,9 +330,11 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         headers::stamp(resp, &ctx.request_id);
+        self.access
+            .on_response(resp, ctx.route.as_ref().map(|m| m.index), &ctx.access);
         // Per request, so here and not in `upstream_response_filter` (what that leaves in
         // the header is stored with the object).
-        if let Some(outcome) = Cache::outcome(session.cache.phase(), &ctx.cache) {
+        if let Some(outcome) = Cache::outcome(&session.cache, &ctx.cache) {
             let value = outcome.header(ctx.cache.ttl, ctx.cache.vary_miss);
             let _ = resp.insert_header(headers::CACHE_STATUS, value);
         }
@@ -387,17 +398,26 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map_or(self.route_metrics.len() - 1, |m| m.index);
         self.route_metrics[route].record(status, total, session.body_bytes_sent());
+        if let Some(reason) = ctx.access.refused {
+            self.route_metrics[route].refused(reason.index());
+        }
         // From the phase at the end, not the one the header reported: a fill that failed
         // after the header was sent is logged as not stored.
-        let cache_outcome = Cache::outcome(session.cache.phase(), &ctx.cache);
-        if let (Some(cache), Some(outcome)) = (self.cache, cache_outcome) {
-            cache.metrics.lookup(outcome.lookup_result());
+        let cache_outcome = Cache::outcome(&session.cache, &ctx.cache);
+        if let (Some(route), Some(outcome)) = (self.cached_route(ctx.route.as_ref()), cache_outcome) {
+            route.lookups.record(outcome.lookup_result());
         }
         let Some(format) = self.access_log else {
             return;
         };
         let req = session.req_header();
         let a = &ctx.attempts;
+        let fields = self.access_log_fields;
+        let header = |name| {
+            req.headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        };
         let record = AccessRecord {
             client: session.client_addr().and_then(|c| c.as_inet()).copied(),
             proto: match req.version {
@@ -418,6 +438,11 @@ impl ProxyHttp for Gateway {
             error: e.map(errors::describe),
             failures: a.failures_for_log(e.is_some()),
             cache: cache_outcome.map(|o| o.log_word()),
+            refused: ctx.access.refused.map(|r| r.as_str()),
+            client_ip: ctx.access.client_ip,
+            range: fields.range.then(|| header(http::header::RANGE)),
+            user_agent: fields.user_agent.then(|| header(http::header::USER_AGENT)),
+            referer: fields.referer.then(|| header(http::header::REFERER)),
         };
         access_log::write(&record, format);
     }

@@ -1,10 +1,20 @@
-//! Pure routing: request path -> asset id -> upstream path. No I/O, no Pingora types.
+//! Pure routing: request path -> asset id -> upstream path, and the methods served. No I/O, no
+//! Pingora types.
 //!
 //! Matching is done on the path exactly as the client sent it, with no decoding: a route's
 //! literal parts must match byte for byte and the `{id}` segment must be a canonical UUID
 //! (hex digits and four hyphens). Percent-encodings, dot segments, doubled or trailing slashes
 //! therefore can never match, and the only path that goes upstream is the route's rewrite
 //! template with a validated, lower-cased UUID in it.
+
+/// The only methods an asset gateway serves (the proxy and the admin listener alike). As
+/// text, so this module needs no crate (the fuzz target compiles it alone).
+pub(crate) const ALLOWED_METHODS: [&str; 2] = ["GET", "HEAD"];
+
+/// `method` as `http::Method::as_str` writes it.
+pub(crate) fn is_allowed_method(method: &str) -> bool {
+    ALLOWED_METHODS.contains(&method)
+}
 
 /// One compiled route.
 #[derive(Debug, Clone)]
@@ -17,14 +27,58 @@ pub struct Route {
     rewrite: Vec<String>,
     /// Index of the upstream this route sends to.
     pub upstream: usize,
-    /// Whether the client's query string goes upstream (unchanged) or is dropped.
-    pub forward_query: bool,
+    /// What of the client's query string goes upstream.
+    pub query: QueryRule,
+}
+
+/// What of a client's query string goes upstream (and, on a cached route, into the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryRule {
+    /// The query string unchanged.
+    Forward,
+    /// Nothing.
+    Drop,
+    /// Only the parameters with these names (matched byte for byte, before any decoding),
+    /// sorted by name (stably: repeated names keep their order), so that two spellings of
+    /// one request are one upstream request and one cache key.
+    Allow(Vec<String>),
+}
+
+impl QueryRule {
+    /// The query string that goes upstream for a client's `query`; `None`: no query.
+    pub fn apply<'a>(&self, query: Option<&'a str>) -> Option<std::borrow::Cow<'a, str>> {
+        let query = query?;
+        match self {
+            QueryRule::Forward => Some(std::borrow::Cow::Borrowed(query)),
+            QueryRule::Drop => None,
+            QueryRule::Allow(names) => {
+                let mut kept: Vec<(&str, &str)> = query
+                    .split('&')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| (p.split_once('=').map_or(p, |(name, _)| name), p))
+                    .filter(|(name, _)| names.iter().any(|n| n == name))
+                    .collect();
+                if kept.is_empty() {
+                    return None;
+                }
+                kept.sort_by(|a, b| a.0.cmp(b.0));
+                let mut out = String::with_capacity(query.len());
+                for (i, (_, param)) in kept.iter().enumerate() {
+                    if i > 0 {
+                        out.push('&');
+                    }
+                    out.push_str(param);
+                }
+                Some(std::borrow::Cow::Owned(out))
+            }
+        }
+    }
 }
 
 impl Route {
     /// `path` must hold `{id}` exactly once and `rewrite` at least once (config validation
     /// guarantees both).
-    pub fn new(path: &str, rewrite: &str, upstream: usize, forward_query: bool) -> Route {
+    pub fn new(path: &str, rewrite: &str, upstream: usize, query: QueryRule) -> Route {
         let (prefix, suffix) = path.split_once("{id}").unwrap_or((path, ""));
         Route {
             template: path.to_string(),
@@ -32,13 +86,16 @@ impl Route {
             suffix: suffix.to_string(),
             rewrite: rewrite.split("{id}").map(str::to_string).collect(),
             upstream,
-            forward_query,
+            query,
         }
     }
 
-    /// The upstream path and query for an asset id (already validated and lower-cased).
+    /// The upstream path and query for an asset id (already validated and lower-cased), the
+    /// client's query passed through [`Route::query`].
     pub fn upstream_path(&self, id: &AssetId, query: Option<&str>) -> String {
         let id = id.as_str();
+        let query = self.query.apply(query);
+        let query = query.as_deref();
         let mut out = String::with_capacity(
             self.rewrite.iter().map(String::len).sum::<usize>()
                 + id.len() * 2
@@ -50,7 +107,7 @@ impl Route {
             }
             out.push_str(part);
         }
-        if let (true, Some(q)) = (self.forward_query, query) {
+        if let Some(q) = query {
             out.push('?');
             out.push_str(q);
         }
@@ -159,6 +216,17 @@ impl Router {
             .find_map(|r| r.client_path(upstream))
     }
 
+    /// The route whose template, with `*` in place of `{id}`, is `pattern` (e.g.
+    /// `/content/v1/assets/*`): what a purge of a whole route names.
+    pub fn route_of_pattern(&self, pattern: &str) -> Option<usize> {
+        self.routes.iter().position(|r| {
+            pattern
+                .strip_prefix(r.prefix.as_str())
+                .and_then(|rest| rest.strip_suffix(r.suffix.as_str()))
+                == Some("*")
+        })
+    }
+
     /// Resolves a raw request path (without its query). The first route whose shape and id
     /// both match wins; failing that, a route whose shape matches gives `BadId`.
     pub fn resolve(&self, path: &str) -> Resolution {
@@ -187,12 +255,17 @@ mod tests {
 
     fn router() -> Router {
         Router::new(vec![
-            Route::new("/content/v1/assets/{id}", "/v1/assets/{id}", 0, true),
+            Route::new(
+                "/content/v1/assets/{id}",
+                "/v1/assets/{id}",
+                0,
+                QueryRule::Forward,
+            ),
             Route::new(
                 "/content/v1/thumbs/{id}/small",
                 "/v1/thumbs/{id}?size=s",
                 1,
-                false,
+                QueryRule::Drop,
             ),
         ])
     }
@@ -224,6 +297,50 @@ mod tests {
             r.route(1).upstream_path(&id, Some("evil=1")),
             format!("/v1/thumbs/{ID}?size=s")
         );
+    }
+
+    #[test]
+    fn allowed_query_parameters_are_kept_and_sorted() {
+        let allow = QueryRule::Allow(vec!["w".into(), "fmt".into()]);
+        let cases = [
+            (Some("w=200&fmt=webp"), Some("fmt=webp&w=200")),
+            (Some("fmt=webp&r=123&w=200"), Some("fmt=webp&w=200")),
+            (Some("r=1&x"), None),
+            (Some(""), None),
+            (None, None),
+            // Repeated names keep their order; empty parts go; names match exactly.
+            (Some("w=2&&fmt&w=1&W=3&w%3D=4&wx=5"), Some("fmt&w=2&w=1")),
+        ];
+        for (query, want) in cases {
+            assert_eq!(allow.apply(query).as_deref(), want, "{query:?}");
+        }
+        assert_eq!(
+            QueryRule::Forward.apply(Some("b=2&a=1")).as_deref(),
+            Some("b=2&a=1")
+        );
+        assert_eq!(QueryRule::Drop.apply(Some("a=1")), None);
+        let route = Route::new("/a/{id}", "/b/{id}", 0, allow);
+        let id = AssetId::parse(ID).unwrap();
+        assert_eq!(route.upstream_path(&id, Some("x=1")), format!("/b/{ID}"));
+        assert_eq!(
+            route.upstream_path(&id, Some("w=1&fmt=png")),
+            format!("/b/{ID}?fmt=png&w=1")
+        );
+    }
+
+    #[test]
+    fn route_patterns_name_whole_routes() {
+        let r = router();
+        assert_eq!(r.route_of_pattern("/content/v1/assets/*"), Some(0));
+        assert_eq!(r.route_of_pattern("/content/v1/thumbs/*/small"), Some(1));
+        for other in [
+            "/content/v1/assets/",
+            "/content/v1/assets/**",
+            "/content/v1/thumbs/*",
+            "*",
+        ] {
+            assert_eq!(r.route_of_pattern(other), None, "{other}");
+        }
     }
 
     #[test]
@@ -288,9 +405,19 @@ mod tests {
     #[test]
     fn upstream_paths_map_back_to_client_paths() {
         let r = Router::new(vec![
-            Route::new("/content/v1/assets/{id}", "/v1/assets/{id}", 0, true),
-            Route::new("/content/v1/raw/{id}/file", "/v1/{id}/raw/{id}", 0, true),
-            Route::new("/other/{id}", "/v1/other/{id}", 1, true),
+            Route::new(
+                "/content/v1/assets/{id}",
+                "/v1/assets/{id}",
+                0,
+                QueryRule::Forward,
+            ),
+            Route::new(
+                "/content/v1/raw/{id}/file",
+                "/v1/{id}/raw/{id}",
+                0,
+                QueryRule::Forward,
+            ),
+            Route::new("/other/{id}", "/v1/other/{id}", 1, QueryRule::Forward),
         ]);
         let upper = ID.to_uppercase();
         assert_eq!(

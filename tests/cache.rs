@@ -8,14 +8,11 @@ mod common;
 use common::origin::{pattern, Behavior, Origin};
 use common::{client, free_addrs, wait_listening, Gateway, RawConn, EVENTUALLY};
 
-/// A series' value in a scrape; absent counts as 0.
-fn metric(text: &str, series: &str) -> f64 {
-    common::metric(text, series).unwrap_or(0.0)
-}
+use common::{eventually, metric, settled};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Distinct asset ids (each test uses its own, so none sees another's objects).
@@ -23,6 +20,7 @@ const A: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c01";
 const B: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c02";
 const C: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c03";
 const D: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c04";
+const E: &str = "0a1c2a7e-9b4d-4e8a-8c21-5d6f7a8b9c05";
 
 struct Setup {
     origin: Origin,
@@ -93,15 +91,6 @@ async fn get(url: &str) -> (u16, String, Vec<u8>) {
     (status, cs, r.bytes().await.unwrap().to_vec())
 }
 
-/// Waits until `cond` holds (it only guards against hanging; nothing is timed).
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < EVENTUALLY, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn admin_json(admin: SocketAddr, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
     let r = client()
         .request(method, format!("http://{admin}{path}"))
@@ -110,16 +99,6 @@ async fn admin_json(admin: SocketAddr, method: reqwest::Method, path: &str) -> (
         .unwrap();
     let status = r.status().as_u16();
     (status, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap())
-}
-
-/// Waits until no fill is in flight: a client can have every byte of its response a moment
-/// before the fill that sent them is committed.
-async fn settled(admin: SocketAddr) {
-    let start = Instant::now();
-    while admin_json(admin, reqwest::Method::GET, "/cache").await.1["fills_in_flight"] != 0 {
-        assert!(start.elapsed() < EVENTUALLY, "a fill never ended");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// 50 clients ask for a cold 4 MiB asset at once while the origin holds it after its first
@@ -186,15 +165,24 @@ async fn a_cold_herd_makes_one_origin_request() {
 
     let m = common::scrape(s.admin).await;
     assert_eq!(
-        metric(&m, "asset_gateway_cache_lookups_total{result=\"coalesced\"}"),
+        metric(
+            &m,
+            "asset_gateway_cache_lookups_total{result=\"coalesced\",route=\"/content/v1/assets/{id}\"}"
+        ),
         49.0
     );
     assert_eq!(
-        metric(&m, "asset_gateway_cache_lookups_total{result=\"miss\"}"),
+        metric(
+            &m,
+            "asset_gateway_cache_lookups_total{result=\"miss\",route=\"/content/v1/assets/{id}\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric(&m, "asset_gateway_cache_lookups_total{result=\"hit\"}"),
+        metric(
+            &m,
+            "asset_gateway_cache_lookups_total{result=\"hit\",route=\"/content/v1/assets/{id}\"}"
+        ),
         1.0
     );
     assert_eq!(metric(&m, "asset_gateway_cache_stored_bytes_total"), total as f64);
@@ -353,7 +341,8 @@ async fn purge_removes_one_asset() {
 }
 
 /// `no-store`, `private`, `Set-Cookie`, `Vary`, oversized bodies and routes with `cache: false`
-/// all go to the origin every time, streamed as usual.
+/// all go to the origin every time, streamed as usual (the second time without the cache lock:
+/// hit-for-pass, `fwd=bypass`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_must_not_be_stored_is_not() {
     let s = setup("64MiB", "    max_object_size: 100KiB").await;
@@ -373,6 +362,13 @@ async fn what_must_not_be_stored_is_not() {
     );
     s.origin.set(C, Behavior::Generated { size: 200 * 1024 });
     s.origin.set(D, Behavior::Generated { size: 1000 });
+    s.origin.set(
+        E,
+        Behavior::WithHeaders {
+            size: 1000,
+            headers: "cache-control: private, max-age=3600\r\n",
+        },
+    );
     let cases = [
         (
             s.gw.asset_url(A),
@@ -393,11 +389,21 @@ async fn what_must_not_be_stored_is_not() {
             "asset-gateway; fwd=uri-miss; detail=too-large",
         ),
         (s.gw.url(&format!("/content/v1/nocache/{D}")), D, 1000, ""),
+        (
+            s.gw.asset_url(E),
+            E,
+            1000,
+            "asset-gateway; fwd=uri-miss; detail=no-store",
+        ),
     ];
     for (url, id, size, want) in cases {
         for n in 1..=2 {
             let (status, cs, body) = get(&url).await;
             assert_eq!(status, 200);
+            let want = match n {
+                1 => want.to_string(),
+                _ => want.replace("fwd=uri-miss", "fwd=bypass"),
+            };
             assert_eq!(cs, want, "{url}");
             assert!(body == pattern(0..size), "{url}");
             assert_eq!(s.origin.requests_for(id), n, "{url} was served from the cache");
@@ -772,24 +778,78 @@ async fn vary_variants_are_stored_apart() {
     );
     for n in 1..=2 {
         let (cs, _) = get_accept(&s.gw.asset_url(B), "image/webp").await;
-        assert_eq!(cs, "asset-gateway; fwd=uri-miss; detail=vary");
+        let fwd = if n == 1 { "uri-miss" } else { "bypass" };
+        assert_eq!(cs, format!("asset-gateway; fwd={fwd}; detail=vary"));
         assert_eq!(s.origin.requests_for(B), n);
     }
 }
 
-/// A request waiting on the cache lock for longer than `lock_timeout` (the first request's
-/// origin never answers) goes upstream itself. The stalled request's lock has expired by then
-/// (the lock's age timeout is the same `lock_timeout`, and it started first), so the waiter
-/// takes it over and its response is stored.
+/// The cache lock: while the first request for a cold asset waits for its origin's response
+/// head, a second request waits on the lock (it does not go to the origin) and then follows
+/// the first one's fill. A waiter gives up after `lock_timeout` (here the first request's
+/// origin never answers) and goes upstream itself. The stalled request's lock has expired by
+/// then (the lock's age timeout is the same `lock_timeout`, and it started first), so the
+/// waiter takes it over and its response is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_gives_up_after_lock_timeout() {
-    let s = setup("64MiB", "    lock_timeout: 1s").await;
+    // A lock that does not time out during the test: the second request waits for the first.
+    let s = setup("64MiB", "    lock_timeout: 1h").await;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::HoldHead {
+            size: 1000,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let url = s.gw.asset_url(A);
+    let first = tokio::spawn(get_owned(url.clone()));
+    eventually("the origin holds the first request", || {
+        held.load(Ordering::SeqCst)
+    })
+    .await;
+    let second = tokio::spawn(get_owned(url.clone()));
+    common::eventually_async("the second request in the gateway", async || {
+        metric(&common::scrape(s.admin).await, "asset_gateway_active_requests") == 2.0
+    })
+    .await;
+    release.notify_one();
+    let (status, cs, body) = tokio::time::timeout(EVENTUALLY, first).await.unwrap().unwrap();
+    assert_eq!(
+        (status, cs.as_str()),
+        (200, "asset-gateway; fwd=uri-miss; stored")
+    );
+    assert!(body == pattern(0..1000));
+    let (status, cs, body) = tokio::time::timeout(EVENTUALLY, second)
+        .await
+        .expect("the second request went to the origin, which holds it")
+        .unwrap();
+    // It followed the fill, or found it committed already.
+    assert_eq!(status, 200);
+    assert!(
+        cs == "asset-gateway; fwd=uri-miss; collapsed" || cs.starts_with("asset-gateway; hit"),
+        "{cs}"
+    );
+    assert!(body == pattern(0..1000));
+    assert_eq!(
+        s.origin.requests_for(A),
+        1,
+        "the second request did not wait on the lock"
+    );
+
+    // The first request's origin never answers (and the read timeout is long): only
+    // `lock_timeout` can let the second one go.
+    let s = setup_with("64MiB", "    lock_timeout: 1s", "", "      read_timeout: 1h").await;
     s.origin.set(A, Behavior::NeverAnswer);
     let url = s.gw.asset_url(A);
     let first = tokio::spawn(get_owned(url.clone()));
     eventually("the first origin request", || s.origin.requests_for(A) == 1).await;
     s.origin.set(A, Behavior::Generated { size: 1000 });
-    let (status, cs, body) = get(&url).await;
+    let (status, cs, body) = tokio::time::timeout(EVENTUALLY, get(&url))
+        .await
+        .expect("the waiter never gave up");
     assert_eq!(status, 200);
     assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
     assert!(body == pattern(0..1000));
@@ -798,6 +858,287 @@ async fn a_waiter_gives_up_after_lock_timeout() {
     assert!(get(&url).await.1.starts_with("asset-gateway; hit"));
     assert_eq!(s.origin.requests_for(A), 2);
     first.abort();
+}
+
+/// A gateway with a cache in front of a fresh origin, whose cached route forwards the client's
+/// `Authorization` (by default a cached route removes it).
+async fn setup_forwarding_authorization() -> Setup {
+    let origin = Origin::start().await;
+    let [listen, admin, h2c] = free_addrs();
+    let yaml = format!(
+        r#"threads: 2
+gateway:
+  listen: ["{{listen}}", {{addr: "{h2c}", h2c: true}}]
+  admin: "{admin}"
+  cache: {{memory: 64MiB}}
+  upstreams:
+    assets:
+      peers: ["{}"]
+  routes:
+    - path: /content/v1/assets/{{id}}
+      upstream: assets
+      rewrite: /v1/assets/{{id}}
+      forward_headers: [accept, authorization]
+"#,
+        origin.addr
+    );
+    let gw = Gateway::start_at(&yaml, &[], listen);
+    wait_listening(admin);
+    Setup {
+        origin,
+        gw,
+        admin,
+        h2c,
+    }
+}
+
+/// A response to a request with `Authorization` (on a route that forwards it) is stored only
+/// when the origin allows it (`public`); a body without a `Content-Length` (chunked) and a
+/// status the cache does not keep (403) are never stored. Each goes to the origin every time,
+/// with its `detail=` reason (the second time as `fwd=bypass`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_chunked_bodies_and_other_statuses_are_not_stored() {
+    let s = setup_forwarding_authorization().await;
+    s.origin.set(
+        A,
+        Behavior::WithHeaders {
+            size: 1000,
+            headers: "cache-control: max-age=3600\r\n",
+        },
+    );
+    s.origin.set(
+        B,
+        Behavior::WithHeaders {
+            size: 1000,
+            headers: "cache-control: public, max-age=3600\r\n",
+        },
+    );
+    s.origin.set(
+        C,
+        Behavior::Raw {
+            bytes: "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncache-control: max-age=3600\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".into(),
+            after: common::origin::After::Serve,
+        },
+    );
+    s.origin.set(
+        D,
+        Behavior::Status {
+            status: 403,
+            body: "not yours",
+        },
+    );
+    let with_authorization = |url: String| async move {
+        let r = client()
+            .get(url)
+            .header("authorization", "Bearer t0ken")
+            .send()
+            .await
+            .unwrap();
+        let cs = cache_status(&r);
+        (r.status().as_u16(), cs, r.bytes().await.unwrap().to_vec())
+    };
+    for n in 1..=2 {
+        let want = |detail: &str| {
+            let fwd = if n == 1 { "uri-miss" } else { "bypass" };
+            format!("asset-gateway; fwd={fwd}; detail={detail}")
+        };
+        let (status, cs, body) = with_authorization(s.gw.asset_url(A)).await;
+        assert_eq!(status, 200);
+        assert_eq!(cs, want("no-store"));
+        assert!(body == pattern(0..1000));
+        assert_eq!(s.origin.requests_for(A), n);
+        assert_eq!(
+            s.origin.requests()[s.origin.requests().len() - 1].header("authorization"),
+            Some("Bearer t0ken")
+        );
+
+        let (status, cs, body) = get(&s.gw.asset_url(C)).await;
+        assert_eq!(status, 200);
+        assert_eq!(cs, want("no-content-length"));
+        assert_eq!(body, b"hello");
+        assert_eq!(s.origin.requests_for(C), n);
+
+        let (status, cs, body) = get(&s.gw.asset_url(D)).await;
+        assert_eq!(status, 403);
+        assert_eq!(cs, want("status"));
+        assert_eq!(body, b"not yours");
+        assert_eq!(s.origin.requests_for(D), n);
+        settled(s.admin).await;
+    }
+    // `public` allows it.
+    let (_, cs, _) = with_authorization(s.gw.asset_url(B)).await;
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored");
+    settled(s.admin).await;
+    let (_, cs, body) = with_authorization(s.gw.asset_url(B)).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..1000));
+    assert_eq!(s.origin.requests_for(B), 1);
+}
+
+/// The IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) `secs` seconds from now.
+fn http_date_in(secs: u64) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs;
+    let (days, rest) = ((t / 86400) as i64, t % 86400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][month as usize - 1];
+    format!(
+        "{weekday}, {day:02} {month} {year} {:02}:{:02}:{:02} GMT",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The `ttl=` of a hit.
+fn ttl(cache_status: &str) -> u64 {
+    cache_status
+        .split("ttl=")
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {cache_status:?}"))
+}
+
+/// Freshness end to end, read from a hit's `ttl=`: `s-maxage` wins over `max-age`, `max-age`
+/// over `Expires`, `Expires` counts, and without any of them `default_ttl` applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_comes_from_s_maxage_max_age_expires_or_default_ttl() {
+    let s = setup("64MiB", "    default_ttl: 50m").await;
+    let in_secs = |secs: u64| {
+        let expires = format!("expires: {}\r\n", http_date_in(secs));
+        &*Box::leak(expires.into_boxed_str())
+    };
+    let with_max_age: &'static str =
+        Box::leak(format!("cache-control: max-age=500\r\n{}", in_secs(5000)).into_boxed_str());
+    for (id, headers, fresh_for) in [
+        (A, "cache-control: max-age=100000, s-maxage=1000\r\n", 1000),
+        (B, in_secs(2000), 2000),
+        (C, "x-no-freshness: here\r\n", 3000),
+        (D, with_max_age, 500),
+    ] {
+        s.origin.set(id, Behavior::WithHeaders { size: 10, headers });
+        let (_, cs, _) = get(&s.gw.asset_url(id)).await;
+        assert_eq!(cs, "asset-gateway; fwd=uri-miss; stored", "{headers}");
+        settled(s.admin).await;
+        let (_, cs, _) = get(&s.gw.asset_url(id)).await;
+        let ttl = ttl(&cs);
+        // Whole seconds counted down since the fill: within a minute of the lifetime.
+        assert!(
+            ttl <= fresh_for && ttl + 60 > fresh_for,
+            "{headers}: ttl {ttl}, expected {fresh_for}"
+        );
+        assert_eq!(s.origin.requests_for(id), 1);
+    }
+}
+
+/// A stale object whose origin answers its conditional request with a new 200 (the ETag
+/// changed) is replaced: `fwd=stale; stored`, the new body, and a hit afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_object_replaced_by_the_origin_is_stale_stored() {
+    let s = setup("64MiB", "").await;
+    s.origin.set(
+        A,
+        Behavior::Validated {
+            size: 5000,
+            etag: "\"v1\"",
+            max_age: 0,
+        },
+    );
+    let url = s.gw.asset_url(A);
+    assert_eq!(get(&url).await.1, "asset-gateway; fwd=uri-miss; stored");
+    settled(s.admin).await;
+    // Stale at once (max-age=0); the origin now has a new version.
+    s.origin.set(
+        A,
+        Behavior::Validated {
+            size: 7000,
+            etag: "\"v2\"",
+            max_age: 3600,
+        },
+    );
+    let r = client()
+        .get(&url)
+        .header("x-request-id", "stale-1")
+        .send()
+        .await
+        .unwrap();
+    let cs = cache_status(&r);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(cs, "asset-gateway; fwd=stale; stored");
+    assert!(body == pattern(0..7000));
+    let seen = s.origin.asset_requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
+    assert!(s.gw.access_line("stale-1").await.contains(" cache=stale-stored"));
+    settled(s.admin).await;
+    let (_, cs, body) = get(&url).await;
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    assert!(body == pattern(0..7000));
+    assert_eq!(s.origin.asset_requests().len(), 2);
+}
+
+/// A purge while the asset's fill is in progress: the fill's clients (the first one and a
+/// follower) still get every byte, but the fill is not stored; the next request refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fill_lets_its_clients_finish_and_stores_nothing() {
+    let s = setup("64MiB", "").await;
+    let total = 1024 * 1024;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    s.origin.set(
+        A,
+        Behavior::HoldAfter {
+            first: 64 * 1024,
+            total,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let url = s.gw.asset_url(A);
+    // Both response heads are in before the purge: the first request's fill is registered,
+    // and the follower reads it (a follower still looking up after the purge would miss and
+    // wait at the holding origin for a release that is given once).
+    let first = client().get(&url).send().await.unwrap();
+    eventually("the origin holds the fill", || held.load(Ordering::SeqCst)).await;
+    let follower = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        follower.headers()["cache-status"],
+        "asset-gateway; fwd=uri-miss; collapsed"
+    );
+    let path = format!("/cache/content/v1/assets/{A}");
+    let (status, json) = admin_json(s.admin, reqwest::Method::DELETE, &path).await;
+    assert_eq!((status, json), (200, serde_json::json!({"purged": true})));
+    release.notify_one();
+    for r in [first, follower] {
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        assert!(body == pattern(0..total as u64), "got {} bytes", body.len());
+    }
+    assert_eq!(s.origin.requests_for(A), 1);
+    settled(s.admin).await;
+    s.origin.set(A, Behavior::Generated { size: total as u64 });
+    let (_, cs, body) = get(&url).await;
+    assert_eq!(
+        cs, "asset-gateway; fwd=uri-miss; stored",
+        "the purged fill was stored"
+    );
+    assert!(body == pattern(0..total as u64));
+    assert_eq!(s.origin.requests_for(A), 2);
 }
 
 /// A HEAD on a cold asset fills the cache (Pingora asks the origin with GET), and the client

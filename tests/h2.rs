@@ -6,13 +6,14 @@ mod common;
 
 use bytes::Bytes;
 use common::ca::{provider, Ca};
+use common::h2raw::{self, H2Raw};
 use common::origin::{pattern, Behavior, Origin};
-use common::{free_addr, simple_config, temp_dir, wait_listening, Gateway, BIN, EVENTUALLY, ID};
+use common::{check_config, free_addrs, simple_config, temp_dir, wait_listening, Gateway, EVENTUALLY, ID};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -39,14 +40,14 @@ fn start(origin: &Origin, extra: &str) -> H2Gateway {
     let dir = temp_dir();
     let cert = write(&dir, "gw.pem", &cert.pem());
     let key = write(&dir, "gw.key", &key.serialize_pem());
-    let (tls, h2c) = (free_addr(), free_addr());
-    let listen = format!(
+    let [listen, tls, h2c] = free_addrs();
+    let listeners = format!(
         "[\"{{listen}}\", {{addr: \"{tls}\", tls: {{cert: {cert}, key: {key}}}}}, {{addr: \"{h2c}\", h2c: true}}]"
     );
     let yaml = simple_config(&[origin.addr], "")
-        .replace("[\"{listen}\"]", &listen)
+        .replace("[\"{listen}\"]", &listeners)
         .replace("  upstreams:", &format!("{extra}  upstreams:"));
-    let gw = Gateway::start(&yaml);
+    let gw = Gateway::start_at(&yaml, &[], listen);
     wait_listening(tls);
     wait_listening(h2c);
     H2Gateway {
@@ -215,8 +216,11 @@ async fn many_concurrent_streams_on_one_connection_each_get_their_own_bytes() {
     assert!(!conn.is_finished(), "the connection carried all 40 streams");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_h2_reader_holds_back_the_origin() {
+/// What the gateway holds of a large h2 download whose client opened its flow-control windows
+/// wide and then stopped reading the socket: the stream's send buffer
+/// (`h2.max_send_buffer`) plus what waits in the proxy (as for HTTP/1.1), in bytes the origin
+/// wrote less what the kernel holds. `extra` goes under `gateway:`.
+async fn held_for_a_client_that_stops_reading(extra: &str) -> u64 {
     let origin = Origin::start().await;
     origin.set(
         BIG,
@@ -224,25 +228,41 @@ async fn a_slow_h2_reader_holds_back_the_origin() {
             size: 256 * 1024 * 1024,
         },
     );
-    let g = start(&origin, "");
-    let (mut client, _conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
-    client = client.ready().await.unwrap();
-    let (resp, _) = client.send_request(get(g.h2c, BIG), true).unwrap();
-    let mut body = resp.await.unwrap().into_body();
-    // Read 4 MiB slowly; flow control must keep the origin close behind.
-    let mut consumed = 0usize;
-    let mut most_ahead = 0u64;
-    while consumed < 4 * 1024 * 1024 {
-        let chunk = body.data().await.unwrap().unwrap();
-        consumed += chunk.len();
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-        most_ahead = most_ahead.max(origin.body_bytes_written().saturating_sub(consumed as u64));
-    }
-    eprintln!("slow h2 reader: consumed {consumed}, the origin was at most {most_ahead} bytes ahead");
+    let g = start(&origin, extra);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let tcp = sock.connect(g.h2c).await.unwrap();
+    let (mut c, _) = H2Raw::handshake(tcp, &[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)]).await;
+    c.send(
+        &[
+            h2raw::window_update(0, MAX_WINDOW - 65535),
+            h2raw::get(1, &format!("/content/v1/assets/{BIG}"), &[]),
+        ]
+        .concat(),
+    )
+    .await;
+    // From here on the client reads nothing.
+    let held = common::held_by_gateway(&origin, g.h2c.port(), 0).await;
+    assert!(origin.body_bytes_written() > 0);
+    held
+}
+
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// With the default 64 KiB send buffer a stalled h2 stream holds about what a stalled
+/// HTTP/1.1 response does plus that buffer (the h2 crate's own default would be 400 KiB); with
+/// a 2 MiB buffer it holds most of 2 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_h2_reader_holds_back_the_origin() {
+    let held = held_for_a_client_that_stops_reading("").await;
     assert!(
-        most_ahead < 16 * 1024 * 1024,
-        "the origin ran {most_ahead} bytes ahead of a slow HTTP/2 reader"
+        held <= (112 + 64) * 1024,
+        "a stalled h2 stream holds {held} bytes in the gateway (112 KiB + a 64 KiB send buffer expected)"
+    );
+    let held = held_for_a_client_that_stops_reading("  downstream: {h2: {max_send_buffer: 2MiB}}\n").await;
+    assert!(
+        held > 1536 * 1024,
+        "with a 2 MiB send buffer a stalled h2 stream holds only {held} bytes: the setting is not applied"
     );
 }
 
@@ -272,52 +292,51 @@ async fn a_client_that_never_opens_its_window_is_cut_after_the_write_timeout() {
         other => panic!("expected a reset, got {other:?}"),
     }
     // The upstream connection is dropped, not drained or pooled.
-    let start = Instant::now();
-    while origin.state.aborted_writes.load(Ordering::SeqCst) == 0 {
-        assert!(
-            start.elapsed() < EVENTUALLY,
-            "the upstream connection stayed open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("the upstream connection closed", || {
+        origin.state.aborted_writes.load(Ordering::SeqCst) > 0
+    })
+    .await;
     assert!(origin.body_bytes_written() < 32 * 1024 * 1024);
 }
 
+/// `n` streams opened and reset at once (one write: HEADERS then RST_STREAM for each), then
+/// a PING. Returns the GOAWAY's error code if the server sent one, `None` if it answered the
+/// PING instead (it went on with the connection).
+async fn open_and_reset(addr: SocketAddr, n: u32) -> Option<u32> {
+    let (mut c, _) = H2Raw::connect(addr, &[]).await;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        let id = 1 + 2 * i;
+        burst.extend(h2raw::get(id, &format!("/content/v1/assets/{ID}"), &[]));
+        burst.extend(h2raw::rst_stream(id, h2raw::CANCEL));
+    }
+    burst.extend(h2raw::ping(*b"rr-probe"));
+    c.send(&burst).await;
+    let (f, _) = c
+        .until("a GOAWAY or the PING's answer", |f| {
+            f.kind == h2raw::GOAWAY || (f.kind == h2raw::PING && f.flags & h2raw::ACK != 0)
+        })
+        .await;
+    (f.kind == h2raw::GOAWAY).then(|| f.error_code().unwrap())
+}
+
+/// Rapid reset (CVE-2023-44487): streams the client resets before the gateway handled them
+/// never reach the origin; more than `max_pending_reset_streams` of them at once (20 by
+/// default, 5 configured here) get GOAWAY `ENHANCE_YOUR_CALM`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_costs_no_upstream_requests() {
     let origin = Origin::start().await;
     origin.set_body(ID, "first");
     let g = start(&origin, "");
-    let (mut client, conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
-    let mut sent = 0;
-    for _ in 0..2000 {
-        client = match client.ready().await {
-            Ok(c) => c,
-            Err(_) => break,
-        };
-        let Ok((_resp, mut stream)) = client.send_request(get(g.h2c, ID), true) else {
-            break;
-        };
-        stream.send_reset(h2::Reason::CANCEL);
-        sent += 1;
-    }
-    let ended = tokio::time::timeout(Duration::from_secs(2), conn).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let upstream = origin.asset_requests().len();
-    eprintln!("rapid reset: {sent} streams opened and reset, {upstream} reached the origin, connection end: {ended:?}");
-    // If the gateway hung up, it said why (GOAWAY ENHANCE_YOUR_CALM), unless the client's
-    // writes raced the close and it saw the socket go first.
-    if let Ok(Ok(Err(e))) = &ended {
-        assert!(
-            e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
-            "{e:?}"
-        );
-    }
-    assert!(sent >= 20, "the client could not send ({sent})");
-    assert!(
-        upstream * 10 <= sent,
-        "{upstream} upstream requests for {sent} reset streams"
+    assert_eq!(
+        open_and_reset(g.h2c, 10).await,
+        None,
+        "10 resets are within the default 20"
     );
+    assert_eq!(open_and_reset(g.h2c, 200).await, Some(h2raw::ENHANCE_YOUR_CALM));
+    let upstream = origin.asset_requests().len();
+    eprintln!("rapid reset: 210 streams opened and reset, {upstream} reached the origin");
+    assert_eq!(upstream, 0, "reset streams reached the origin");
     // The gateway still serves.
     let r = h2c_client()
         .get(format!("http://{}/content/v1/assets/{ID}", g.h2c))
@@ -325,44 +344,110 @@ async fn rapid_reset_costs_no_upstream_requests() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "first");
+    assert_eq!(origin.asset_requests().len(), 1);
+
+    let g = start(&origin, "  downstream: {h2: {max_pending_reset_streams: 5}}\n");
+    assert_eq!(
+        open_and_reset(g.h2c, 10).await,
+        Some(h2raw::ENHANCE_YOUR_CALM),
+        "10 resets are over the configured 5"
+    );
+    assert_eq!(origin.asset_requests().len(), 1);
 }
 
+/// `h2.max_concurrent_streams` (4 here): advertised in SETTINGS, and a fifth stream opened
+/// while four are open is refused (RST_STREAM REFUSED_STREAM) and never reaches the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_and_header_limits_hold_on_h2() {
+async fn a_stream_over_max_concurrent_streams_is_refused() {
+    let origin = Origin::start().await;
+    let release = Arc::new(Notify::new());
+    let held = Arc::new(AtomicBool::new(false));
+    origin.set(
+        BIG,
+        Behavior::HoldAfter {
+            first: 1024,
+            total: 4096,
+            release: release.clone(),
+            held: held.clone(),
+        },
+    );
+    let g = start(&origin, "  downstream: {h2: {max_concurrent_streams: 4}}\n");
+    let (mut c, settings) = H2Raw::connect(g.h2c, &[]).await;
+    assert!(
+        settings
+            .settings()
+            .contains(&(h2raw::SETTINGS_MAX_CONCURRENT_STREAMS, 4)),
+        "{:?}",
+        settings.settings()
+    );
+    let path = format!("/content/v1/assets/{BIG}");
+    let burst: Vec<u8> = [1, 3, 5, 7, 9]
+        .iter()
+        .flat_map(|id| h2raw::get(*id, &path, &[]))
+        .collect();
+    c.send(&burst).await;
+    let (f, before) = c
+        .until("stream 9's answer", |f| {
+            f.stream == 9 && (f.kind == h2raw::RST_STREAM || f.kind == h2raw::HEADERS)
+        })
+        .await;
+    assert_eq!(
+        (f.kind, f.error_code()),
+        (h2raw::RST_STREAM, Some(h2raw::REFUSED_STREAM)),
+        "the fifth stream was not refused; frames before: {before:?}"
+    );
+    // The four others are served (their heads come; the origin holds their bodies).
+    let mut answered: Vec<u32> = before
+        .iter()
+        .filter(|f| f.kind == h2raw::HEADERS)
+        .map(|f| f.stream)
+        .collect();
+    while answered.len() < 4 {
+        let (f, _) = c
+            .until("the four streams' HEADERS", |f| f.kind == h2raw::HEADERS)
+            .await;
+        answered.push(f.stream);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 3, 5, 7]);
+    assert_eq!(origin.requests_for(BIG), 4);
+    release.notify_waiters();
+}
+
+/// `h2.max_header_list_size` (16 KiB here) is enforced by the HTTP/2 layer: a larger header
+/// list gets its bare 431, never the gateway's JSON answer nor the origin. Below it, the
+/// gateway's own `max_header_bytes` (4 KiB here) still applies, with its JSON 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_lists_over_the_limits_are_refused_on_h2() {
     let origin = Origin::start().await;
     origin.set_body(ID, "first");
-    let g = start(&origin, "  downstream: {h2: {max_concurrent_streams: 4}}\n");
+    let g = start(
+        &origin,
+        "  downstream: {max_header_bytes: 4KiB, h2: {max_header_list_size: 16KiB}}\n",
+    );
     let (client, _conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
     let mut client = client.ready().await.unwrap();
-    // The limit is known once the server's SETTINGS frame is read (unlimited until then).
-    let start = Instant::now();
-    while client.current_max_send_streams() == usize::MAX && start.elapsed() < EVENTUALLY {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(client.current_max_send_streams(), 4, "advertised in SETTINGS");
-
-    // 40 KB of headers: over max_header_bytes (32 KiB), under the HTTP/2 limit: our JSON 431.
-    let req = http::Request::get(format!("http://{}/content/v1/assets/{ID}", g.h2c))
-        .header("x-big", "v".repeat(40_000))
-        .body(())
-        .unwrap();
-    let (resp, _) = client.send_request(req, true).unwrap();
+    let request = |header_bytes: usize| {
+        http::Request::get(format!("http://{}/content/v1/assets/{ID}", g.h2c))
+            .header("x-big", "v".repeat(header_bytes))
+            .body(())
+            .unwrap()
+    };
+    // Over max_header_bytes, under the HTTP/2 limit: the gateway's JSON 431.
+    let (resp, _) = client.send_request(request(8 * 1024), true).unwrap();
     let resp = resp.await.unwrap();
     assert_eq!(resp.status(), 431);
-    // 100 KB: over the HTTP/2 header list limit (64 KiB): refused by the HTTP/2 layer.
+    assert!(resp.headers().contains_key("x-request-id"), "{resp:?}");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    // Over the HTTP/2 limit: refused before the gateway sees the request.
     client = client.ready().await.unwrap();
-    let req = http::Request::get(format!("http://{}/content/v1/assets/{ID}", g.h2c))
-        .header("x-big", "v".repeat(100_000))
-        .body(())
-        .unwrap();
-    let refused = match client.send_request(req, true) {
-        Ok((resp, _)) => match resp.await {
-            Ok(r) => r.status() == 431,
-            Err(e) => e.is_reset() || e.is_go_away(),
-        },
-        Err(_) => true,
-    };
-    assert!(refused);
+    let (resp, _) = client.send_request(request(24 * 1024), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert!(
+        !resp.headers().contains_key("x-request-id"),
+        "the gateway answered, not the HTTP/2 layer: {resp:?}"
+    );
     assert!(
         origin.asset_requests().is_empty(),
         "an oversized head reached the origin"
@@ -380,6 +465,20 @@ async fn idle_and_silent_h2_connections_are_closed() {
     let (_client, conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
     let end = tokio::time::timeout(EVENTUALLY, conn).await;
     assert!(end.is_ok(), "an idle HTTP/2 connection was kept");
+
+    // One whose streams have all finished: idle again, it is closed too.
+    origin.set_body(ID, "first");
+    let (client, conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
+    let mut c = client.ready().await.unwrap();
+    let (resp, _) = c.send_request(get(g.h2c, ID), true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    assert_eq!(body.data().await.unwrap().unwrap(), "first");
+    assert!(body.data().await.is_none());
+    let end = tokio::time::timeout(EVENTUALLY, conn).await;
+    assert!(
+        end.is_ok(),
+        "an HTTP/2 connection idle after its streams was kept"
+    );
 
     // A connection that stops inside the HTTP/2 preface (h2c listener)...
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -454,6 +553,8 @@ async fn a_download_slower_than_the_header_timeout_and_a_second_request_work_on_
     assert_eq!(body.data().await.unwrap().unwrap(), "first");
 }
 
+/// SIGTERM with an h2 download in flight: the connection gets GOAWAY (NO_ERROR) at once, the
+/// stream in flight finishes, the connection ends and the process exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_goaway_and_lets_an_h2_download_finish() {
     let origin = Origin::start().await;
@@ -470,27 +571,46 @@ async fn sigterm_sends_goaway_and_lets_an_h2_download_finish() {
         },
     );
     let mut g = start(&origin, "");
-    let (client, _conn) = raw_h2c(g.h2c, h2::client::Builder::new()).await;
-    let mut c = client.ready().await.unwrap();
-    let (resp, _) = c.send_request(get(g.h2c, BIG), true).unwrap();
-    let mut body = resp.await.unwrap().into_body();
-    let mut got = body.data().await.unwrap().unwrap().to_vec();
-    let start_wait = Instant::now();
-    while !held.load(Ordering::SeqCst) {
-        assert!(start_wait.elapsed() < EVENTUALLY);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let (mut c, _) = H2Raw::connect(g.h2c, &[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)]).await;
+    c.send(
+        &[
+            h2raw::window_update(0, MAX_WINDOW - 65535),
+            h2raw::get(1, &format!("/content/v1/assets/{BIG}"), &[]),
+        ]
+        .concat(),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 64 * 1024 {
+        let (f, _) = c.until("the first 64 KiB", |f| f.is(h2raw::DATA, 1)).await;
+        got.extend_from_slice(&f.payload);
     }
+    common::eventually("the origin holds the rest", || held.load(Ordering::SeqCst)).await;
     common::signal(g.gw.pid(), "TERM");
-    g.gw.wait_for_log(|l| l.contains("graceful shutdown: listeners closed"))
-        .await;
+    let (goaway, _) = c.until("a GOAWAY", |f| f.kind == h2raw::GOAWAY).await;
+    assert_eq!(goaway.error_code(), Some(h2raw::NO_ERROR), "{goaway:?}");
     release.notify_one();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-        got.extend_from_slice(&chunk);
+    loop {
+        let (f, _) = c
+            .until("the rest of the download", |f| f.is(h2raw::DATA, 1))
+            .await;
+        got.extend_from_slice(&f.payload);
+        if f.flags & h2raw::END_STREAM != 0 {
+            break;
+        }
     }
     assert_eq!(got.len(), total, "the download was cut by the shutdown");
-    assert_eq!(got, pattern(0..total as u64));
+    assert!(got == pattern(0..total as u64), "the download arrived damaged");
+    // Then the connection ends (after the final GOAWAY) and the process exits.
+    loop {
+        match c.frame().await {
+            Ok(f) => assert!(f.stream == 0, "a frame for a stream after the download: {f:?}"),
+            Err(end) => {
+                assert_eq!(end, common::End::Closed);
+                break;
+            }
+        }
+    }
     let (status, _) = g.gw.wait_exit();
     assert!(status.success(), "{status}");
 }
@@ -533,48 +653,23 @@ fn bad_listener_certificates_are_refused_by_dash_t() {
             "[\"{listen}\"]",
             &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {tls}}}]"),
         );
-        let conf = write(&dir, "gw.yaml", &yaml);
-        let out = std::process::Command::new(BIN)
-            .args(["-t", "-c", &conf])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{tls}: {stderr}");
-        assert!(
-            stderr.contains(expected),
-            "{tls}: expected {expected:?} in {stderr}"
-        );
+        let (ok, out) = check_config(&yaml);
+        assert!(!ok, "{tls}: {out}");
+        assert!(out.contains(expected), "{tls}: expected {expected:?} in {out}");
     }
-    let mismatch = {
+    let check_tls = |cert: &str, key: &str| {
         let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "").replace(
             "[\"{listen}\"]",
-            &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {cert}, key: {other}}}}}]"),
+            &format!("[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {cert}, key: {key}}}}}]"),
         );
-        let conf = write(&dir, "gw.yaml", &yaml);
-        let out = std::process::Command::new(BIN)
-            .args(["-t", "-c", &conf])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).to_string()
+        check_config(&yaml).1
     };
+    let mismatch = check_tls(&cert, &other);
     assert!(
         mismatch.contains("gateway.listen[1].tls.key: ")
             && mismatch.contains("does not match the certificate"),
         "{mismatch}"
     );
-    let expired_msg = {
-        let yaml = simple_config(&["127.0.0.1:9".parse().unwrap()], "").replace(
-            "[\"{listen}\"]",
-            &format!(
-                "[\"127.0.0.1:1\", {{addr: \"127.0.0.1:2\", tls: {{cert: {expired}, key: {expired_key}}}}}]"
-            ),
-        );
-        let conf = write(&dir, "gw.yaml", &yaml);
-        let out = std::process::Command::new(BIN)
-            .args(["-t", "-c", &conf])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).to_string()
-    };
+    let expired_msg = check_tls(&expired, &expired_key);
     assert!(expired_msg.contains("expired on"), "{expired_msg}");
 }

@@ -5,34 +5,44 @@
 mod common;
 
 use common::origin::{Behavior, Origin};
-use common::{client, simple_config, Gateway, RawConn, EVENTUALLY, ID};
+use common::{client, read_to_end_blocking, simple_config, End, Ended, Gateway, RawConn, EVENTUALLY, ID};
 use proptest::prelude::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 async fn setup(extra_gateway: &str, upstream_extra: &str) -> (Origin, Gateway) {
-    let origin = Origin::start().await;
-    origin.set_body(ID, "asset");
-    let yaml = simple_config(&[origin.addr], upstream_extra)
-        .replace("  upstreams:", &format!("{extra_gateway}  upstreams:"));
-    (origin, Gateway::start(&yaml))
+    common::origin_and_gateway(&[(ID, "asset")], extra_gateway, upstream_extra).await
 }
 
 /// Sends `request`, reads the whole answer; returns (status line, whether the server closed).
 async fn exchange(gw: &Gateway, request: &[u8]) -> (String, bool) {
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(request).await;
-    let r = conn.response(request.starts_with(b"HEAD ")).await;
-    let status = r
-        .map(|r| r.head.lines().next().unwrap_or_default().to_string())
-        .unwrap_or_default();
+    let status = match conn.response(request.starts_with(b"HEAD ")).await {
+        Ok(r) => r.head.lines().next().unwrap_or_default().to_string(),
+        Err(e) => format!("no response: {e:?}"),
+    };
     (status, conn.closed_by_server().await)
 }
 
 async fn normal_request_succeeds(gw: &Gateway) {
-    let r = client().get(gw.asset_url(ID)).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "asset");
+    common::assert_serves(gw, ID, "asset").await;
+}
+
+/// The response ended with the connection closed before all its bytes came: the client can
+/// tell it is incomplete (not a complete-looking response, not a hang).
+fn assert_cut<T: std::fmt::Debug>(r: Result<T, Ended>) {
+    match r {
+        Err(Ended {
+            end: End::Closed,
+            partial,
+        }) => assert!(
+            String::from_utf8_lossy(&partial).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&partial)
+        ),
+        other => panic!("expected the connection closed mid-response, got {other:?}"),
+    }
 }
 
 fn get(extra_headers: &str) -> Vec<u8> {
@@ -159,10 +169,11 @@ async fn a_client_sending_its_head_a_byte_at_a_time_is_cut_off() {
         assert!(start.elapsed() < EVENTUALLY);
     }
     if !cut {
-        // Every byte went into the socket buffer; the server must have closed by now.
-        s.set_read_timeout(Some(EVENTUALLY)).unwrap();
-        let mut buf = [0u8; 1024];
-        cut = matches!(s.read(&mut buf), Ok(0) | Err(_));
+        // Every byte went into the socket buffer; the server closes (a silent socket is not
+        // a close).
+        let (answer, end) = read_to_end_blocking(&mut s);
+        assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        cut = end == End::Closed;
     }
     eprintln!("slow head: cut after {sent} of {} bytes", request.len());
     assert!(cut, "the slow client was never cut off");
@@ -171,9 +182,7 @@ async fn a_client_sending_its_head_a_byte_at_a_time_is_cut_off() {
 
     // A client that connects and says nothing is cut too.
     let mut idle = std::net::TcpStream::connect(gw.addr).unwrap();
-    idle.set_read_timeout(Some(EVENTUALLY)).unwrap();
-    let mut buf = [0u8; 16];
-    assert!(matches!(idle.read(&mut buf), Ok(0) | Err(_)));
+    assert_eq!(read_to_end_blocking(&mut idle), (Vec::new(), End::Closed));
     normal_request_succeeds(&gw).await;
 }
 
@@ -313,19 +322,13 @@ async fn an_origin_that_closes_mid_body_gives_an_incomplete_response_and_is_not_
             .await;
         if chunked {
             // Read to the close; the terminating zero-size chunk must never arrive.
-            let mut all = Vec::new();
-            let mut s = conn;
-            while let Some(more) = s.read_chunk().await {
-                all.extend_from_slice(&more);
-            }
+            let (all, end) = conn.read_to_close().await;
             let text = String::from_utf8_lossy(&all);
+            assert_eq!(end, End::Closed, "the response was left hanging: {text}");
             assert!(text.starts_with("HTTP/1.1 200"), "{text}");
             assert!(!all.ends_with(b"0\r\n\r\n"), "a complete-looking chunked body");
         } else {
-            assert!(
-                conn.response(false).await.is_none(),
-                "a complete-looking response"
-            );
+            assert_cut(conn.response(false).await);
         }
         let before = origin.connections();
         normal_request_succeeds(&gw).await;
@@ -371,10 +374,7 @@ async fn an_origin_that_stalls_after_the_head_is_cut_then_the_next_request_works
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(b"GET /content/v1/assets/00000000-0000-4000-8000-000000000001 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
-    assert!(
-        conn.response(false).await.is_none(),
-        "a complete-looking response"
-    );
+    assert_cut(conn.response(false).await);
     normal_request_succeeds(&gw).await;
 }
 
@@ -393,19 +393,14 @@ async fn a_client_that_leaves_mid_download_closes_the_upstream_connection() {
             got += conn.read_chunk().await.expect("body").len();
         }
     } // the client goes away
-    let start = Instant::now();
-    while origin
-        .state
-        .aborted_writes
-        .load(std::sync::atomic::Ordering::SeqCst)
-        == 0
-    {
-        assert!(
-            start.elapsed() < EVENTUALLY,
-            "the upstream connection stayed open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("the upstream connection closed", || {
+        origin
+            .state
+            .aborted_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    })
+    .await;
     let written = origin.body_bytes_written();
     assert!(written < size, "the origin sent everything");
     eprintln!("client left after 1 MiB; the origin stopped after writing {written} bytes");
@@ -428,7 +423,11 @@ async fn pooled_connections_reset_by_the_origin_do_not_fail_the_next_request() {
     for _ in 0..5 {
         normal_request_succeeds(&gw).await;
         origin.close_idle_connections();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The reset is on the wire before the next request.
+        common::eventually("the origin closed its idle connection", || {
+            origin.open_connections() == 0
+        })
+        .await;
     }
     // And when the reset races the next request.
     for i in 0..20 {
@@ -513,19 +512,14 @@ async fn faults_leave_no_file_descriptors_behind() {
         leaving
             .send(b"GET /content/v1/assets/00000000-0000-4000-8000-000000000004 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await;
-        leaving.read_chunk().await;
+        leaving.read_chunk().await.expect("the response began");
         drop(leaving);
         let _silent = std::net::TcpStream::connect(gw.addr).unwrap();
         normal_request_succeeds(&gw).await;
         eprintln!("round {round}: {} fds (baseline {baseline})", fds());
     }
-    let start = Instant::now();
-    while fds() > baseline + 1 {
-        assert!(
-            start.elapsed() < EVENTUALLY,
-            "fds stayed at {} (baseline {baseline})",
-            fds()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(&format!("fds back to the baseline {baseline}"), || {
+        fds() <= baseline + 1
+    })
+    .await;
 }

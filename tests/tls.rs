@@ -5,7 +5,7 @@ mod common;
 
 use common::ca::{provider, Ca};
 use common::origin::{Origin, TlsAcceptor};
-use common::{client, simple_config, temp_dir, Gateway, BIN, ID};
+use common::{check_config, client, simple_config, temp_dir, Gateway, ID};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::Path;
 use std::sync::Arc;
@@ -130,13 +130,8 @@ fn unusable_tls_files_are_config_errors_naming_the_key() {
         ),
     )
     .replace("{listen}", "127.0.0.1:1");
-    let conf = write(&dir, "gw.yaml", yaml);
-    let out = std::process::Command::new(BIN)
-        .args(["-t", "-c", &conf])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, text) = check_config(&yaml);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("gateway.upstreams.assets.tls.ca_file:") && text.contains("holds no PEM certificate"),
         "{text}"

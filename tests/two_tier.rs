@@ -6,10 +6,9 @@
 mod common;
 
 use common::origin::Origin;
-use common::{client, simple_config, Gateway, EVENTUALLY};
+use common::{client, simple_config, Gateway};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Instant;
 
 /// The edge's config: the tier replicas as peers, hashed on the asset id; the public path is
 /// passed through unchanged.
@@ -42,11 +41,10 @@ fn ids(n: usize) -> Vec<String> {
 /// Waits until the gateways have written `n` access lines between them (the access log is
 /// written in batches).
 async fn wait_access_lines(gws: &[&Gateway], n: usize) {
-    let start = Instant::now();
-    while gws.iter().map(|g| g.access_lines().len()).sum::<usize>() < n {
-        assert!(start.elapsed() < EVENTUALLY, "fewer than {n} access lines");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::eventually(&format!("{n} access lines"), || {
+        gws.iter().map(|g| g.access_lines().len()).sum::<usize>() >= n
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,15 +7,15 @@
 mod routing;
 
 use libfuzzer_sys::fuzz_target;
-use routing::{Resolution, Route, Router};
+use routing::{QueryRule, Resolution, Route, Router};
 use std::sync::OnceLock;
 
 fn router() -> &'static Router {
     static R: OnceLock<Router> = OnceLock::new();
     R.get_or_init(|| {
         Router::new(vec![
-            Route::new("/content/v1/assets/{id}", "/v1/assets/{id}", 0, true),
-            Route::new("/content/v1/thumbs/{id}/small", "/v1/thumbs/{id}?size=s", 0, false),
+            Route::new("/content/v1/assets/{id}", "/v1/assets/{id}", 0, QueryRule::Forward),
+            Route::new("/content/v1/thumbs/{id}/small", "/v1/thumbs/{id}?size=s", 0, QueryRule::Drop),
         ])
     })
 }

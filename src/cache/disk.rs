@@ -519,6 +519,19 @@ impl DiskStore {
         self.remove_keys(&keys)
     }
 
+    /// The asset tags starting with `prefix` with a file or a copy in progress (issue 19:
+    /// purge of a whole route).
+    pub(crate) fn assets_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let i = self.index();
+        let files = i.assets.keys();
+        let pending = i.pending.values().map(|(_, asset)| asset);
+        files
+            .chain(pending)
+            .filter(|a| a.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     /// Rewrites the meta of a disk object (a 304 refreshed it); `false` if it is not there.
     pub(crate) async fn update_meta(&'static self, key: &HashBinary, meta: (Vec<u8>, Vec<u8>)) -> bool {
         if !self.index().entries.contains_key(key) {

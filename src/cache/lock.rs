@@ -61,8 +61,16 @@ impl CacheKeyLock for FillAwareLock {
         self.inner.trace_lock_wait(span, read_lock, lock_status)
     }
 
+    /// A writer's answer that cannot be stored releases its waiters: an error (a 5xx that
+    /// could not be stored, e.g. `no-store`) lets them take turns on the lock, one request
+    /// upstream at a time, instead of all at once against a failing origin; any other reason
+    /// (`GiveUp`, Pingora's default) sends them all upstream at once, which is what a key that
+    /// is merely uncacheable needs (and hit-for-pass takes over for the next requests).
     fn custom_lock_status(&self, custom_no_cache: &'static str) -> LockStatus {
-        self.inner.custom_lock_status(custom_no_cache)
+        match custom_no_cache {
+            super::policy::UPSTREAM_5XX => LockStatus::TransientError,
+            other => self.inner.custom_lock_status(other),
+        }
     }
 }
 

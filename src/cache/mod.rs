@@ -6,37 +6,69 @@
 //! - `disk`: the disk tier (one file per object, written while streaming, byte-bounded LRU,
 //!   re-indexed at start-up);
 //! - `policy`: pure decisions (key, cacheability, `Cache-Status`);
+//! - `keying`: what a cached route forwards upstream and keys on (headers, `Accept`);
+//! - `pass`: hit-for-pass, the keys whose answer could not be stored, which skip the lock;
 //! - `lock`: Pingora's cache lock, made to notice a fill registered between a request's
-//!   lookup and its lock.
+//!   lookup and its lock, and to release the waiters of a failed fill one at a time.
 //!
 //! [`Cache`] is built once at start-up and leaked (Pingora wants `'static` handles); the
 //! `ProxyHttp` hooks in `proxy` call the methods here and keep [`RequestCache`] in the
 //! request context.
 
 pub(crate) mod disk;
+pub(crate) mod keying;
 mod lock;
+mod pass;
 pub(crate) mod policy;
 pub(crate) mod storage;
 
 use crate::config::CacheSettings;
 use crate::metrics::CacheMetrics;
+pub(crate) use keying::Keying;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheKeyLockImpl;
-use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, RespCacheable};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, HttpCache, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use policy::Outcome;
 use std::time::{Duration, SystemTime};
 pub(crate) use storage::MemStorage;
 
+/// How many times a waiter may look up again after waiting on the lock (see `enable`).
+const LOCK_RETRIES: usize = 256;
+
 pub(crate) struct Cache {
     pub(crate) storage: &'static MemStorage,
     lock: &'static CacheKeyLockImpl,
+    /// Hit-for-pass: keys whose last answer could not be stored skip the lock.
+    pass: &'static pass::HitForPass,
     lock_timeout: Duration,
     /// The largest body stored: `max_object_size`, and never more than the larger tier holds
     /// (a fill too large for memory goes to disk only).
     store_limit: usize,
     pub(crate) metrics: &'static CacheMetrics,
+}
+
+/// A cached route: what it forwards and keys on, and its lookup counters.
+pub(crate) struct CachedRoute {
+    pub(crate) keying: Keying,
+    pub(crate) lookups: crate::metrics::RouteLookups,
+}
+
+impl CachedRoute {
+    /// `subject`: the header in which a verified token's `sub` goes upstream on this route
+    /// (`auth.jwt.subject_header`), forwarded and keyed like a listed header.
+    pub(crate) fn new(
+        cache: &Cache,
+        r: &crate::config::Route,
+        subject: Option<&http::HeaderName>,
+    ) -> CachedRoute {
+        let forward: Vec<http::HeaderName> = r.forward_headers.iter().chain(subject).cloned().collect();
+        CachedRoute {
+            keying: Keying::new(&forward, &r.vary_accept),
+            lookups: cache.metrics.route_lookups(&r.template),
+        }
+    }
 }
 
 /// What the cache did for one request (in the request context).
@@ -61,7 +93,7 @@ impl Cache {
     /// Builds the cache from its settings; the handles live for the whole process.
     pub(crate) fn build(s: &CacheSettings) -> Result<&'static Cache, String> {
         let metrics = CacheMetrics::get()?;
-        policy::set_default_ttl(s.default_ttl);
+        policy::set_ttls(s.default_ttl, s.negative_ttl);
         let disk = match &s.disk {
             Some(d) => Some(&*Box::leak(Box::new(disk::DiskStore::open(
                 &d.path, d.size, metrics,
@@ -77,6 +109,7 @@ impl Cache {
         Ok(Box::leak(Box::new(Cache {
             storage,
             lock,
+            pass: Box::leak(Box::new(pass::HitForPass::new(s.uncacheable_ttl))),
             lock_timeout: s.lock_timeout,
             store_limit: s.max_object_size.min(
                 s.disk
@@ -94,9 +127,21 @@ impl Cache {
         // Waiters give up after `lock_timeout` in all and go upstream uncached (Pingora's
         // default: no budget of their own, only the writer's age timeout ends a wait).
         overrides.wait_timeout = Some(self.lock_timeout);
-        session
-            .cache
-            .enable(self.storage, None, None, Some(self.lock), Some(overrides));
+        // Pingora lets a waiter look up again twice, then sends it upstream uncached. The
+        // waiters of a 5xx that cannot be stored take turns on the lock (one origin request
+        // at a time, see `lock`), which costs each waiter a retry per turn before it: with 2,
+        // all but the first three of a herd would then stampede the failing origin together.
+        // `wait_timeout` (cumulative) still bounds the whole wait.
+        overrides.max_lock_retries = Some(LOCK_RETRIES);
+        // The predictor is hit-for-pass: Pingora asks it before each lookup and bypasses the
+        // cache (lock included) for a key it remembers as uncacheable.
+        session.cache.enable(
+            self.storage,
+            None,
+            Some(self.pass),
+            Some(self.lock),
+            Some(overrides),
+        );
         // The fill runs in the task of the request that started it. Without Pingora's
         // proxy-task API (off by default), that task waits on each write to its client, so a
         // client that reads slowly holds back the fill for every request following it. With
@@ -125,9 +170,10 @@ impl Cache {
     pub(crate) fn variance(
         meta: &CacheMeta,
         req: &RequestHeader,
+        keying: &Keying,
         rc: &mut RequestCache,
     ) -> Option<HashBinary> {
-        let v = policy::variance(meta.response_header(), req);
+        let v = keying.variance(meta.response_header(), req);
         if !rc.storing && v != meta.variance() {
             rc.vary_miss = true;
         }
@@ -139,13 +185,22 @@ impl Cache {
         &self,
         session: &Session,
         resp: &ResponseHeader,
+        keying: &Keying,
         rc: &mut RequestCache,
     ) -> RespCacheable {
-        let authorization = session
-            .req_header()
-            .headers
-            .contains_key(http::header::AUTHORIZATION);
-        let mut r = policy::cacheable(resp, authorization, self.store_limit);
+        // RFC 9111 3.5 applies when the origin saw the client's credentials: only when the
+        // route forwards them.
+        let authorization = keying.forwards(&http::header::AUTHORIZATION)
+            && session
+                .req_header()
+                .headers
+                .contains_key(http::header::AUTHORIZATION);
+        // The status of the (stale) object the lookup found: a 5xx never replaces a good one.
+        let found = session
+            .cache
+            .maybe_cache_meta()
+            .map(|m| m.response_header().status);
+        let mut r = policy::cacheable(resp, authorization, self.store_limit, found);
         // Fills in progress count against `memory`: beyond it, a response streams through
         // uncached rather than letting a herd of distinct cold assets grow memory unbounded.
         if r.is_cacheable() && !policy::content_length(resp).is_some_and(|len| self.storage.admits_fill(len))
@@ -156,12 +211,28 @@ impl Cache {
         r
     }
 
+    /// Purges every asset of the route `template` (memory, disk, fills); returns how many
+    /// assets had something stored. Works on asset tags, whatever keys each asset has.
+    pub(crate) fn purge_route(&self, template: &str) -> usize {
+        let prefix = policy::asset_tag(template, "");
+        self.storage
+            .assets_with_prefix(&prefix)
+            .iter()
+            .filter(|tag| self.storage.purge_asset(tag))
+            .count()
+    }
+
     /// The outcome so far (`None`: the cache was not used for this request).
-    pub(crate) fn outcome(phase: CachePhase, rc: &RequestCache) -> Option<Outcome> {
+    pub(crate) fn outcome(cache: &HttpCache, rc: &RequestCache) -> Option<Outcome> {
         if !rc.enabled {
             return None;
         }
-        Some(match phase {
+        // The predictor bypassed the lookup: hit-for-pass (what the response then did decides
+        // the rest: stored again, or not stored for the reason given).
+        let passed = cache.predicted_uncacheable_reason().is_some();
+        Some(match cache.phase() {
+            CachePhase::Disabled(reason) if passed => Outcome::Pass(reason),
+            CachePhase::Bypass if passed => Outcome::Pass(pingora::cache::NoCacheReason::Deferred),
             CachePhase::Hit if rc.joined_fill => Outcome::Collapsed,
             CachePhase::Hit | CachePhase::StaleUpdating => Outcome::Hit,
             CachePhase::Miss => Outcome::MissStored,

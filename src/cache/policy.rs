@@ -1,32 +1,40 @@
 //! Pure cache decisions: the key of a request, whether a response may be stored and for how
 //! long, and the `Cache-Status` value (RFC 9211) of an outcome. No I/O, no state.
 
-use pingora::cache::cache_control::CacheControl;
+use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
 use pingora::cache::filters::resp_cacheable;
-use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMetaDefaults, NoCacheReason, RespCacheable, VarianceBuilder};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::cache::{CacheKey, CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+use pingora::http::ResponseHeader;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The `Cache-Status` cache name.
 const NAME: &str = "asset-gateway";
 
-/// `gateway.cache.default_ttl`. `CacheMetaDefaults` takes a plain `fn` pointer, so the
-/// configured value reaches it through this static, set once at start-up.
-static DEFAULT_TTL: OnceLock<Duration> = OnceLock::new();
+/// `gateway.cache.default_ttl` and `negative_ttl`. `CacheMetaDefaults` takes a plain `fn`
+/// pointer, so the configured values reach it through this static, set once at start-up.
+static TTLS: OnceLock<(Duration, Duration)> = OnceLock::new();
 
-pub(crate) fn set_default_ttl(ttl: Duration) {
-    // A second gateway in one process (tests) keeps the first value.
-    let _ = DEFAULT_TTL.set(ttl);
+/// How long a 5xx of a cold key is stored: the requests waiting on the lock share it, and the
+/// origin sees about one request per key per second while it keeps failing.
+pub(crate) const ERROR_TTL: Duration = Duration::from_secs(1);
+
+/// `default_ttl` (200) and `negative_ttl` (404, 410).
+pub(crate) fn set_ttls(default: Duration, negative: Duration) {
+    // A second gateway in one process (tests) keeps the first values.
+    let _ = TTLS.set((default, negative));
 }
 
-/// Freshness for a 200 without explicit freshness (`max-age`, `s-maxage`, `Expires`); other
-/// statuses are never stored by default (and `cacheable` refuses them anyway).
+/// Freshness of a response without explicit freshness (`max-age`, `s-maxage`, `Expires`):
+/// `default_ttl` for a 200, `negative_ttl` for a 404 or 410; other statuses are never stored
+/// by default (and `cacheable` refuses them anyway).
 fn default_fresh(status: http::StatusCode) -> Option<Duration> {
-    (status == http::StatusCode::OK)
-        .then(|| DEFAULT_TTL.get().copied())
-        .flatten()
+    let (default, negative) = TTLS.get().copied()?;
+    match status {
+        http::StatusCode::OK => Some(default),
+        http::StatusCode::NOT_FOUND | http::StatusCode::GONE => Some(negative),
+        _ => None,
+    }
 }
 
 /// No stale-while-revalidate or stale-if-error unless the origin asks for them.
@@ -62,34 +70,74 @@ pub(crate) fn content_length(resp: &ResponseHeader) -> Option<usize> {
 }
 
 /// Whether a response may be stored, and its freshness (RFC 9111 through Pingora's
-/// `resp_cacheable`: `no-store` and `private` refuse, `Authorization` needs `public` or
-/// `s-maxage`, then `s-maxage`, `max-age`, `Expires`, else `default_ttl`). On top of it:
-/// - only 200, with a Content-Length of at most `limit`: a body without a length could only be
-///   told complete from truncated by how the connection ended, and Range on a hit needs it;
+/// `resp_cacheable`: `no-store` and `private` refuse, `Authorization` (when forwarded) needs
+/// `public` or `s-maxage`, then `s-maxage`, `max-age`, `Expires`, else `default_ttl`, or
+/// `negative_ttl` for 404 and 410). On top of it:
+/// - only 200, 404 and 410 (and 5xx, below), with a Content-Length of at most `limit`: a body
+///   without a length could only be told complete from truncated by how the connection
+///   ended, and Range on a hit needs it;
 /// - no `Set-Cookie` (one client's cookie must not reach another);
-/// - no `Vary: *` (every request may differ); other `Vary` headers are honoured by [`variance`].
-pub(crate) fn cacheable(resp: &ResponseHeader, authorization: bool, limit: usize) -> RespCacheable {
+/// - no `Vary: *` (every request may differ); other `Vary` headers are honoured by the
+///   route's keying;
+/// - a 5xx is stored for [`ERROR_TTL`] whatever its freshness says (still not with
+///   `no-store` or `private`), so the requests waiting for a cold key share it, and only
+///   when the lookup found no object or an error (`found`: the status of the object found,
+///   stale): an error never replaces a good object.
+pub(crate) fn cacheable(
+    resp: &ResponseHeader,
+    authorization: bool,
+    limit: usize,
+    found: Option<http::StatusCode>,
+) -> RespCacheable {
     use RespCacheable::Uncacheable;
-    if resp.status != http::StatusCode::OK {
+    let error = resp.status.is_server_error();
+    let refused = |why| match error {
+        // Whatever made the error unstorable, it says nothing lasting about the key.
+        true => Uncacheable(NoCacheReason::Custom(UPSTREAM_5XX)),
+        false => Uncacheable(why),
+    };
+    if error && found.is_some_and(|s| !s.is_server_error()) {
+        return refused(NoCacheReason::Custom("status"));
+    }
+    if !error && !matches!(resp.status.as_u16(), 200 | 404 | 410) {
         return Uncacheable(NoCacheReason::Custom("status"));
     }
     match content_length(resp) {
-        None => return Uncacheable(NoCacheReason::Custom("no-content-length")),
-        Some(n) if n > limit => return Uncacheable(NoCacheReason::ResponseTooLarge),
+        None => return refused(NoCacheReason::Custom("no-content-length")),
+        Some(n) if n > limit => return refused(NoCacheReason::ResponseTooLarge),
         Some(_) => {}
     }
     if resp.headers.contains_key(http::header::SET_COOKIE) {
-        return Uncacheable(NoCacheReason::Custom("set-cookie"));
+        return refused(NoCacheReason::Custom("set-cookie"));
     }
     if vary_names(resp).any(|n| n == "*") {
-        return Uncacheable(NoCacheReason::Custom("vary"));
+        return refused(NoCacheReason::Custom("vary"));
     }
     let cc = CacheControl::from_resp_headers(resp);
-    resp_cacheable(cc.as_ref(), resp.clone(), authorization, &DEFAULTS)
+    if !error {
+        return resp_cacheable(cc.as_ref(), resp.clone(), authorization, &DEFAULTS);
+    }
+    let forbidden = cc.as_ref().is_some_and(|cc| cc.is_cacheable() == Cacheable::No)
+        || (authorization && !cc.as_ref().is_some_and(|cc| cc.allow_caching_authorized_req()));
+    if forbidden {
+        return refused(NoCacheReason::OriginNotCache);
+    }
+    let now = SystemTime::now();
+    RespCacheable::Cacheable(CacheMeta::new(now + ERROR_TTL, now, 0, 0, resp.clone()))
+}
+
+/// Why a 5xx was not stored (its waiters then take turns on the lock, and the key is not
+/// remembered as uncacheable).
+pub(crate) const UPSTREAM_5XX: &str = "upstream-5xx";
+
+/// Whether a `NoCacheReason::Custom` reason of [`cacheable`] lasts (the same answer would
+/// come again: the key passes for `uncacheable_ttl`) rather than being about this moment.
+pub(crate) fn is_lasting(why: &str) -> bool {
+    matches!(why, "status" | "no-content-length" | "set-cookie" | "vary")
 }
 
 /// The header names a response's `Vary` lists, lower-cased.
-fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
     resp.headers
         .get_all(http::header::VARY)
         .iter()
@@ -97,24 +145,6 @@ fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = String> + '_ {
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
         .filter(|n| !n.is_empty())
-}
-
-/// The variance of a request against a stored (or storing) response: the request's values of
-/// the headers its `Vary` names, as sent (no normalisation: two spellings of one `Accept` are
-/// two variants, which costs memory, never correctness). `None` without `Vary`.
-pub(crate) fn variance(resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
-    let mut b = VarianceBuilder::new();
-    for name in vary_names(resp) {
-        let mut value = Vec::new();
-        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
-            if i > 0 {
-                value.extend_from_slice(b", ");
-            }
-            value.extend_from_slice(v.as_bytes());
-        }
-        b.add_owned_name_value(name, value);
-    }
-    b.finalize()
 }
 
 /// What the cache did for one request.
@@ -129,6 +159,9 @@ pub(crate) enum Outcome {
     MissStored,
     /// Went to the origin; not stored, for this reason.
     Miss(NoCacheReason),
+    /// Skipped the cache, lock included (hit-for-pass: the key's last answer could not be
+    /// stored); went to the origin, not stored for this reason.
+    Pass(NoCacheReason),
     /// A stale object was found; went to the origin; the new response is being stored.
     StaleStored,
     /// A stale object was revalidated by a 304 and served.
@@ -148,6 +181,7 @@ impl Outcome {
             Outcome::Collapsed => format!("{NAME}; fwd={miss}; collapsed"),
             Outcome::MissStored => format!("{NAME}; fwd={miss}; stored"),
             Outcome::Miss(reason) => format!("{NAME}; fwd={miss}; detail={}", detail(reason)),
+            Outcome::Pass(reason) => format!("{NAME}; fwd=bypass; detail={}", detail(reason)),
             Outcome::StaleStored => format!("{NAME}; fwd=stale; stored"),
             Outcome::Revalidated => format!("{NAME}; fwd=stale; fwd-status=304"),
         }
@@ -160,6 +194,7 @@ impl Outcome {
             Outcome::Collapsed => "collapsed",
             Outcome::MissStored => "miss-stored",
             Outcome::Miss(_) => "miss",
+            Outcome::Pass(_) => "pass",
             Outcome::StaleStored => "stale-stored",
             Outcome::Revalidated => "revalidated",
         }
@@ -172,6 +207,7 @@ impl Outcome {
             Outcome::Collapsed => "coalesced",
             Outcome::MissStored | Outcome::Miss(_) => "miss",
             Outcome::StaleStored | Outcome::Revalidated => "stale",
+            Outcome::Pass(_) => "pass",
         }
     }
 }
@@ -212,9 +248,9 @@ mod tests {
 
     #[test]
     fn only_plain_200s_with_a_length_are_stored() {
-        set_default_ttl(Duration::from_secs(3600));
+        set_ttls(Duration::from_secs(3600), Duration::from_secs(10));
         let ok = resp(200, &[("content-length", "10")]);
-        match cacheable(&ok, false, 100) {
+        match cacheable(&ok, false, 100, None) {
             RespCacheable::Cacheable(meta) => assert!(meta.fresh_sec() > 3000),
             other => panic!("{other:?}"),
         }
@@ -225,7 +261,7 @@ mod tests {
                 NoCacheReason::ResponseTooLarge,
             ),
             (
-                resp(404, &[("content-length", "1")]),
+                resp(403, &[("content-length", "1")]),
                 NoCacheReason::Custom("status"),
             ),
             (
@@ -249,25 +285,25 @@ mod tests {
             ),
         ];
         for (r, want) in cases {
-            assert_eq!(reason(cacheable(&r, false, 100)), Some(want), "{r:?}");
+            assert_eq!(reason(cacheable(&r, false, 100, None)), Some(want), "{r:?}");
         }
         // Authorization needs an explicit permission.
         assert_eq!(
-            reason(cacheable(&ok, true, 100)),
+            reason(cacheable(&ok, true, 100, None)),
             Some(NoCacheReason::OriginNotCache)
         );
         let public = resp(
             200,
             &[("content-length", "1"), ("cache-control", "public, max-age=5")],
         );
-        assert_eq!(reason(cacheable(&public, true, 100)), None);
+        assert_eq!(reason(cacheable(&public, true, 100, None)), None);
     }
 
     #[test]
     fn explicit_freshness_wins_over_the_default() {
-        set_default_ttl(Duration::from_secs(3600));
+        set_ttls(Duration::from_secs(3600), Duration::from_secs(10));
         let r = resp(200, &[("content-length", "1"), ("cache-control", "max-age=5")]);
-        match cacheable(&r, false, 100) {
+        match cacheable(&r, false, 100, None) {
             RespCacheable::Cacheable(meta) => assert!(meta.fresh_sec() <= 5),
             other => panic!("{other:?}"),
         }
@@ -308,23 +344,57 @@ mod tests {
     }
 
     #[test]
-    fn variance_follows_the_named_request_headers() {
-        let vary = resp(200, &[("vary", "Accept, accept-encoding")]);
-        let req = |headers: &[(&str, &str)]| {
-            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-            for (n, v) in headers {
-                r.append_header(n.to_string(), *v).unwrap();
+    fn not_found_and_gone_are_stored_for_negative_ttl_unless_the_origin_says() {
+        set_ttls(Duration::from_secs(3600), Duration::from_secs(10));
+        for status in [404, 410] {
+            match cacheable(&resp(status, &[("content-length", "9")]), false, 100, None) {
+                RespCacheable::Cacheable(meta) => assert!((9..=10).contains(&meta.fresh_sec())),
+                other => panic!("{status}: {other:?}"),
             }
-            r
-        };
-        let webp = variance(&vary, &req(&[("accept", "image/webp"), ("user-agent", "a")]));
-        assert!(webp.is_some());
+            let explicit = resp(
+                status,
+                &[("content-length", "9"), ("cache-control", "max-age=300")],
+            );
+            match cacheable(&explicit, false, 100, None) {
+                RespCacheable::Cacheable(meta) => assert!(meta.fresh_sec() > 200),
+                other => panic!("{status}: {other:?}"),
+            }
+            let no_store = resp(status, &[("content-length", "9"), ("cache-control", "no-store")]);
+            assert_eq!(
+                reason(cacheable(&no_store, false, 100, None)),
+                Some(NoCacheReason::OriginNotCache)
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_stored_a_second_and_never_over_a_good_object() {
+        use http::StatusCode;
+        let err = resp(503, &[("content-length", "4"), ("cache-control", "max-age=600")]);
+        match cacheable(&err, false, 100, None) {
+            RespCacheable::Cacheable(meta) => assert!(meta.fresh_sec() <= 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            cacheable(&err, false, 100, Some(StatusCode::SERVICE_UNAVAILABLE)),
+            RespCacheable::Cacheable(_)
+        ));
+        let not_stored = Some(NoCacheReason::Custom(UPSTREAM_5XX));
         assert_eq!(
-            webp,
-            variance(&vary, &req(&[("accept", "image/webp"), ("user-agent", "b")]))
+            reason(cacheable(&err, false, 100, Some(StatusCode::OK))),
+            not_stored
         );
-        assert_ne!(webp, variance(&vary, &req(&[("accept", "image/avif")])));
-        assert_ne!(webp, variance(&vary, &req(&[])));
-        assert_eq!(variance(&resp(200, &[]), &req(&[("accept", "x")])), None);
+        for headers in [
+            &[("cache-control", "no-store"), ("content-length", "4")][..],
+            &[("content-length", "4"), ("set-cookie", "a=b")],
+            &[("transfer-encoding", "chunked")],
+        ] {
+            assert_eq!(
+                reason(cacheable(&resp(500, headers), false, 100, None)),
+                not_stored
+            );
+        }
+        assert!(!is_lasting(UPSTREAM_5XX) && !is_lasting("memory-full"));
+        assert!(is_lasting("status") && is_lasting("set-cookie"));
     }
 }

@@ -290,6 +290,24 @@ impl MemStorage {
         removed
     }
 
+    /// The asset tags starting with `prefix` that have something in either tier (objects,
+    /// fills, disk files): what a purge of a whole route goes through (issue 19).
+    pub(crate) fn assets_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut tags: Vec<String> = self
+            .index()
+            .assets
+            .keys()
+            .filter(|a| a.starts_with(prefix))
+            .cloned()
+            .collect();
+        if let Some(d) = self.disk {
+            tags.extend(d.assets_with_prefix(prefix));
+        }
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
     /// Called by a writer's `finish`: commits the fill if it is still the key's current one
     /// (a purge, or a newer writer after a lock timeout, detaches it), evicting the least
     /// recently used objects to stay within the bound. Returns whether the fill was still
@@ -866,6 +884,47 @@ pub(crate) mod tests {
             .is_err());
         assert!(s.lookup(&k, &span()).await.unwrap().is_none());
         assert_eq!(s.stats().objects, 0);
+    }
+
+    /// A `finish` dropped while it waits for the disk rename (its task cancelled): the body is
+    /// whole and already committed to memory, so its readers end cleanly and it is a hit;
+    /// only the disk copy may be lost (regression test for 32a3999).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_finish_dropped_during_the_rename_completes_the_fill() {
+        let metrics = CacheMetrics::get().unwrap();
+        let dir = std::env::temp_dir().join(format!("agw-storage-unit-finish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let disk: &'static DiskStore = Box::leak(Box::new(DiskStore::open(&dir, 64 << 20, metrics).unwrap()));
+        let s: &'static MemStorage = Box::leak(Box::new(MemStorage::new(64 << 20, metrics, Some(disk))));
+        let k = key("dropped-finish");
+        let (chunk, chunks) = (1 << 20, 16);
+        let mut w = s
+            .get_miss_handler(&k, &meta(chunk * chunks), &span())
+            .await
+            .unwrap();
+        let (_, mut r) = s.lookup(&k, &span()).await.unwrap().unwrap();
+        let reader = tokio::spawn(async move { read_all(&mut r).await });
+        for i in 0..chunks {
+            w.write_body(Bytes::from(vec![i as u8; chunk]), false)
+                .await
+                .unwrap();
+        }
+        // The disk writer still has megabytes to write, then the rename: `finish` waits.
+        let mut finish = w.finish();
+        assert!(
+            futures::poll!(&mut finish).is_pending(),
+            "finish did not wait for the disk"
+        );
+        drop(finish);
+        let body = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the reader must end, not wait")
+            .unwrap()
+            .expect("the fill's reader must end cleanly");
+        assert_eq!(body.len(), chunk * chunks);
+        assert!(s.lookup(&k, &span()).await.unwrap().is_some(), "not a hit");
+        assert_eq!(s.stats().objects, 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Readers follow the fill, a range of it waits for its bytes, and `finish` commits.

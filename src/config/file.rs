@@ -2,6 +2,10 @@
 //! refuses unknown keys, and nothing outside `config` sees them (`compile` turns them into
 //! the runtime types).
 
+use super::auth::{AuthFile, AuthMethod};
+use super::client_ip::ClientIpFile;
+use super::cors::CorsFile;
+use super::rate_limit::RateLimitFile;
 use super::units::{Dur, Size};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -33,6 +37,13 @@ pub(super) struct GatewayFile {
     /// The response cache; absent = no cache.
     #[serde(default)]
     pub cache: Option<CacheFile>,
+    /// Needed by every admin endpoint but `/healthz` and `/readyz` (see `access`).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub client_ip: ClientIpFile,
 }
 
 /// `gateway.cache`: `memory` is required (it is what turns the cache on).
@@ -46,6 +57,12 @@ pub(super) struct CacheFile {
     pub default_ttl: Dur,
     #[serde(default = "thirty_seconds")]
     pub lock_timeout: Dur,
+    /// Freshness of a 404 or 410 without explicit freshness.
+    #[serde(default = "ten_seconds")]
+    pub negative_ttl: Dur,
+    /// How long a key whose answer could not be stored skips the cache lock (hit-for-pass).
+    #[serde(default = "thirty_seconds")]
+    pub uncacheable_ttl: Dur,
     /// The optional disk tier.
     #[serde(default)]
     pub disk: Option<DiskFile>,
@@ -78,6 +95,8 @@ fn yes() -> bool {
 pub(super) struct AccessLogFile {
     pub enabled: bool,
     pub format: AccessLogFormat,
+    /// Optional fields (request headers) added to every line.
+    pub fields: Vec<AccessLogField>,
 }
 
 impl Default for AccessLogFile {
@@ -85,8 +104,18 @@ impl Default for AccessLogFile {
         AccessLogFile {
             enabled: true,
             format: AccessLogFormat::Text,
+            fields: Vec::new(),
         }
     }
+}
+
+/// An optional access-log field: the client's request header of that name.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum AccessLogField {
+    Range,
+    UserAgent,
+    Referer,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +235,11 @@ impl Default for H2File {
     }
 }
 
+/// `streaming.read_size` and `streaming.queue_depth` by default (chosen by measurement, see
+/// the README's performance section; their bounds are checked in `streaming`).
+const DEFAULT_READ_SIZE: u64 = 16 * 1024;
+const DEFAULT_QUEUE_DEPTH: usize = 2;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct StreamingFile {
@@ -216,8 +250,8 @@ pub(super) struct StreamingFile {
 impl Default for StreamingFile {
     fn default() -> Self {
         StreamingFile {
-            read_size: Size(super::compile::DEFAULT_READ_SIZE),
-            queue_depth: super::compile::DEFAULT_QUEUE_DEPTH,
+            read_size: Size(DEFAULT_READ_SIZE),
+            queue_depth: DEFAULT_QUEUE_DEPTH,
         }
     }
 }
@@ -386,19 +420,64 @@ pub(super) struct RouteFile {
     pub path: String,
     pub upstream: String,
     pub rewrite: String,
+    /// Default: `drop` on a cached route, `forward` on any other.
     #[serde(default)]
-    pub query: QueryPolicy,
+    pub query: Option<QueryFile>,
     /// Whether responses of this route go through the cache; default: yes when
     /// `gateway.cache` is set.
     #[serde(default)]
     pub cache: Option<bool>,
+    /// Any one admits; absent or empty: public (see `access`).
+    #[serde(default)]
+    pub auth: Vec<AuthMethod>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitFile>,
+    #[serde(default)]
+    pub cors: Option<CorsFile>,
+    /// On a cached route, the client headers that reach the upstream besides the ones the
+    /// gateway owns; default `[accept]`.
+    #[serde(default)]
+    pub forward_headers: Option<Vec<String>>,
+    /// On a cached route, the media types an origin's `Vary: Accept` keys on.
+    #[serde(default)]
+    pub vary_accept: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum QueryPolicy {
+/// `query: forward`, `query: drop` or `query: {allow: [w, fmt]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum QueryFile {
     /// Send the client's query string upstream unchanged.
-    #[default]
     Forward,
     Drop,
+    /// Only these parameters, sorted by name.
+    Allow(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for QueryFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Allow {
+            allow: Vec<String>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = QueryFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("forward, drop or {allow: [names]}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<QueryFile, E> {
+                match s {
+                    "forward" => Ok(QueryFile::Forward),
+                    "drop" => Ok(QueryFile::Drop),
+                    other => Err(E::unknown_variant(other, &["forward", "drop", "{allow: [...]}"])),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<QueryFile, A::Error> {
+                let a = Allow::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(QueryFile::Allow(a.allow))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

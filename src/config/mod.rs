@@ -3,23 +3,50 @@
 //! names, TLS files, environment) into runtime types; every problem is reported with the file
 //! and the key's path, all at once, and nothing here panics. `-t` runs exactly this.
 //!
-//! - `file`: the serde types, as the file writes them (unknown keys refused);
+//! - `file`: the serde types, as the file writes them (unknown keys refused), and the defaults
+//!   of absent keys;
 //! - `units`: durations and sizes;
-//! - `compile`: checks and the conversion into `runtime` types;
+//! - `compile`: joins the sections below into `Settings`, with the few top-level keys;
+//! - one module per section, each checking its keys and converting them into `runtime` types:
+//!   `listen`, `downstream`, `streaming`, `upstreams`, `routes` (with what a cached route keys
+//!   on and forwards, and `-t`'s explanation), `cache`, and for access control `access`
+//!   joining `auth`, `client_ip`, `rate_limit`, `cors` (which also hold their serde types);
 //! - `runtime`: what the rest of the gateway reads;
-//! - `tls`: PEM files read and parsed at start.
+//! - `tls`: PEM files read and parsed at start; `env`: `${VAR}` expansion.
+//!
+//! Imports go one way: `compile` -> sections -> `file`, `runtime`; `file` -> the access
+//! sections' serde types; nothing here imports `compile`.
 
+mod access;
+mod auth;
+mod cache;
+mod client_ip;
 mod compile;
+mod cors;
+mod downstream;
+mod env;
 mod file;
+mod listen;
+mod rate_limit;
+mod routes;
 mod runtime;
+mod streaming;
 mod tls;
 mod units;
+mod upstreams;
 
 #[cfg(test)]
 mod tests;
 
+pub(crate) use access::subject_header;
+pub(crate) use access::{AccessSettings, RouteAccess};
+pub(crate) use auth::{AuthMethod, JwksSource, JwtSettings, SIGNATURE_PARAMS};
+pub(crate) use client_ip::ClientIpSettings;
+pub(crate) use cors::CorsSettings;
 pub(crate) use file::{AccessLogFormat, Selection};
+pub(crate) use rate_limit::Counts;
 pub(crate) use runtime::*;
+pub(crate) use units::parse_duration;
 
 use pingora::server::configuration::ServerConf;
 use serde_yaml::{Mapping, Value};
@@ -31,6 +58,8 @@ pub struct Config {
     /// Pingora's server settings (threads, pid_file, upgrade_sock, grace periods, ...).
     pub server: ServerConf,
     pub(crate) gateway: Settings,
+    /// What `-t` (and the start) warns about: valid, but probably not what was meant.
+    pub warnings: Vec<String>,
 }
 
 /// Every problem found in a config file. Displayed one per line, each naming its key.
@@ -53,6 +82,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// What `-t` prints besides "configuration OK": what each route forwards and keys on, and
+    /// who may fetch it.
+    pub fn explain(&self) -> String {
+        routes::explain(&self.gateway.routes, &self.gateway.access)
+    }
+
     /// Reads, parses, validates and loads `path`. `-t` runs exactly this.
     pub fn load(path: &str) -> Result<Config, ConfigError> {
         let error = |problems| ConfigError {
@@ -110,7 +145,11 @@ impl Config {
             },
         };
         match (server, gateway) {
-            (Some(server), Some(gateway)) if problems.is_empty() => Ok(Config { server, gateway }),
+            (Some(server), Some(gateway)) if problems.is_empty() => Ok(Config {
+                warnings: access::warnings(gateway.admin, &gateway.access),
+                server,
+                gateway,
+            }),
             _ => Err(problems),
         }
     }

@@ -4,6 +4,7 @@
 
 use super::file::{AccessLogFormat, Selection};
 use crate::downstream::Limits;
+use crate::routing::QueryRule;
 use http::{HeaderName, HeaderValue};
 use pingora::tls::sign::CertifiedKey;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ pub(crate) struct Settings {
     pub server_timing: bool,
     /// `None`: no access log.
     pub access_log: Option<AccessLogFormat>,
+    /// The optional access-log fields configured.
+    pub access_log_fields: AccessLogFields,
     pub downstream: Downstream,
     pub streaming: Streaming,
     /// Routes refer to these by index.
@@ -23,6 +26,8 @@ pub(crate) struct Settings {
     pub routes: Vec<Route>,
     /// `None`: no cache.
     pub cache: Option<CacheSettings>,
+    /// `admin_token`, `auth`, `client_ip`.
+    pub access: super::AccessSettings,
 }
 
 /// `gateway.cache`, checked.
@@ -37,6 +42,10 @@ pub(crate) struct CacheSettings {
     /// How long a writer may hold the cache lock (until its response header) before waiters
     /// compete to replace it, and the most a waiter waits in all.
     pub lock_timeout: Duration,
+    /// Freshness of a 404 or 410 without explicit freshness.
+    pub negative_ttl: Duration,
+    /// How long a key whose answer could not be stored skips the cache lock.
+    pub uncacheable_ttl: Duration,
     /// `None`: memory only.
     pub disk: Option<DiskSettings>,
 }
@@ -210,7 +219,23 @@ pub(crate) struct Route {
     pub rewrite: String,
     /// Index into [`Settings::upstreams`].
     pub upstream: usize,
-    pub forward_query: bool,
+    pub query: QueryRule,
     /// Responses go through the cache (only when `Settings::cache` is set).
     pub cache: bool,
+    /// `auth`, `rate_limit`, `cors`.
+    pub access: super::RouteAccess,
+    /// On a cached route: the client headers forwarded besides the gateway's own (lower
+    /// case, in the configured order). Empty on a route without cache (everything goes).
+    pub forward_headers: Vec<HeaderName>,
+    /// On a cached route: the media types `Vary: Accept` keys on (lower case); empty: the
+    /// raw `Accept` value.
+    pub vary_accept: Vec<String>,
+}
+
+/// The optional access-log fields (client request headers), each off unless configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AccessLogFields {
+    pub range: bool,
+    pub user_agent: bool,
+    pub referer: bool,
 }

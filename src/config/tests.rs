@@ -1,6 +1,6 @@
 //! The config file's checks, each named by its key path.
 
-use super::compile::check_template;
+use super::routes::check_template;
 use super::*;
 use std::time::Duration;
 
@@ -420,15 +420,19 @@ fn cache_settings_and_defaults() {
             max_object_size: 1 << 30,
             default_ttl: Duration::from_secs(3600),
             lock_timeout: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(10),
+            uncacheable_ttl: Duration::from_secs(30),
             disk: None,
         }
     );
     assert!(c.gateway.routes[0].cache, "routes use the cache by default");
     let c = Config::from_yaml(&with_cache(
-        "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s",
+        "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s\n    negative_ttl: 1m\n    uncacheable_ttl: 5s",
     ))
     .unwrap();
     let cache = c.gateway.cache.unwrap();
+    assert_eq!(cache.negative_ttl, Duration::from_secs(60));
+    assert_eq!(cache.uncacheable_ttl, Duration::from_secs(5));
     assert_eq!(cache.max_object_size, 8 << 20);
     assert_eq!(cache.default_ttl, Duration::from_secs(300));
     assert_eq!(cache.lock_timeout, Duration::from_secs(2));
@@ -498,4 +502,120 @@ fn cache_problems_name_their_keys() {
         "rewrite: /v1/assets/{id}\n      cache: true",
     ));
     assert!(p.contains("gateway.routes[0].cache: needs gateway.cache"), "{p}");
+}
+
+#[test]
+fn access_keys_are_checked_with_their_paths() {
+    let with = |gateway: &str, route: &str| {
+        VALID
+            .replace("  upstreams:", &format!("{gateway}  upstreams:"))
+            .replace(
+                "      rewrite: /v1/assets/{id}\n",
+                &format!("      rewrite: /v1/assets/{{id}}\n{route}"),
+            )
+    };
+    let p = problems(&with(
+        "  admin_token: short\n  auth:\n    signed_url:\n      keys: {k1: \"too-short-secret\", \"bad id\": \"0123456789abcdef0123456789abcdef\"}\n    jwt: {jwks_url: \"ftp://x/keys\"}\n  client_ip: {trusted_proxies: [\"10.0.0.0/33\"], proxy_protocol: true}\n",
+        "      auth: [jwt, jwt]\n      rate_limit: {per_client: 100/d, burst: 0}\n      cors: {origins: [\"https://a.example/\"]}\n",
+    ));
+    for expected in [
+        "gateway.admin_token: must be at least 16 bytes",
+        "gateway.auth.signed_url.keys.k1: the secret must be at least 32 bytes",
+        "gateway.auth.signed_url.keys.bad id: key ids use only",
+        "gateway.auth.jwt.jwks_url: \"ftp://x/keys\" is not an http:// or https:// URL",
+        "gateway.client_ip.trusted_proxies[0]: \"10.0.0.0/33\" is not a CIDR range",
+        "gateway.routes[0].auth[1]: jwt is listed twice",
+        "gateway.routes[0].rate_limit.per_client: \"100/d\" is not a rate",
+        "gateway.routes[0].cors.origins[0]: \"https://a.example/\" is not an origin",
+    ] {
+        assert!(p.contains(expected), "missing {expected:?} in:\n{p}");
+    }
+    // The secrets never appear in an error.
+    assert!(!p.contains("too-short-secret"), "{p}");
+    let p = problems(&with("", "      auth: [signed_url]\n"));
+    assert!(
+        p.contains("gateway.routes[0].auth[0]: signed_url needs gateway.auth.signed_url"),
+        "{p}"
+    );
+    let p = problems(&with("  client_ip: {proxy_protocol: true}\n", ""));
+    assert!(
+        p.contains("gateway.client_ip.proxy_protocol: needs trusted_proxies"),
+        "{p}"
+    );
+    let p = problems(&with("  auth: {jwt: {jwks: /nonexistent/jwks.json}}\n", ""));
+    assert!(
+        p.contains("gateway.auth.jwt.jwks: cannot read \"/nonexistent/jwks.json\""),
+        "{p}"
+    );
+
+    let c = Config::from_yaml(&with(
+        "  auth: {signed_url: {keys: {k1: \"0123456789abcdef0123456789abcdef\"}, max_ttl: 1h}}\n",
+        "      auth: [signed_url]\n      rate_limit: {per_client: 100/s}\n",
+    ))
+    .unwrap();
+    let route = &c.gateway.routes[0].access;
+    assert_eq!(route.auth, [AuthMethod::SignedUrl]);
+    let limit = route.rate_limit.unwrap();
+    assert_eq!(
+        (limit.interval, limit.burst, limit.counts),
+        (Duration::from_millis(10), 100, Counts::All)
+    );
+    let keys = c.gateway.access.auth.signed_url.as_ref().unwrap();
+    assert_eq!(keys.max_ttl, Duration::from_secs(3600));
+}
+
+/// What a route forwards and what access control removes agree: the credentials are neither
+/// listed in `forward_headers` nor let through `query.allow`, the subject header is the
+/// gateway's own; `-t` says what each route's access control does.
+#[test]
+fn forwarding_and_access_control_agree() {
+    let auth = "  auth:\n    signed_url: {keys: {k1: \"0123456789abcdef0123456789abcdef\"}}\n    jwt: {jwks_url: \"http://127.0.0.1:1/keys\", subject_header: X-Auth-Subject}\n";
+    let with = |route: &str| {
+        with_cache("    memory: 8MiB")
+            .replace("  routes:", &format!("{auth}  routes:"))
+            .replace(
+                "      rewrite: /v1/assets/{id}\n",
+                &format!("      rewrite: /v1/assets/{{id}}\n{route}"),
+            )
+    };
+    let p = problems(&with(
+        "      auth: [signed_url, jwt]\n      forward_headers: [accept, Authorization, x-auth-subject]\n      query: {allow: [w, sig, exp]}\n",
+    ));
+    for expected in [
+        "gateway.routes[0].forward_headers[1]: \"Authorization\": on a route with auth the gateway verifies the credential and removes the header",
+        "gateway.routes[0].forward_headers[2]: \"x-auth-subject\" is gateway.auth.jwt.subject_header",
+        "gateway.routes[0].query.allow[1]: \"sig\" is a parameter of the URL signature",
+        "gateway.routes[0].query.allow[2]: \"exp\" is a parameter of the URL signature",
+    ] {
+        assert!(p.contains(expected), "missing {expected:?} in:\n{p}");
+    }
+    assert!(!p.contains("allow[0]"), "{p}");
+    // Without auth on the route, forwarding Authorization is the operator's choice (RFC 9111
+    // then keeps such answers out of the cache), and `exp` is just a parameter.
+    let c = Config::from_yaml(&with(
+        "      forward_headers: [accept, authorization]\n      query: {allow: [exp]}\n",
+    ))
+    .unwrap();
+    assert!(c
+        .explain()
+        .contains("client headers forwarded: accept, authorization"));
+    // The subject header may not be one the gateway already uses.
+    let p = problems(&with("").replace("subject_header: X-Auth-Subject", "subject_header: X-Request-Id"));
+    assert!(
+        p.contains("gateway.auth.jwt.subject_header: \"X-Request-Id\" is a header the gateway already uses"),
+        "{p}"
+    );
+
+    let c = Config::from_yaml(&with(
+        "      auth: [signed_url, jwt]\n      rate_limit: {per_client: 10/s, burst: 40, counts: upstream}\n      cors: {origins: [\"https://app.example.com\"]}\n",
+    ))
+    .unwrap();
+    let explained = c.explain();
+    for expected in [
+        "  auth: a signed URL or a bearer JWT admits, checked before the cache (a hit needs it too); Authorization is removed once verified; exp, kid and sig are checked, then removed (never forwarded, never keyed); the upstream gets the token's sub in x-auth-subject",
+        "  rate limit per client: 10/s, burst 40; counts only requests that reach the upstream",
+        "  cors: https://app.example.com; Access-Control-Allow-Origin and Vary: Origin are added to each response",
+    ] {
+        assert!(explained.contains(expected), "missing {expected:?} in:\n{explained}");
+    }
 }

@@ -8,7 +8,15 @@
 //! listener, which `Guarded` detects per listener) the deadline covers the 24-byte connection
 //! preface only: after it, frames are binary and the HTTP/2 settings (idle timeout, flow
 //! control, write timeout) govern the connection.
+//!
+//! On HTTP/1 the wrapper also measures each head's request target as it arrives
+//! (`request_line`): one longer than `max_uri_bytes` is answered 414 here, and Pingora never
+//! sees that head (it could not parse a target of 64 KiB or more). A request line split across
+//! reads is held back until it is complete, so Pingora never holds half of one. On listeners
+//! with `proxy_protocol`, a trusted peer's PROXY v2 header is read first (`proxy_protocol`).
 
+use super::proxy_protocol::ProxyProtocol;
+use super::request_line::{LogRefused, TargetScan, Verdict};
 use crate::shutdown;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -37,6 +45,12 @@ pub(crate) struct Guarded<A> {
     pub h2c: Vec<SocketAddr>,
     /// Count this service's connections, for graceful shutdown.
     pub count_connections: bool,
+    /// Longer request targets are answered 414 by the wrapper.
+    pub max_uri_bytes: usize,
+    /// Writes the access line of the wrapper's own 414s (`None`: not logged).
+    pub log_refused: Option<LogRefused>,
+    /// PROXY protocol v2 on the plain listeners (TLS ones read it before the handshake).
+    pub proxy_protocol: Option<Arc<ProxyProtocol>>,
 }
 
 /// What an HTTP/2 connection starts with (RFC 9113 3.4).
@@ -49,8 +63,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let stream: Stream = if stream.as_any().is::<HeaderDeadline>() {
             stream
         } else {
+            let stream = match &self.proxy_protocol {
+                Some(pp) => pp.accept_plain(stream).await?,
+                None => stream,
+            };
             let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
             let mut guarded = HeaderDeadline::new(stream, self.header_timeout, h2);
+            guarded.max_target = self.max_uri_bytes;
+            guarded.log = self.log_refused.clone();
             if !h2 && self.on_h2c_listener(&guarded) {
                 guarded.detect_h2c().await;
             }
@@ -113,7 +133,28 @@ pub(crate) struct HeaderDeadline {
     head_end: HeadEnd,
     /// Cleartext HTTP/2 detected on an `h2c` listener: reported to Pingora as ALPN `h2`.
     h2c: bool,
+    /// HTTP/1: the request target of the current head, and its limit.
+    scan: TargetScan,
+    max_target: usize,
+    /// Bytes read but not yet handed to Pingora: an incomplete request line.
+    held: Vec<u8>,
+    /// A 414 being answered by the wrapper.
+    refusal: Option<Refusal>,
+    log: Option<LogRefused>,
 }
+
+/// The wrapper's own 414: written, then the rest of the head read and dropped (so the close
+/// is not a reset that could destroy the answer), then end of stream for Pingora.
+#[derive(Debug)]
+struct Refusal {
+    answer: Vec<u8>,
+    written: usize,
+    drained: usize,
+    done: bool,
+}
+
+/// The most of a refused head that is read and dropped before the connection is closed.
+const MAX_DRAIN: usize = 1 << 20;
 
 impl HeaderDeadline {
     pub(crate) fn new(inner: Stream, timeout: Duration, h2: bool) -> HeaderDeadline {
@@ -128,6 +169,11 @@ impl HeaderDeadline {
             deadline: Box::pin(tokio::time::sleep(timeout)),
             head_end: HeadEnd::default(),
             h2c: false,
+            scan: TargetScan::default(),
+            max_target: usize::MAX,
+            held: Vec::new(),
+            refusal: None,
+            log: None,
         }
     }
 
@@ -186,14 +232,24 @@ impl AsyncRead for HeaderDeadline {
         if this.phase == Phase::H2 {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if this.phase.deadline_runs() && this.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(deadline_passed()));
+        if this.refusal.is_some() {
+            return this.poll_refusal(cx);
         }
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
+        if !this.held.is_empty() && this.scan.verdict() != Verdict::Incomplete {
+            this.hand_over_held(buf);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if this.phase.deadline_runs() && this.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(deadline_passed()));
+            }
+            let before = buf.filled().len();
+            let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if !matches!(result, Poll::Ready(Ok(()))) {
+                return result;
+            }
             let new = &buf.filled()[before..];
-            match this.phase {
+            let http1_head = match this.phase {
                 Phase::H2Preface { left } => {
                     let left = left.saturating_sub(new.len().min(24) as u8);
                     this.phase = if left == 0 {
@@ -201,20 +257,112 @@ impl AsyncRead for HeaderDeadline {
                     } else {
                         Phase::H2Preface { left }
                     };
+                    false
                 }
                 Phase::Response if !new.is_empty() => {
                     this.phase = Phase::Head;
                     this.head_end = HeadEnd::default();
+                    this.scan = TargetScan::default();
                     this.deadline.as_mut().reset(Instant::now() + this.timeout);
                     if this.head_end.feed(new) {
                         this.phase = Phase::Request;
                     }
+                    true
                 }
-                Phase::Head if this.head_end.feed(new) => this.phase = Phase::Request,
-                _ => {}
+                Phase::Head => {
+                    if this.head_end.feed(new) {
+                        this.phase = Phase::Request;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if !http1_head || this.scan.verdict() != Verdict::Incomplete {
+                return Poll::Ready(Ok(()));
+            }
+            match this.scan.feed(new, this.max_target) {
+                Verdict::Fine if this.held.is_empty() => return Poll::Ready(Ok(())),
+                Verdict::Fine => {
+                    this.held.extend_from_slice(new);
+                    buf.set_filled(before);
+                    this.hand_over_held(buf);
+                    return Poll::Ready(Ok(()));
+                }
+                Verdict::TooLong => {
+                    buf.set_filled(before);
+                    this.held = Vec::new();
+                    let client = this
+                        .inner
+                        .get_socket_digest()
+                        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()));
+                    let elapsed = this
+                        .timeout
+                        .saturating_sub(this.deadline.deadline().saturating_duration_since(Instant::now()));
+                    this.refusal = Some(Refusal {
+                        answer: this.scan.refuse(client, this.log.as_ref(), elapsed),
+                        written: 0,
+                        drained: 0,
+                        done: false,
+                    });
+                    return this.poll_refusal(cx);
+                }
+                // End of stream with a partial line: Pingora gets what there is.
+                Verdict::Incomplete if new.is_empty() => {
+                    this.hand_over_held(buf);
+                    return Poll::Ready(Ok(()));
+                }
+                // The line goes on in the next read: hold these bytes back and read again.
+                Verdict::Incomplete => {
+                    this.held.extend_from_slice(new);
+                    buf.set_filled(before);
+                }
             }
         }
-        result
+    }
+}
+
+impl HeaderDeadline {
+    /// Gives Pingora as many held bytes as its buffer takes.
+    fn hand_over_held(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = self.held.len().min(buf.remaining());
+        buf.put_slice(&self.held[..n]);
+        self.held.drain(..n);
+    }
+
+    /// Writes the 414, reads and drops the rest of the head (within the deadline, at most
+    /// `MAX_DRAIN`), then reports the end of the stream: Pingora, which saw nothing of this
+    /// head, closes the connection without a word.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(r) = self.refusal.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !r.done && r.written < r.answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &r.answer[r.written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => r.written += n,
+                Poll::Ready(_) => r.done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !r.done && Pin::new(&mut self.inner).poll_flush(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let mut scratch = [0u8; 8192];
+        while !r.done {
+            if self.deadline.as_mut().poll(cx).is_ready() {
+                break;
+            }
+            let mut rb = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    r.drained += rb.filled().len();
+                    r.done = self.head_end.feed(rb.filled()) || r.drained > MAX_DRAIN;
+                }
+                Poll::Ready(_) => r.done = true,
+            }
+        }
+        r.done = true;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -333,6 +481,11 @@ impl Peek for HeaderDeadline {
     /// Pingora waits here (with `h1_lazy_header_buf`) before it reads a request head: the
     /// deadline applies as it does to the read.
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What the wrapper has to hand over or answer comes before the socket's readiness.
+        let held_ready = !self.held.is_empty() && self.scan.verdict() != Verdict::Incomplete;
+        if held_ready || self.refusal.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         if self.phase.deadline_runs() && self.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(deadline_passed()));
         }

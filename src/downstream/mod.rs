@@ -1,10 +1,13 @@
 //! The client side: what a request head must be before anything else looks at it (limits,
-//! `Host`, the headers that never go further), the methods served, the keep-alive rule, and
+//! `Host`, the headers that never go further), the keep-alive rule, and
 //! (in `deadline`) a total deadline for receiving a request head, which Pingora lacks.
 
 mod deadline;
+pub(crate) mod proxy_protocol;
+mod request_line;
 
 pub(crate) use deadline::Guarded;
+pub(crate) use request_line::{LogRefused, RefusedHead};
 
 use crate::errors::{self, Reject};
 use http::HeaderName;
@@ -16,13 +19,6 @@ pub(crate) struct Limits {
     pub max_uri_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
-}
-
-/// The only methods an asset gateway serves (the proxy and the admin listener alike).
-pub(crate) const ALLOWED_METHODS: [http::Method; 2] = [http::Method::GET, http::Method::HEAD];
-
-pub(crate) fn is_allowed_method(m: &http::Method) -> bool {
-    ALLOWED_METHODS.contains(m)
 }
 
 impl Limits {

@@ -49,6 +49,13 @@ pub enum Behavior {
         etag: &'static str,
         max_age: u32,
     },
+    /// Accepts the request, sets `held`, waits for `release`, then answers 200 with a
+    /// generated body of `size` bytes: an origin slow to send its response head.
+    HoldHead {
+        size: u64,
+        release: Arc<Notify>,
+        held: Arc<AtomicBool>,
+    },
     /// Accepts the request and never answers.
     NeverAnswer,
     /// Sends the headers (Content-Length `total`) and `first` bytes, then stalls forever.
@@ -68,7 +75,18 @@ pub enum Behavior {
     Status { status: u16, body: &'static str },
     /// Writes `bytes` verbatim as the whole answer (a misbehaving origin), then does `after`.
     Raw { bytes: Bytes, after: After },
+    /// Answers whatever the function makes of the request, when its future is ready (so it
+    /// may wait first): a status line without `HTTP/1.1 ` (`"200 OK"`), header lines each
+    /// ending in CRLF, and a body (its `content-length` is added).
+    Scripted(Script),
 }
+
+/// See [`Behavior::Scripted`].
+pub type Script = Arc<
+    dyn Fn(&Seen) -> std::pin::Pin<Box<dyn std::future::Future<Output = (String, String, Vec<u8>)> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What a [`Behavior::Raw`] origin does once it has written its bytes.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +100,8 @@ pub enum After {
 /// One request head as the origin received it.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// Which accepted connection carried it (0, 1, ... in accept order).
+    pub conn: usize,
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
@@ -100,8 +120,10 @@ impl Seen {
 #[derive(Default)]
 pub struct OriginState {
     pub connections: AtomicUsize,
+    /// Connections accepted and not yet closed by the origin.
+    pub open_connections: AtomicUsize,
     pub requests: Mutex<Vec<Seen>>,
-    /// Response body bytes written to sockets (counted after each successful write).
+    /// Response body bytes written to sockets (counted as each `write` call returns).
     pub body_bytes_written: AtomicU64,
     assets: Mutex<HashMap<String, Behavior>>,
     /// Answer for `GET /healthz`.
@@ -172,7 +194,7 @@ impl Origin {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((sock, _)) = accepted else { continue };
-                        st.connections.fetch_add(1, Ordering::SeqCst);
+                        let conn = st.connections.fetch_add(1, Ordering::SeqCst);
                         let _ = sock.set_nodelay(true);
                         if st.reset_on_close.load(Ordering::SeqCst) {
                             // A zero linger does not block: the close is an immediate reset.
@@ -181,13 +203,16 @@ impl Origin {
                         }
                         let (st, stopped, mut killed) = (st.clone(), stopped.clone(), killed.clone());
                         let tls = tls.clone();
+                        st.open_connections.fetch_add(1, Ordering::SeqCst);
+                        let open = OpenConnection(st.clone());
                         tokio::spawn(async move {
+                            let _open = open;
                             let serve = async move {
                                 match tls {
-                                    None => serve_connection(sock, st, stopped).await,
+                                    None => serve_connection(sock, st, stopped, conn).await,
                                     Some(acceptor) => {
                                         if let Ok(s) = acceptor.accept(sock).await {
-                                            serve_connection(s, st, stopped).await;
+                                            serve_connection(s, st, stopped, conn).await;
                                         }
                                     }
                                 }
@@ -240,6 +265,18 @@ impl Origin {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections that carried at least one asset request (not a health check): what a
+    /// gateway opened to proxy, whatever else connected to this port.
+    pub fn asset_connections(&self) -> usize {
+        let conns: std::collections::HashSet<usize> = self.asset_requests().iter().map(|r| r.conn).collect();
+        conns.len()
+    }
+
+    /// Connections the origin has not closed yet.
+    pub fn open_connections(&self) -> usize {
+        self.state.open_connections.load(Ordering::SeqCst)
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.state.requests.lock().unwrap().clone()
     }
@@ -252,9 +289,12 @@ impl Origin {
             .collect()
     }
 
-    /// How many requests for the asset `id` arrived.
+    /// How many requests for the asset `id` arrived (whatever their query string).
     pub fn requests_for(&self, id: &str) -> usize {
-        self.requests().iter().filter(|r| r.target.ends_with(id)).count()
+        self.requests()
+            .iter()
+            .filter(|r| r.target.split('?').next().is_some_and(|p| p.ends_with(id)))
+            .count()
     }
 
     /// Closes every idle keep-alive connection (with a reset when `reset_on_close` is set).
@@ -267,14 +307,28 @@ impl Origin {
     }
 }
 
+/// Counts one connection in `open_connections` until the task serving it ends (and with it
+/// the socket, closed).
+struct OpenConnection(Arc<OriginState>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Origin {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
-async fn serve_connection<S>(mut sock: S, st: Arc<OriginState>, mut stopped: watch::Receiver<bool>)
-where
+async fn serve_connection<S>(
+    mut sock: S,
+    st: Arc<OriginState>,
+    mut stopped: watch::Receiver<bool>,
+    conn: usize,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::with_capacity(8192);
@@ -285,7 +339,8 @@ where
             _ = stopped.wait_for(|s| *s) => return,
             _ = st.close_idle.notified(), if buf.is_empty() => return,
         };
-        let Some(seen) = head else { return };
+        let Some(mut seen) = head else { return };
+        seen.conn = conn;
         if served > 0 && st.drop_reused_requests.load(Ordering::SeqCst) {
             return;
         }
@@ -312,6 +367,7 @@ async fn read_head<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut Vec<u8>) -> Opt
                 .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
                 .collect();
             return Some(Seen {
+                conn: 0,
                 method,
                 target,
                 headers,
@@ -422,6 +478,16 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
             }
             head_only || write_pattern(sock, st, 0..size).await
         }
+        Behavior::HoldHead { size, release, held } => {
+            held.store(true, Ordering::SeqCst);
+            release.notified().await;
+            held.store(false, Ordering::SeqCst);
+            let h = format!("HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {size}\r\n\r\n");
+            if !write_head(sock, st, h.as_bytes()).await {
+                return false;
+            }
+            head_only || write_pattern(sock, st, 0..size).await
+        }
         Behavior::NeverAnswer => {
             std::future::pending::<()>().await;
             false
@@ -479,6 +545,14 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
                     false
                 }
             }
+        }
+        Behavior::Scripted(script) => {
+            let (status, headers, body) = script(req).await;
+            let h = format!(
+                "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\r\n",
+                body.len()
+            );
+            write_head(sock, st, h.as_bytes()).await && (head_only || write_all(sock, st, &body, true).await)
         }
         Behavior::Status { status, body } => {
             let h = format!(
@@ -557,15 +631,25 @@ async fn write_all<S: AsyncWrite + Unpin>(
     data: &[u8],
     is_body: bool,
 ) -> bool {
-    if sock.write_all(data).await.is_err() {
-        st.aborted_writes.fetch_add(1, Ordering::SeqCst);
-        return false;
+    // One `write` at a time, each counted as it returns: a write blocked on a full socket
+    // has its first part in the kernel already, and the slow-client tests subtract what the
+    // kernel holds from this count.
+    let mut at = 0;
+    while at < data.len() {
+        match sock.write(&data[at..]).await {
+            Ok(n) if n > 0 => {
+                at += n;
+                if is_body {
+                    st.body_bytes_written.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            }
+            _ => {
+                st.aborted_writes.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+        }
     }
-    if is_body {
-        st.body_bytes_written
-            .fetch_add(data.len() as u64, Ordering::SeqCst);
-    }
-    true
+    sock.flush().await.is_ok()
 }
 
 async fn write_pattern<S: AsyncWrite + Unpin>(

@@ -1,0 +1,69 @@
+//! `gateway.cache`: the memory tier's bound, the object size limit, the freshness and lock
+//! times, and the optional disk tier (its directory created and probed, also by `-t`).
+
+use super::file::{CacheFile, DiskFile};
+use super::runtime::{CacheSettings, DiskSettings};
+
+/// The smallest memory tier (and disk tier): room for at least a few objects.
+const MIN_CACHE_MEMORY: u64 = 1 << 20;
+
+/// The memory tier needs room for at least a few objects; the disk directory must exist or be
+/// creatable, and be writable (checked with a probe file, also by `-t`).
+pub(super) fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings> {
+    let before = p.len();
+    let disk = c.disk.as_ref().and_then(|d| disk(d, p));
+    if c.memory.0 < MIN_CACHE_MEMORY {
+        p.push(format!(
+            "gateway.cache.memory: {} bytes is below the minimum of 1MiB",
+            c.memory.0
+        ));
+    }
+    if c.max_object_size.0 == 0 {
+        p.push("gateway.cache.max_object_size: must be at least 1 byte".to_string());
+    }
+    let usize_of = |key: &str, n: u64, p: &mut Vec<String>| {
+        usize::try_from(n).unwrap_or_else(|_| {
+            p.push(format!(
+                "gateway.cache.{key}: {n} bytes does not fit this machine"
+            ));
+            0
+        })
+    };
+    let memory = usize_of("memory", c.memory.0, p);
+    let max_object_size = usize_of("max_object_size", c.max_object_size.0, p);
+    (p.len() == before).then_some(CacheSettings {
+        memory,
+        max_object_size,
+        default_ttl: c.default_ttl.0,
+        lock_timeout: c.lock_timeout.0,
+        negative_ttl: c.negative_ttl.0,
+        uncacheable_ttl: c.uncacheable_ttl.0,
+        disk,
+    })
+}
+
+fn disk(d: &DiskFile, p: &mut Vec<String>) -> Option<DiskSettings> {
+    let before = p.len();
+    if d.size.0 < MIN_CACHE_MEMORY {
+        p.push(format!(
+            "gateway.cache.disk.size: {} bytes is below the minimum of 1MiB",
+            d.size.0
+        ));
+    }
+    if d.path.is_empty() {
+        p.push("gateway.cache.disk.path: must not be empty".to_string());
+        return None;
+    }
+    let path = std::path::PathBuf::from(&d.path);
+    let probe = path.join(format!(".asset-gateway-probe-{}", std::process::id()));
+    let checked = std::fs::create_dir_all(&path)
+        .map_err(|e| format!("cannot create the directory: {e}"))
+        .and_then(|()| {
+            std::fs::write(&probe, b"probe").map_err(|e| format!("not writable: {e}"))?;
+            std::fs::remove_file(&probe).map_err(|e| format!("cannot delete a probe file: {e}"))
+        });
+    if let Err(e) = checked {
+        p.push(format!("gateway.cache.disk.path: {}: {e}", d.path));
+    }
+    (p.len() == before).then_some(DiskSettings { path, size: d.size.0 })
+}
