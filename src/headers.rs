@@ -13,14 +13,23 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
+// The names the gateway sets, as `HeaderName`s: inserted without being parsed (and, for these
+// non-standard names, copied) again on every request (patched Pingora, pingora-http).
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
+pub(crate) const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// Adds what every response to a client carries. Inserting these valid values cannot fail,
 /// and a relayed response must never fail here (that would cost its pooled connection).
 pub(crate) fn stamp(resp: &mut ResponseHeader, request_id: &RequestId) {
-    let _ = resp.insert_header("x-content-type-options", NOSNIFF);
-    let _ = resp.insert_header("x-request-id", request_id.header());
+    let _ = resp.insert_header(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+    let _ = resp.insert_header(X_REQUEST_ID, request_id.header());
 }
 
 /// The header of an answer the gateway makes itself (an error, an admin page).
@@ -34,9 +43,9 @@ pub(crate) fn own_answer(
     h.insert_header(CONTENT_TYPE, content_type)?;
     h.insert_header(CONTENT_LENGTH, body_len)?;
     h.insert_header(CACHE_CONTROL, NO_STORE)?;
-    let _ = h.insert_header("x-content-type-options", NOSNIFF);
+    let _ = h.insert_header(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     if let Some(id) = request_id {
-        h.insert_header("x-request-id", id.header())?;
+        h.insert_header(X_REQUEST_ID, id.header())?;
     }
     if status == 405 {
         h.insert_header(ALLOW, ALLOWED_METHODS.join(", "))?;
@@ -70,7 +79,7 @@ pub(crate) fn forwarded_for(req: &RequestHeader, client: IpAddr) -> String {
     let mut xff = String::new();
     for v in req
         .headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {

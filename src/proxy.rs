@@ -46,7 +46,7 @@ impl ProxyHttp for Gateway {
             // is answered (the stream is gone) and nothing goes upstream.
             return Ok(true);
         }
-        ctx.request_id = RequestId::from_client(session.get_header("x-request-id"));
+        ctx.request_id = RequestId::from_client(session.get_header(headers::X_REQUEST_ID));
         // Pingora sets no write timeout towards clients: a client that stops reading (or never
         // opens its HTTP/2 window) would hold its request, and its upstream, forever.
         session.set_write_timeout(Some(self.write_timeout));
@@ -267,7 +267,7 @@ impl ProxyHttp for Gateway {
             route.keying.upstream_request(req);
         }
         if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), &ctx.attempts.current) {
-            req.insert_header("host", peer.host.clone())?;
+            req.insert_header(http::header::HOST, peer.host.clone())?;
             for (name, value) in &upstream.headers {
                 req.insert_header(name, value.clone())?;
             }
@@ -279,11 +279,11 @@ impl ProxyHttp for Gateway {
                 Some(_) => self.access.forwarded_chain(ip, session.req_header()),
                 None => headers::forwarded_for(req, ip),
             };
-            req.insert_header("x-forwarded-for", xff)?;
+            req.insert_header(headers::X_FORWARDED_FOR, xff)?;
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        req.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP })?;
-        req.insert_header("x-request-id", ctx.request_id.header())?;
+        req.insert_header(headers::X_FORWARDED_PROTO, if tls { HTTPS } else { HTTP })?;
+        req.insert_header(headers::X_REQUEST_ID, ctx.request_id.header())?;
         // Hop-by-hop request headers are removed by Pingora's default upstream request
         // policy before this hook runs (those the client named in `Connection` already went
         // in `request_filter`).
@@ -341,7 +341,7 @@ impl ProxyHttp for Gateway {
         // the header is stored with the object).
         if let Some(outcome) = Cache::outcome(&session.cache, &ctx.cache) {
             let value = outcome.header(ctx.cache.ttl, ctx.cache.vary_miss);
-            let _ = resp.insert_header("cache-status", value);
+            let _ = resp.insert_header(headers::CACHE_STATUS, value);
         }
         if let (true, Some(upstream)) = (self.server_timing, ctx.timing.upstream_ttfb) {
             let gateway = ctx.timing.start.elapsed().saturating_sub(upstream);
@@ -350,7 +350,7 @@ impl ProxyHttp for Gateway {
             fmt::push_ms(&mut value, upstream);
             value.push_str(", gateway;desc=\"gateway\";dur=");
             fmt::push_ms(&mut value, gateway);
-            let _ = resp.insert_header("server-timing", value);
+            let _ = resp.insert_header(headers::SERVER_TIMING, value);
         }
         Ok(())
     }
