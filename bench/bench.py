@@ -35,16 +35,20 @@ from procs import status_bytes, wait_port
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = "--quick" in sys.argv
 PROXY_CORE, LOAD_CORE = "0", "1"
-ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX, MINIMAL = 18001, 18002, 18080, 18081, 18082
-NGINX_UNBUFFERED, MINIMAL_PRISTINE = 18083, 18084
-GATEWAY_H2, NGINX_H2 = 18443, 18444
-GATEWAY_CACHE, NGINX_CACHE = 18085, 18086
+# BENCH_PORT_OFFSET moves every port (two benchmarks on one machine must not share them).
+_P = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
+ORIGIN_FAST, ORIGIN_SLOW, GATEWAY, NGINX, MINIMAL = 18001 + _P, 18002 + _P, 18080 + _P, 18081 + _P, 18082 + _P
+NGINX_UNBUFFERED, MINIMAL_PRISTINE = 18083 + _P, 18084 + _P
+GATEWAY_H2, NGINX_H2 = 18443 + _P, 18444 + _P
+GATEWAY_CACHE, NGINX_CACHE = 18085 + _P, 18086 + _P
 # Cold 5 MiB assets for the herd phase, one per repetition and target.
 HERD = [f"00000000-0000-4000-8000-0000000002{i:02d}" for i in range(8)]
 HERD_CLIENTS = 50
 SMALL, IMAGE, LARGE = ("00000000-0000-4000-8000-000000000008", "00000000-0000-4000-8000-000000000005",
                        "00000000-0000-4000-8000-000000000100")
-SIZES = {SMALL: 8 * 1024, IMAGE: 5 * 1024 * 1024, LARGE: 100 * 1024 * 1024}
+# A typical photo: 200 KiB (0xc8 = 200).
+PHOTO = "00000000-0000-4000-8000-0000000000c8"
+SIZES = {SMALL: 8 * 1024, PHOTO: 200 * 1024, IMAGE: 5 * 1024 * 1024, LARGE: 100 * 1024 * 1024}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TMP = Path(tempfile.mkdtemp(prefix="asset-gateway-bench-"))
 
@@ -167,13 +171,16 @@ UPSTREAMS_AND_ROUTES = """  upstreams:
       rewrite: /v1/assets/{{id}}
 """
 
+# The caching gateway: small objects in memory, the 100 MiB asset (larger than `memory`) on the
+# disk tier only.
 GATEWAY_CACHE_CONF = """threads: 1
 pid_file: {tmp}/gateway-cache.pid
 upgrade_sock: {tmp}/gateway-cache-upgrade.sock
 gateway:
   listen: ["127.0.0.1:{port}"]
   cache:
-    memory: 512MiB
+    memory: 64MiB
+    disk: {{path: "{tmp}/gateway-disk-cache", size: 2GiB}}
 """ + UPSTREAMS_AND_ROUTES
 
 GATEWAY_CONF = """threads: 1
@@ -279,13 +286,16 @@ def parse_latency(text, pct):
     return v / 1000 if unit == "us" else v if unit == "ms" else v * 1000
 
 
-def measure_small(targets, reps, seconds):
+def measure_small(targets, reps, seconds, asset=SMALL):
+    """`asset` with 32 kept-alive connections (wrk): requests/s, latency, proxy CPU per request,
+    and how busy the proxy's core was (its CPU time over the wall time: near 100% means the
+    load saturated the proxy, which the CPU per request figures assume)."""
     res = {t.name: [] for t in targets}
     for _ in range(reps):
         for t in targets:
             before_log = len(origin_log_lines())
             cpu0 = t.cpu()
-            out = sh(pinned(LOAD_CORE, ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", t.url(SMALL)]))
+            out = sh(pinned(LOAD_CORE, ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", t.url(asset)]))
             cpu = t.cpu() - cpu0
             reqs = int(re.search(r"(\d+) requests in", out).group(1))
             errors = 0
@@ -298,12 +308,13 @@ def measure_small(targets, reps, seconds):
             res[t.name].append({
                 "rps": reqs / seconds, "p50_ms": parse_latency(out, 50), "p99_ms": parse_latency(out, 99),
                 "cpu_us_per_req": cpu / reqs * 1e6 if t.name != "direct" else None,
+                "busy": cpu / seconds if t.name != "direct" else None,
                 "requests": reqs, "errors": errors, "upstream_connections": conns, "client_connections": 32,
             })
     summary = {}
     for name, runs in res.items():
         med = lambda k: statistics.median([r[k] for r in runs]) if runs[0][k] is not None else None
-        summary[name] = {k: med(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
+        summary[name] = {k: med(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "busy")}
         summary[name]["errors"] = sum(r["errors"] for r in runs)
         summary[name]["requests"] = sum(r["requests"] for r in runs)
         summary[name]["upstream_connections"] = max(r["upstream_connections"] for r in runs)
@@ -353,7 +364,8 @@ def measure_cache_hits(targets, reps, seconds):
     load = measure_small(targets, reps, seconds)
     origin = sum(1 for l in origin_log_lines()[before:] if SMALL in l)
     return {t.name: {"hit_ttfb_ms": statistics.median(ttfb[t.name]), "rps": load[t.name]["rps"],
-                     "cpu_us_per_req": load[t.name]["cpu_us_per_req"], "errors": load[t.name]["errors"],
+                     "cpu_us_per_req": load[t.name]["cpu_us_per_req"], "busy": load[t.name]["busy"],
+                     "errors": load[t.name]["errors"],
                      "origin_requests_during_load": origin if t.name != "direct" else None}
             for t in targets}
 
@@ -388,6 +400,21 @@ def measure_herd(targets, reps):
                    "ttfb_max_ms": statistics.median(r["ttfb_max_ms"] for r in runs),
                    "total_max_ms": statistics.median(r["total_max_ms"] for r in runs), "runs": runs}
             for name, runs in res.items()}
+
+
+def measure_cached(targets, reps, seconds):
+    """From the cache, each target filled first: the 200 KiB photo with 32 connections (as
+    `measure_small`), then the 100 MiB asset one download at a time (as `measure_large`; the
+    gateway serves it from its disk tier: it does not fit its `memory`)."""
+    for t in targets:
+        for asset in (PHOTO, LARGE):
+            curl(t.url(asset))
+    time.sleep(2)  # fills commit after their response (the 100 MiB file is renamed into place)
+    before = len(origin_log_lines())
+    photo = measure_small(targets, reps, seconds, asset=PHOTO)
+    large = measure_large(targets, reps)
+    origin = [l for l in origin_log_lines()[before:] if PHOTO in l or LARGE in l]
+    return {"photo": photo, "large": large, "origin_requests_during_load": len(origin)}
 
 
 def measure_large(targets, reps):
@@ -558,6 +585,8 @@ def main():
                    "gateway_access_log": "on (text, through a pipe)"}
         results["ttfb_5mib_rate_limited"] = measure_ttfb(targets, 5 if QUICK else 15)
         results["small_8kib_32_conns"] = measure_small(targets + floors, 1 if QUICK else 3, 4 if QUICK else 6)
+        results["photo_200kib_32_conns"] = measure_small(targets + floors, 1 if QUICK else 3, 4 if QUICK else 6,
+                                                         asset=PHOTO)
         h2_targets = [targets[1], targets[2]]
         targets[1].h2_port, targets[2].h2_port = GATEWAY_H2, NGINX_H2
         results["h2_tls_8kib"] = measure_h2(h2_targets, 1 if QUICK else 3, 4 if QUICK else 6)
@@ -565,6 +594,7 @@ def main():
                   Target("nginx-cache", NGINX_CACHE, lambda: nginx_pids(nginx_cache))]
         results["cache_hits_8kib"] = measure_cache_hits(cached, 1 if QUICK else 3, 4 if QUICK else 6)
         results["cache_herd_5mib"] = measure_herd(cached[1:], 1 if QUICK else 3)
+        results["cache_photo_and_disk"] = measure_cached(cached[1:], 1 if QUICK else 3, 4 if QUICK else 6)
         results["large_100mib"] = measure_large(targets + floors, 2 if QUICK else 5)
         results["slow_clients_64"] = {t.name: measure_slow_clients(fresh(t), 64, 8) for t in targets[1:] + floors}
         results["idle_clients_2000"] = {t.name: measure_idle_clients(fresh(t), 2000) for t in targets[1:] + floors}
@@ -591,6 +621,13 @@ def table(r):
                        r["idle_clients_2000"])
     h = r["h2_tls_8kib"]
     ch, hd = r["cache_hits_8kib"], r["cache_herd_5mib"]
+    ph, cp, cl = r["photo_200kib_32_conns"], r["cache_photo_and_disk"]["photo"], r["cache_photo_and_disk"]["large"]
+    gc, nc = "gateway-cache", "nginx-cache"
+
+    def busy(figures, name):
+        """Requests/s with how busy the proxy's core was (the load must saturate it)."""
+        b = figures[name].get("busy")
+        return f"{figures[name]['rps']:.0f}" + (f" ({b:.0%} busy)" if b is not None else "")
     g, n, u, d, m, p = "gateway", "nginx", "nginx-unbuffered", "direct", "pingora-minimal", "pingora-minimal-pristine"
 
     def best(figures, key, higher=True):
@@ -605,6 +642,8 @@ def table(r):
     kept_n, _ = best(t, "kept_alive_ttfb_ms", higher=False)
     rps_n, _ = best(s, "rps")
     cpu_n, _ = best(s, "cpu_us_per_req", higher=False)
+    prps_n, _ = best(ph, "rps")
+    pcpu_n, _ = best(ph, "cpu_us_per_req", higher=False)
     mbps_n, _ = best(l, "mb_per_s")
     lcpu_n, _ = best(l, "cpu_ms_per_100mib", higher=False)
     rows = [
@@ -618,14 +657,20 @@ def table(r):
          f"(nginx {kept_n - t[d]['kept_alive_ttfb_ms']:+.2f})", ""),
         ("5 MiB, rate-limited origin: total (ms)", f"{t[g]['total_ms']:.1f}", nginx_cell(t, "total_ms", "{:.1f}"),
          f"{t[d]['total_ms']:.1f}", f"{t[g]['total_ms'] / t[d]['total_ms']:.3f} x direct", ""),
-        ("8 KiB, 32 conns: requests/s", f"{s[g]['rps']:.0f}", nginx_cell(s, "rps", "{:.0f}"), f"{s[d]['rps']:.0f}",
-         f"{s[g]['rps'] / rps_n:.2f} x nginx", "", f"{s[m]['rps']:.0f}", f"{s[p]['rps']:.0f}"),
+        ("8 KiB, 32 conns: requests/s", busy(s, g), f"{busy(s, n)} / {busy(s, u)}", f"{s[d]['rps']:.0f}",
+         f"{s[g]['rps'] / rps_n:.2f} x nginx", "", busy(s, m), busy(s, p)),
         ("8 KiB: p50 / p99 latency (ms)", f"{s[g]['p50_ms']:.2f} / {s[g]['p99_ms']:.2f}",
          f"{s[n]['p50_ms']:.2f} / {s[n]['p99_ms']:.2f}", f"{s[d]['p50_ms']:.2f} / {s[d]['p99_ms']:.2f}", "", ""),
         ("8 KiB: proxy CPU per request (us)", f"{s[g]['cpu_us_per_req']:.1f}", nginx_cell(s, "cpu_us_per_req", "{:.1f}"),
          "-", f"{s[g]['cpu_us_per_req'] / cpu_n:.2f} x nginx", "<= 1.6 x",
          f"{s[m]['cpu_us_per_req']:.1f} ({s[m]['cpu_us_per_req'] / cpu_n:.2f} x)",
          f"{s[p]['cpu_us_per_req']:.1f} ({s[p]['cpu_us_per_req'] / cpu_n:.2f} x)"),
+        ("200 KiB photo, 32 conns: requests/s", busy(ph, g), f"{busy(ph, n)} / {busy(ph, u)}",
+         f"{ph[d]['rps']:.0f}", f"{ph[g]['rps'] / prps_n:.2f} x nginx", ">= 1.0 x", busy(ph, m), busy(ph, p)),
+        ("200 KiB photo: proxy CPU per request (us)", f"{ph[g]['cpu_us_per_req']:.1f}",
+         nginx_cell(ph, "cpu_us_per_req", "{:.1f}"), "-", f"{ph[g]['cpu_us_per_req'] / pcpu_n:.2f} x nginx", "<= 1.2 x",
+         f"{ph[m]['cpu_us_per_req']:.1f} ({ph[m]['cpu_us_per_req'] / pcpu_n:.2f} x)",
+         f"{ph[p]['cpu_us_per_req']:.1f} ({ph[p]['cpu_us_per_req'] / pcpu_n:.2f} x)"),
         ("8 KiB, TLS h2, 8 conns x 16 streams: requests/s", f"{h[g]['rps']:.0f}", f"{h[n]['rps']:.0f} / -", "-",
          f"{h[g]['rps'] / h[n]['rps']:.2f} x nginx", ""),
         ("8 KiB, TLS h2: proxy CPU per request (us)", f"{h[g]['cpu_us_per_req']:.1f}",
@@ -633,12 +678,23 @@ def table(r):
         ("8 KiB cache hit, new connection: TTFB (ms)", f"{ch['gateway-cache']['hit_ttfb_ms']:.2f}",
          f"{ch['nginx-cache']['hit_ttfb_ms']:.2f} (proxy_cache)", f"{ch['direct']['hit_ttfb_ms']:.2f}",
          f"{ch['gateway-cache']['hit_ttfb_ms'] - ch['nginx-cache']['hit_ttfb_ms']:+.2f} ms vs nginx", ""),
-        ("8 KiB cache hit, 32 conns: requests/s", f"{ch['gateway-cache']['rps']:.0f}",
-         f"{ch['nginx-cache']['rps']:.0f} (proxy_cache)", f"{ch['direct']['rps']:.0f}",
+        ("8 KiB cache hit, 32 conns: requests/s", busy(ch, gc),
+         f"{busy(ch, nc)} (proxy_cache)", f"{ch['direct']['rps']:.0f}",
          f"{ch['gateway-cache']['rps'] / ch['nginx-cache']['rps']:.2f} x nginx", ""),
         ("8 KiB cache hit: proxy CPU per request (us)", f"{ch['gateway-cache']['cpu_us_per_req']:.1f}",
          f"{ch['nginx-cache']['cpu_us_per_req']:.1f} (proxy_cache)", "-",
          f"{ch['gateway-cache']['cpu_us_per_req'] / ch['nginx-cache']['cpu_us_per_req']:.2f} x nginx", ""),
+        ("200 KiB photo cache hit, 32 conns: requests/s", busy(cp, gc), f"{busy(cp, nc)} (proxy_cache)", "",
+         f"{cp[gc]['rps'] / cp[nc]['rps']:.2f} x nginx", ">= 1.2 x"),
+        ("200 KiB photo cache hit: proxy CPU per request (us)", f"{cp[gc]['cpu_us_per_req']:.1f}",
+         f"{cp[nc]['cpu_us_per_req']:.1f} (proxy_cache)", "-",
+         f"{cp[gc]['cpu_us_per_req'] / cp[nc]['cpu_us_per_req']:.2f} x nginx", ""),
+        ("100 MiB hit from the disk tier: throughput (MB/s)", f"{cl[gc]['mb_per_s']:.0f}",
+         f"{cl[nc]['mb_per_s']:.0f} (proxy_cache)", "", f"{cl[gc]['mb_per_s'] / cl[nc]['mb_per_s']:.2f} x nginx",
+         ">= 0.8 x"),
+        ("100 MiB hit from the disk tier: proxy CPU (ms per 100 MiB)", f"{cl[gc]['cpu_ms_per_100mib']:.0f}",
+         f"{cl[nc]['cpu_ms_per_100mib']:.0f} (proxy_cache)", "-",
+         f"{cl[gc]['cpu_ms_per_100mib'] / cl[nc]['cpu_ms_per_100mib']:.2f} x nginx", ""),
         (f"herd: {HERD_CLIENTS} clients on a cold 5 MiB asset: origin requests",
          str(hd['gateway-cache']['origin_requests']), f"{hd['nginx-cache']['origin_requests']} (proxy_cache_lock)",
          f"{HERD_CLIENTS}", "", "1"),
@@ -672,11 +728,11 @@ def table(r):
         ("upstream connections opened / client connections (8 KiB)", f"{s[g]['upstream_connections']} / 32",
          f"{s[n]['upstream_connections']} / {s[u]['upstream_connections']}", f"{s[d]['upstream_connections']} / 32", "",
          "<= 32", f"{s[m]['upstream_connections']} / 32", f"{s[p]['upstream_connections']} / 32"),
-        ("errors (all phases)", str(t[g]["errors"] + s[g]["errors"] + l[g]["errors"] + h[g]["errors"] + ch["gateway-cache"]["errors"]
-             + hd["gateway-cache"]["errors"]),
-         str(sum(x[k]["errors"] for x in (t, s, l) for k in (n, u)) + h[n]["errors"] + ch["nginx-cache"]["errors"]
-             + hd["nginx-cache"]["errors"]),
-         str(t[d]["errors"] + s[d]["errors"] + l[d]["errors"]), "", "0"),
+        ("errors (all phases)", str(t[g]["errors"] + s[g]["errors"] + ph[g]["errors"] + l[g]["errors"] + h[g]["errors"]
+             + ch[gc]["errors"] + hd[gc]["errors"] + cp[gc]["errors"] + cl[gc]["errors"]),
+         str(sum(x[k]["errors"] for x in (t, s, ph, l) for k in (n, u)) + h[n]["errors"] + ch[nc]["errors"]
+             + hd[nc]["errors"] + cp[nc]["errors"] + cl[nc]["errors"]),
+         str(t[d]["errors"] + s[d]["errors"] + ph[d]["errors"] + l[d]["errors"]), "", "0"),
     ]
     head = ("| figure | gateway | nginx (buffered / unbuffered) | direct | ratio (against the better nginx) | target "
             "| minimal Pingora, patched | minimal Pingora, pristine |\n"

@@ -31,6 +31,7 @@ impl ProxyHttp for Minimal {
         {
             peer.options.h1_body_read_size = Some(16 * 1024);
             peer.options.h1_discard_header_case = true;
+            peer.options.h1_owned_body_reads = true;
         }
         Ok(Box::new(peer))
     }

@@ -27,6 +27,10 @@ pub(crate) const BODY_NOT_ALLOWED: Reject = Reject::new(400, "GET and HEAD reque
 pub(crate) const URI_TOO_LONG: Reject = Reject::new(414, "the request target is too long");
 pub(crate) const HEADERS_TOO_LARGE: Reject = Reject::new(431, "the request headers are too large");
 pub(crate) const TOO_MANY_HEADERS: Reject = Reject::new(431, "the request has too many header fields");
+pub(crate) const FORWARDED_TOO_LARGE: Reject = Reject::new(
+    431,
+    "the request headers this route passes to the origin are too large",
+);
 pub(crate) const NO_HEALTHY_PEER: Reject = Reject::new(502, "no healthy upstream peer");
 pub(crate) const MISSING_HOST: Reject = Reject::new(400, "an HTTP/1.1 request needs a Host header");
 pub(crate) const BAD_HOST: Reject = Reject::new(400, "the Host header is not a valid host[:port]");

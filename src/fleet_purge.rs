@@ -4,30 +4,49 @@
 //! A name is resolved to every address it has (in Kubernetes: the cache tier's headless
 //! Service, one address per ready pod), and each address gets `DELETE /cache<client path>` on
 //! its admin listener, at the same time, with `Authorization: Bearer $ADMIN_TOKEN` when that
-//! variable is set. Each replica's answer is printed (`10.0.3.7:9090: 200 {"purged":true}`);
-//! the exit status is 0 only if every replica answered 2xx, 1 if any failed (or a name did not
-//! resolve), 2 for a usage error. A plain blocking HTTP/1.1 client: no runtime is needed for a
-//! handful of requests.
+//! variable is set. Each replica's answer is printed (`10.0.3.7:9090: 200 {"purged":true}`,
+//! bytes that are not printable ASCII escaped: the answer is the replica's, not ours to let
+//! drive a terminal); a replica succeeded only with a 200 whose body is a JSON object with
+//! `purged` (what the admin listener answers; a proxy's or another server's 2xx is not a
+//! purge). Each replica has one deadline for connect, request and answer (`--timeout`, 30 s):
+//! a server dripping a byte at a time cannot hold the command. The token goes in clear text
+//! (plain HTTP, like the admin listener), so sending it to an address other than loopback is
+//! warned about on stderr. The exit status is 0 only if every replica purged, 1 if any failed
+//! (or a name did not resolve), 2 for a usage error. A plain blocking HTTP/1.1 client: no
+//! runtime is needed for a handful of requests.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: asset-gateway purge --admin <name:port | addr:port,addr:port,...> <client path>
+const USAGE: &str = "usage: asset-gateway purge [--timeout <seconds>] --admin <name:port | addr:port,addr:port,...> <client path>
   purges the asset at <client path> (e.g. /content/v1/assets/<id>), or every asset of a route
   (the route's path with * for {id}, e.g. '/content/v1/assets/*'), on every admin listener:
   every address of the name (a headless Service), or each address listed.
-  ADMIN_TOKEN, when set, is sent as Authorization: Bearer <token>.";
+  ADMIN_TOKEN, when set, is sent as Authorization: Bearer <token> (in clear text: plain HTTP).
+  --timeout: the most one replica may take, connect to answer (default 30).";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Per read and write; a purge answers at once (a disk tier deletes files on the admin thread).
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most one replica may take by default (connect, request and answer together); a purge
+/// answers at once (a disk tier deletes files on the admin thread).
+const DEADLINE: Duration = Duration::from_secs(30);
 /// The most of an answer read (an admin answer is a line of JSON).
 const MAX_ANSWER: u64 = 64 * 1024;
 
+/// What the command line asks.
+struct Args {
+    admins: Vec<String>,
+    path: String,
+    deadline: Duration,
+}
+
 /// Runs the subcommand on the arguments after `purge`; returns the exit status.
 pub fn run(args: &[String]) -> i32 {
-    let (admins, path) = match parse(args) {
+    let Args {
+        admins,
+        path,
+        deadline,
+    } = match parse(args) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("asset-gateway purge: {e}\n{USAGE}");
@@ -44,14 +63,28 @@ pub fn run(args: &[String]) -> i32 {
     };
     let (targets, unresolved) = resolve(&admins);
     for (entry, e) in &unresolved {
-        println!("{entry}: failed: cannot resolve: {e}");
+        println!("{entry}: failed: cannot resolve: {}", printable(e.as_bytes()));
+    }
+    if token.is_some() {
+        let exposed: Vec<String> = targets
+            .iter()
+            .filter(|a| !a.ip().to_canonical().is_loopback())
+            .map(SocketAddr::to_string)
+            .collect();
+        if !exposed.is_empty() {
+            eprintln!(
+                "asset-gateway purge: warning: ADMIN_TOKEN goes in clear text (plain HTTP) to {}: anyone on the path can read it; keep admin traffic on a trusted network",
+                exposed.join(", ")
+            );
+        }
     }
     let answers: Vec<(SocketAddr, Answer)> = std::thread::scope(|s| {
         let running: Vec<_> = targets
             .iter()
             .map(|addr| {
                 let (path, token) = (&path, token.as_deref());
-                (*addr, s.spawn(move || purge_one(*addr, path, token)))
+                let until = Instant::now() + deadline;
+                (*addr, s.spawn(move || purge_one(*addr, path, token, until)))
             })
             .collect();
         running
@@ -66,28 +99,76 @@ pub fn run(args: &[String]) -> i32 {
     for (addr, answer) in answers {
         match answer {
             Ok((status, body)) => {
-                failed |= !(200..300).contains(&status);
-                println!("{addr}: {status} {body}");
+                let purged = status == 200 && is_purge_answer(&body);
+                failed |= !purged;
+                let text = match printable(&body) {
+                    t if t.is_empty() => "(empty body)".to_string(),
+                    t => t,
+                };
+                match purged {
+                    true => println!("{addr}: {status} {text}"),
+                    false => {
+                        println!("{addr}: {status} {text} (failed: not an admin listener's purge answer)")
+                    }
+                }
             }
             Err(e) => {
                 failed = true;
-                println!("{addr}: failed: {e}");
+                println!("{addr}: failed: {}", printable(e.as_bytes()));
             }
         }
     }
     i32::from(failed)
 }
 
-/// `--admin <list>` (repeatable, also `--admin=<list>`) and one path.
-fn parse(args: &[String]) -> Result<(Vec<String>, String), String> {
+/// What the admin listener answers to a purge: a JSON object with `purged` (true or false).
+fn is_purge_answer(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("purged").is_some_and(serde_json::Value::is_boolean))
+}
+
+/// `bytes` as text with everything but printable ASCII escaped (`\x1b`, `\u{e9}` for UTF-8
+/// text outside ASCII, `\xff` for bytes that are not UTF-8), trimmed.
+fn printable(bytes: &[u8]) -> String {
+    let bytes = bytes.trim_ascii();
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                ' '..='~' => out.push(c),
+                c if c.is_ascii() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.extend(c.escape_unicode()),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// `--admin <list>` (repeatable, also `--admin=<list>`), `--timeout <seconds>` and one path.
+fn parse(args: &[String]) -> Result<Args, String> {
     let mut admins = Vec::new();
     let mut path = None;
+    let mut deadline = DEADLINE;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--admin" {
             admins.push(it.next().ok_or("--admin needs a value")?.clone());
         } else if let Some(v) = a.strip_prefix("--admin=") {
             admins.push(v.to_string());
+        } else if a == "--timeout" || a.starts_with("--timeout=") {
+            let v = match a.strip_prefix("--timeout=") {
+                Some(v) => v,
+                None => it.next().ok_or("--timeout needs a value")?,
+            };
+            deadline = v
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=3600).contains(s))
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("--timeout {v:?}: whole seconds, 1 to 3600"))?;
         } else if a == "-h" || a == "--help" {
             return Err("help".to_string());
         } else if a.starts_with('-') && a.len() > 1 {
@@ -111,7 +192,11 @@ fn parse(args: &[String]) -> Result<(Vec<String>, String), String> {
             "{path:?} is not a client path (it starts with '/' and has no spaces)"
         ));
     }
-    Ok((admins, path))
+    Ok(Args {
+        admins,
+        path,
+        deadline,
+    })
 }
 
 /// Every address of every entry (sorted, once each), and the entries that did not resolve.
@@ -135,29 +220,43 @@ fn resolve(entries: &[String]) -> (Vec<SocketAddr>, Vec<(String, String)>) {
     (addrs, failed)
 }
 
-/// A replica's status and body (trimmed), or why there was none.
-type Answer = Result<(u16, String), String>;
+/// A replica's status and body, or why there was none.
+type Answer = Result<(u16, Vec<u8>), String>;
 
-/// One `DELETE /cache<path>`.
-fn purge_one(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
-    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
+/// One `DELETE /cache<path>`, all of it before `until`.
+fn purge_one(addr: SocketAddr, path: &str, token: Option<&str>, until: Instant) -> Answer {
+    let left = |what: &str| {
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("no complete answer within the deadline ({what})"))
+    };
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT.min(left("connect")?))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_write_timeout(Some(left("request")?)).map_err(io_error)?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
         "DELETE /cache{path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: asset-gateway-purge\r\n{auth}Connection: close\r\n\r\n"
     );
     s.write_all(request.as_bytes()).map_err(io_error)?;
     // The head, then `Content-Length` bytes of body (or up to the close): a server may keep
-    // the connection open whatever `Connection: close` asked.
+    // the connection open whatever `Connection: close` asked. Each read may wait only for
+    // what is left of the deadline.
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut reader = s.take(MAX_ANSWER);
+    let read = |reader: &mut std::io::Take<TcpStream>, chunk: &mut [u8]| {
+        reader
+            .get_ref()
+            .set_read_timeout(Some(left("reading")?))
+            .map_err(io_error)?;
+        reader.read(chunk).map_err(io_error)
+    };
     let head_end = loop {
         if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
             break i;
         }
-        match reader.read(&mut chunk).map_err(io_error)? {
+        match read(&mut reader, &mut chunk)? {
             0 => return Err(format!("no HTTP answer ({} bytes, then closed)", answer.len())),
             n => answer.extend_from_slice(&chunk[..n]),
         }
@@ -170,8 +269,8 @@ fn purge_one(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
         .filter(|_| head.starts_with("HTTP/1."))
         .ok_or_else(|| {
             format!(
-                "not an HTTP answer: {:?}",
-                head.lines().next().unwrap_or_default()
+                "not an HTTP answer: {}",
+                printable(head.lines().next().unwrap_or_default().as_bytes())
             )
         })?;
     let length = head.lines().skip(1).find_map(|l| {
@@ -182,7 +281,7 @@ fn purge_one(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
     });
     let mut body = answer.split_off(head_end + 4);
     while length.is_none_or(|len| body.len() < len) {
-        match reader.read(&mut chunk).map_err(io_error)? {
+        match read(&mut reader, &mut chunk)? {
             0 => break,
             n => body.extend_from_slice(&chunk[..n]),
         }
@@ -190,13 +289,13 @@ fn purge_one(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
     if let Some(len) = length {
         body.truncate(len);
     }
-    Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+    Ok((status, body))
 }
 
 fn io_error(e: std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            format!("no answer within {} s", IO_TIMEOUT.as_secs())
+            "no complete answer within the deadline".to_string()
         }
         _ => e.to_string(),
     }
@@ -212,9 +311,19 @@ mod tests {
 
     #[test]
     fn arguments() {
-        let (admins, path) = parse(&args(&["--admin", "a:1, b:2", "--admin=c:3", "/x/y"])).unwrap();
-        assert_eq!(admins, ["a:1", "b:2", "c:3"]);
-        assert_eq!(path, "/x/y");
+        let a = parse(&args(&["--admin", "a:1, b:2", "--admin=c:3", "/x/y"])).unwrap();
+        assert_eq!(a.admins, ["a:1", "b:2", "c:3"]);
+        assert_eq!(a.path, "/x/y");
+        assert_eq!(a.deadline, DEADLINE);
+        let a = parse(&args(&["--timeout", "5", "--admin", "a:1", "/x"])).unwrap();
+        assert_eq!(a.deadline, Duration::from_secs(5));
+        assert_eq!(
+            parse(&args(&["--timeout=7", "--admin", "a:1", "/x"]))
+                .unwrap()
+                .deadline
+                .as_secs(),
+            7
+        );
         for bad in [
             &["/x"][..],
             &["--admin", "a:1"],
@@ -223,8 +332,33 @@ mod tests {
             &["--admin", "a:1", "/a b"],
             &["--admin", "a:1", "/x", "/y"],
             &["--admn", "a:1", "/x"],
+            &["--timeout", "0", "--admin", "a:1", "/x"],
+            &["--timeout", "x", "--admin", "a:1", "/x"],
+            &["--admin", "a:1", "/x", "--timeout"],
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn answers_are_printed_escaped_and_judged() {
+        assert_eq!(printable(b" {\"purged\":true}\n"), "{\"purged\":true}");
+        assert_eq!(
+            printable(b"\x1b[2J\x1b]0;owned\x07"),
+            "\\x1b[2J\\x1b]0;owned\\x07"
+        );
+        assert_eq!(printable("caf\u{e9} \u{202e}".as_bytes()), "caf\\u{e9} \\u{202e}");
+        assert_eq!(printable(b"a\xffb"), "a\\xffb");
+        assert!(is_purge_answer(br#"{"purged":true,"assets":2}"#));
+        assert!(is_purge_answer(br#"{"purged":false}"#));
+        for other in [
+            &b""[..],
+            b"ok",
+            br#"{"error":"x"}"#,
+            br#"{"purged":"yes"}"#,
+            b"[true]",
+        ] {
+            assert!(!is_purge_answer(other), "{other:?}");
         }
     }
 

@@ -186,10 +186,17 @@ impl Gateway {
         if !session.is_body_empty() {
             return Err(errors::BODY_NOT_ALLOWED);
         }
-        Ok(Matched {
+        let matched = Matched {
             index: route,
             upstream_uri,
             asset: id,
-        })
+        };
+        if self
+            .cached_route(Some(&matched))
+            .is_some_and(|c| c.keying.forwards_too_much(session.req_header()))
+        {
+            return Err(errors::FORWARDED_TOO_LARGE);
+        }
+        Ok(matched)
     }
 }

@@ -13,14 +13,23 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
+// The names the gateway sets, as `HeaderName`s: inserted without being parsed (and, for these
+// non-standard names, copied) again on every request (patched Pingora, pingora-http).
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
+pub(crate) const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// Adds what every response to a client carries. Inserting these valid values cannot fail,
 /// and a relayed response must never fail here (that would cost its pooled connection).
 pub(crate) fn stamp(resp: &mut ResponseHeader, request_id: &RequestId) {
-    let _ = resp.insert_header("x-content-type-options", NOSNIFF);
-    let _ = resp.insert_header("x-request-id", request_id.header());
+    let _ = resp.insert_header(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+    let _ = resp.insert_header(X_REQUEST_ID, request_id.header());
 }
 
 /// The header of an answer the gateway makes itself (an error, an admin page).
@@ -34,9 +43,9 @@ pub(crate) fn own_answer(
     h.insert_header(CONTENT_TYPE, content_type)?;
     h.insert_header(CONTENT_LENGTH, body_len)?;
     h.insert_header(CACHE_CONTROL, NO_STORE)?;
-    let _ = h.insert_header("x-content-type-options", NOSNIFF);
+    let _ = h.insert_header(X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     if let Some(id) = request_id {
-        h.insert_header("x-request-id", id.header())?;
+        h.insert_header(X_REQUEST_ID, id.header())?;
     }
     if status == 405 {
         h.insert_header(ALLOW, ALLOWED_METHODS.join(", "))?;
@@ -46,7 +55,7 @@ pub(crate) fn own_answer(
 
 /// The request headers the gateway owns on a cached route, which reach the upstream whatever
 /// the route's `forward_headers` say: those it sets itself (`Host`, `X-Forwarded-For` (the
-/// client's chain, appended to), `X-Forwarded-Proto`, `X-Request-Id`), and the conditional and
+/// chain trusted proxies vouch for), `X-Forwarded-Proto`, `X-Request-Id`), and the conditional and
 /// `Range` headers, which Pingora's cache removes on a miss (so the whole object is fetched)
 /// and sets itself to revalidate; they only reach the upstream as the client sent them when
 /// the cache is bypassed, and then the answer is not stored for another client.
@@ -63,13 +72,14 @@ pub(crate) static GATEWAY_OWNED: [HeaderName; 10] = [
     IF_UNMODIFIED_SINCE,
 ];
 
-/// `X-Forwarded-For` for the upstream request: every value the client sent, joined, then the
-/// client's address.
+/// `X-Forwarded-For` for the upstream request of a route without cache: every value the client
+/// sent, joined, then the client's address (a cached route sends only what trusted proxies
+/// vouch for: `access::Access::forwarded_chain`).
 pub(crate) fn forwarded_for(req: &RequestHeader, client: IpAddr) -> String {
     let mut xff = String::new();
     for v in req
         .headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {

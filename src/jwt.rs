@@ -7,7 +7,8 @@
 //! - `alg: none` cannot be parsed by `jsonwebtoken` at all, and the HMAC algorithms are refused
 //!   twice: no key of the set is ever an HMAC key (symmetric `oct` keys are skipped), and the
 //!   ring provider below builds no HMAC verifier, so a public key is never used as a secret.
-//! - `exp` is required; `nbf`, `iss` and `aud` are checked with `leeway` (by `jsonwebtoken`).
+//! - `exp` is required, and so are `iss` and `aud` when `issuer` and `audience` are configured;
+//!   `nbf`, `iss` and `aud` are checked, the times with `leeway` (by `jsonwebtoken`).
 //!
 //! `jsonwebtoken` 12 parses and checks; its crypto is pluggable and both built-in backends
 //! (aws-lc-rs, RustCrypto) are left off: [`PROVIDER`] verifies with ring, the crypto library
@@ -39,7 +40,7 @@ pub(crate) enum TokenError {
     /// keys).
     UnknownKey,
     Expired,
-    /// `nbf` in the future, `iss` or `aud` not the configured ones, no `exp`.
+    /// `nbf` in the future, `iss` or `aud` not the configured ones or missing, no `exp`.
     Claims,
 }
 
@@ -201,7 +202,12 @@ fn validation(alg: Algorithm, rules: &Rules) -> Validation {
     v.leeway = rules.leeway.as_secs();
     v.validate_exp = true;
     v.validate_nbf = true;
-    v.set_required_spec_claims(&["exp"]);
+    // `jsonwebtoken` checks `iss` and `aud` only when the token has them: a token without
+    // them would pass. Whatever is configured is required.
+    let mut required = vec!["exp"];
+    required.extend(rules.issuer.as_ref().map(|_| "iss"));
+    required.extend(rules.audience.as_ref().map(|_| "aud"));
+    v.set_required_spec_claims(&required);
     match &rules.issuer {
         Some(iss) => v.set_issuer(&[iss]),
         None => v.iss = None,
@@ -397,6 +403,31 @@ mod tests {
         );
         let no_exp = r#"{"iss":"https://auth.example.com","aud":"assets"}"#;
         assert_eq!(set.verify(&es.sign("es", no_exp)).err(), Some(TokenError::Claims));
+        // A configured issuer or audience is required, not only checked when present.
+        let exp = now() + 60;
+        for (what, c) in [
+            (
+                "no aud",
+                format!(r#"{{"sub":"u","iss":"https://auth.example.com","exp":{exp}}}"#),
+            ),
+            ("no iss", format!(r#"{{"sub":"u","aud":"assets","exp":{exp}}}"#)),
+            ("neither", format!(r#"{{"sub":"u","exp":{exp}}}"#)),
+        ] {
+            assert_eq!(
+                set.verify(&es.sign("es", &c)).err(),
+                Some(TokenError::Claims),
+                "{what}"
+            );
+        }
+        // Without them configured, a token needs neither.
+        let open = Rules {
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+        };
+        let (open_set, _) = KeySet::parse(&json, &open).unwrap();
+        let bare = format!(r#"{{"sub":"u","exp":{exp}}}"#);
+        assert!(open_set.verify(&es.sign("es", &bare)).is_ok());
         assert_eq!(
             set.verify(&es.sign("other", &claims(60))).err(),
             Some(TokenError::UnknownKey)

@@ -8,9 +8,10 @@
 //! are read off that state when scraped.
 
 use pingora_prometheus::prometheus::{
-    self, exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts,
+    self, exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -265,6 +266,9 @@ pub(crate) fn scrape<'a>(
     // Two scrapes at once must not see each other's reset gauges.
     static SCRAPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = SCRAPING.lock();
+    if let Some((_, _, age)) = JWKS.get() {
+        age.set(JwksMetrics::age().map_or(f64::INFINITY, |a| a.as_secs_f64()));
+    }
     if let Some(f) = FAMILIES.get() {
         f.active.set(crate::shutdown::in_flight());
         for (upstream, count) in peer_counts {
@@ -420,6 +424,25 @@ impl RouteLookups {
     }
 }
 
+static FORWARDED_FOR_UNPARSABLE: OnceLock<IntCounter> = OnceLock::new();
+
+/// `asset_gateway_forwarded_for_unparsable_total` (with `client_ip.trusted_proxies`).
+pub(crate) fn forwarded_for_unparsable() -> Result<IntCounter, String> {
+    if let Some(c) = FORWARDED_FOR_UNPARSABLE.get() {
+        return Ok(c.clone());
+    }
+    let c = IntCounter::new(
+        "asset_gateway_forwarded_for_unparsable_total",
+        "X-Forwarded-For entries behind trusted proxies that are not an address (with or without a port): the walk stops there and the last trusted hop is the client. Counted each time the header is read (for a rate limit, for a cached route's upstream X-Forwarded-For).",
+    )
+    .map_err(|e| format!("metrics: {e}"))?;
+    let c = FORWARDED_FOR_UNPARSABLE.get_or_init(|| {
+        register(Box::new(c.clone()));
+        c
+    });
+    Ok(c.clone())
+}
+
 /// The JWK set's refreshes and size (with `gateway.auth.jwt`).
 pub(crate) struct JwksMetrics {
     ok: IntCounter,
@@ -427,11 +450,20 @@ pub(crate) struct JwksMetrics {
     keys: IntGauge,
 }
 
-static JWKS: OnceLock<(IntCounterVec, IntGauge)> = OnceLock::new();
+static JWKS: OnceLock<(IntCounterVec, IntGauge, Gauge)> = OnceLock::new();
+/// When the keys in use were loaded (Unix milliseconds; 0: never): `asset_gateway_jwks_age_seconds`
+/// is computed from it at each scrape.
+static JWKS_LOADED_MS: AtomicU64 = AtomicU64::new(0);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 impl JwksMetrics {
     pub(crate) fn get() -> Result<JwksMetrics, String> {
-        let (refreshes, keys) = match JWKS.get() {
+        let (refreshes, keys, _) = match JWKS.get() {
             Some(m) => m,
             None => {
                 let made = Self::families().map_err(|e| format!("metrics: {e}"))?;
@@ -445,7 +477,20 @@ impl JwksMetrics {
         })
     }
 
-    fn families() -> prometheus::Result<(IntCounterVec, IntGauge)> {
+    /// The keys in use were (re)loaded just now.
+    pub(crate) fn loaded(&self) {
+        JWKS_LOADED_MS.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// How old the keys in use are (`None`: none was ever loaded).
+    pub(crate) fn age() -> Option<Duration> {
+        match JWKS_LOADED_MS.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(unix_ms().saturating_sub(at))),
+        }
+    }
+
+    fn families() -> prometheus::Result<(IntCounterVec, IntGauge, Gauge)> {
         let refreshes = IntCounterVec::new(
             Opts::new(
                 "asset_gateway_jwks_refreshes_total",
@@ -459,7 +504,12 @@ impl JwksMetrics {
             "Usable keys in the JWK set bearer tokens are checked against.",
         )?;
         register(Box::new(keys.clone()));
-        Ok((refreshes, keys))
+        let age = Gauge::new(
+            "asset_gateway_jwks_age_seconds",
+            "Seconds since the JWK set in use was loaded (+Inf before the first load). It grows while refreshes fail (the last good keys are kept): alert when it exceeds a few jwks_refresh periods.",
+        )?;
+        register(Box::new(age.clone()));
+        Ok((refreshes, keys, age))
     }
 
     pub(crate) fn refreshed(&self, ok: bool) {

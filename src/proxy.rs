@@ -46,7 +46,7 @@ impl ProxyHttp for Gateway {
             // is answered (the stream is gone) and nothing goes upstream.
             return Ok(true);
         }
-        ctx.request_id = RequestId::from_client(session.get_header("x-request-id"));
+        ctx.request_id = RequestId::from_client(session.get_header(headers::X_REQUEST_ID));
         // Pingora sets no write timeout towards clients: a client that stops reading (or never
         // opens its HTTP/2 window) would hold its request, and its upstream, forever.
         session.set_write_timeout(Some(self.write_timeout));
@@ -77,6 +77,12 @@ impl ProxyHttp for Gateway {
         match self.admit(session) {
             Ok(matched) => {
                 ctx.route = Some(matched);
+                if session.subrequest_ctx.is_some() {
+                    // A background revalidation (stale-while-revalidate) of a request that was
+                    // admitted: it carries no credentials of its own (the signed URL's
+                    // parameters are gone, the client is not a peer) and must not be charged.
+                    return Ok(false);
+                }
                 // Who may fetch, before the cache: CORS preflight, rate limit, credentials.
                 self.access.on_request(session, ctx.access()).await
             }
@@ -102,29 +108,28 @@ impl ProxyHttp for Gateway {
 
     /// Route and asset id (plus the query the route forwards upstream: canonical with
     /// `query: {allow}`); Pingora's default panics.
-    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
         let m = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a route"))?;
         let route = self.router.route(m.index);
-        Ok(policy::key(
-            &route.template,
-            m.asset.as_str(),
-            m.upstream_uri.query(),
-        ))
+        let mut key = policy::key(&route.template, m.asset.as_str(), m.upstream_uri.query());
+        if let (Some(cache), Some(cached)) = (self.cache, self.cached_route(Some(m))) {
+            cache.predict(&mut key, session.req_header(), &cached.keying, &ctx.cache);
+        }
+        Ok(key)
     }
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         meta: &CacheMeta,
         hit_handler: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Cache::on_hit(meta, hit_handler, &mut ctx.cache);
-        Ok(None)
+        Ok(Cache::on_hit(session, meta, hit_handler, is_fresh, &mut ctx.cache).await)
     }
 
     /// Pingora's default ignores `Vary` (one variant would be served to every request).
@@ -275,17 +280,23 @@ impl ProxyHttp for Gateway {
             route.keying.upstream_request(req);
         }
         if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), &ctx.attempts.current) {
-            req.insert_header("host", peer.host.clone())?;
+            req.insert_header(http::header::HOST, peer.host.clone())?;
             for (name, value) in &upstream.headers {
                 req.insert_header(name, value.clone())?;
             }
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            req.insert_header("x-forwarded-for", headers::forwarded_for(req, ip))?;
+            let xff = match self.cached_route(ctx.route.as_ref()) {
+                // A stored answer must not depend on what a client wrote: only the addresses
+                // trusted proxies vouch for.
+                Some(_) => self.access.forwarded_chain(ip, session.req_header()),
+                None => headers::forwarded_for(req, ip),
+            };
+            req.insert_header(headers::X_FORWARDED_FOR, xff)?;
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        req.insert_header("x-forwarded-proto", if tls { HTTPS } else { HTTP })?;
-        req.insert_header("x-request-id", ctx.request_id.header())?;
+        req.insert_header(headers::X_FORWARDED_PROTO, if tls { HTTPS } else { HTTP })?;
+        req.insert_header(headers::X_REQUEST_ID, ctx.request_id.header())?;
         // Hop-by-hop request headers are removed by Pingora's default upstream request
         // policy before this hook runs (those the client named in `Connection` already went
         // in `request_filter`).
@@ -346,7 +357,7 @@ impl ProxyHttp for Gateway {
         // the header is stored with the object).
         if let Some(outcome) = Cache::outcome(&session.cache, &ctx.cache) {
             let value = outcome.header(ctx.cache.ttl, ctx.cache.vary_miss);
-            let _ = resp.insert_header("cache-status", value);
+            let _ = resp.insert_header(headers::CACHE_STATUS, value);
         }
         if let (true, Some(upstream)) = (self.server_timing, ctx.timing.upstream_ttfb) {
             let gateway = ctx.timing.start.elapsed().saturating_sub(upstream);
@@ -355,7 +366,7 @@ impl ProxyHttp for Gateway {
             fmt::push_ms(&mut value, upstream);
             value.push_str(", gateway;desc=\"gateway\";dur=");
             fmt::push_ms(&mut value, gateway);
-            let _ = resp.insert_header("server-timing", value);
+            let _ = resp.insert_header(headers::SERVER_TIMING, value);
         }
         Ok(())
     }

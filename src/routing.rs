@@ -38,10 +38,24 @@ pub enum QueryRule {
     Forward,
     /// Nothing.
     Drop,
-    /// Only the parameters with these names (matched byte for byte, before any decoding),
-    /// sorted by name (stably: repeated names keep their order), so that two spellings of
-    /// one request are one upstream request and one cache key.
+    /// Only the parameters with these names (matched byte for byte, before any decoding), in
+    /// [`sort_params`] order, so that two spellings of one request are one upstream request
+    /// and one cache key.
     Allow(Vec<String>),
+}
+
+/// A query parameter's name: what comes before its first `=` (all of it without one).
+pub fn param_name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(name, _)| name)
+}
+
+/// The one canonical order of query parameters (as written, not decoded): by name, then by
+/// the parameter itself (for one name: by value, a bare name first). The upstream query of
+/// `query: {allow}`, the cache key and the signed message of a signed URL all use it, so a
+/// repeated parameter cannot be reordered (`w=1&w=2` against `w=2&w=1`, which an origin may
+/// read differently) under one signature or into two objects.
+pub fn sort_params(params: &mut [&str]) {
+    params.sort_unstable_by(|a, b| (param_name(a), *a).cmp(&(param_name(b), *b)));
 }
 
 impl QueryRule {
@@ -52,18 +66,17 @@ impl QueryRule {
             QueryRule::Forward => Some(std::borrow::Cow::Borrowed(query)),
             QueryRule::Drop => None,
             QueryRule::Allow(names) => {
-                let mut kept: Vec<(&str, &str)> = query
+                let mut kept: Vec<&str> = query
                     .split('&')
                     .filter(|p| !p.is_empty())
-                    .map(|p| (p.split_once('=').map_or(p, |(name, _)| name), p))
-                    .filter(|(name, _)| names.iter().any(|n| n == name))
+                    .filter(|p| names.iter().any(|n| n == param_name(p)))
                     .collect();
                 if kept.is_empty() {
                     return None;
                 }
-                kept.sort_by(|a, b| a.0.cmp(b.0));
+                sort_params(&mut kept);
                 let mut out = String::with_capacity(query.len());
-                for (i, (_, param)) in kept.iter().enumerate() {
+                for (i, param) in kept.iter().enumerate() {
                     if i > 0 {
                         out.push('&');
                     }
@@ -308,8 +321,12 @@ mod tests {
             (Some("r=1&x"), None),
             (Some(""), None),
             (None, None),
-            // Repeated names keep their order; empty parts go; names match exactly.
-            (Some("w=2&&fmt&w=1&W=3&w%3D=4&wx=5"), Some("fmt&w=2&w=1")),
+            // Repeated names are ordered by value, whatever order they came in; empty parts
+            // go; names match exactly.
+            (Some("w=2&&fmt&w=1&W=3&w%3D=4&wx=5"), Some("fmt&w=1&w=2")),
+            (Some("w=640&w=1280"), Some("w=1280&w=640")),
+            (Some("w=1280&w=640"), Some("w=1280&w=640")),
+            (Some("w=&w"), Some("w&w=")),
         ];
         for (query, want) in cases {
             assert_eq!(allow.apply(query).as_deref(), want, "{query:?}");

@@ -243,6 +243,25 @@ async fn signed_urls_admit_exactly_what_they_sign() {
     assert!(r.header("cache-status").unwrap().contains("hit"));
     assert_eq!(origin_requests(&s.origin, B).len(), 2);
 
+    // A repeated parameter cannot be reordered into another upstream request or another
+    // object under one signature: both orders are one canonical query (name, then value).
+    let sig_ww = sig(K1, &path(C), exp, &["w=1280", "w=640"]);
+    for (i, ww) in ["w=640&w=1280", "w=1280&w=640"].iter().enumerate() {
+        let r = get(
+            gw,
+            &format!("{}?{ww}&exp={exp}&kid=k1&sig={sig_ww}", path(C)),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("cache-status").unwrap().contains("hit"), i == 1, "{ww}");
+    }
+    let seen: Vec<String> = origin_requests(&s.origin, C)
+        .into_iter()
+        .map(|r| r.target)
+        .collect();
+    assert_eq!(seen, [format!("/v1/assets/{C}?w=1280&w=640")]);
+
     // Metrics and the access log name the reason.
     let scrape = common::scrape(s.admin).await;
     let route = "route=\"/content/v1/assets/{id}\"";
@@ -548,6 +567,25 @@ async fn bearer_tokens_are_checked_before_the_cache() {
             "jwt-claims",
         ),
         (
+            es.token(
+                "es-1",
+                &format!(
+                    r#"{{"sub":"x","iss":"https://auth.example.com","exp":{}}}"#,
+                    now() + 300
+                ),
+            ),
+            "no aud",
+            "jwt-claims",
+        ),
+        (
+            es.token(
+                "es-1",
+                &format!(r#"{{"sub":"x","aud":"assets","exp":{}}}"#, now() + 300),
+            ),
+            "no iss",
+            "jwt-claims",
+        ),
+        (
             raw_token(r#"{"alg":"none","kid":"es-1"}"#, &good("x"), |_| Vec::new()),
             "alg none",
             "jwt-invalid",
@@ -619,10 +657,25 @@ async fn bearer_tokens_are_checked_before_the_cache() {
             body: "down",
         },
     );
-    gw.wait_for_log(|l| l.contains("JWKS refresh failed, keeping the last good keys"))
+    gw.wait_for_log(|l| l.contains("JWKS refresh failed, keeping the last good keys, loaded"))
         .await;
     let r = get(gw, &path(C), &[("authorization", &bearer(&new_token))]).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // The age of the keys in use shows it (what to alert on): it grows while refreshes fail,
+    // and falls back once one succeeds.
+    let age = async || common::metric(&common::scrape(s.admin).await, "asset_gateway_jwks_age_seconds");
+    common::eventually_async("the keys' age grows while refreshes fail", async || {
+        age().await >= 3.0
+    })
+    .await;
+    keys_origin.set(
+        JWKS_ID,
+        Behavior::Body {
+            body: jwks(&[es.jwk("es-1"), rs.jwk("rs-1"), es2.jwk("es-2")]).into(),
+            content_type: "application/json",
+        },
+    );
+    common::eventually_async("a good refresh resets the age", async || age().await < 2.0).await;
 }
 
 /// A JWK set from a file (read at start, reread every `jwks_refresh`), an EdDSA token end to
@@ -932,4 +985,92 @@ async fn without_a_token_purges_come_from_loopback_and_check_warns() {
         !ok && out.contains("gateway.admin_token: must be at least 16 bytes"),
         "{out}"
     );
+
+    // `-t` warns about a JWK set fetched over plain HTTP from another host (anyone on the
+    // path could hand the gateway keys of their own).
+    let jwks_url = |url: &str| {
+        yaml(
+            "127.0.0.1:9090",
+            &format!("  auth:\n    jwt:\n      jwks_url: \"{url}\"\n"),
+        )
+    };
+    let (ok, out) = common::check_config(&jwks_url("http://auth.internal/jwks.json"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: gateway.auth.jwt.jwks_url: http://auth.internal/jwks.json is plain HTTP to another host"),
+        "{out}"
+    );
+    for quiet in [
+        "https://auth.internal/jwks.json",
+        "http://127.0.0.1:8081/jwks.json",
+        "http://[::1]/jwks.json",
+        "http://localhost:8081/jwks.json",
+    ] {
+        let (ok, out) = common::check_config(&jwks_url(quiet));
+        assert!(ok && !out.contains("warning"), "{quiet}: {out}");
+    }
+}
+
+/// A stale object is served at once while one background request revalidates it
+/// (stale-while-revalidate). That request is the gateway's own, made on behalf of a client
+/// that was already admitted and charged: it must not be charged again or refused. Pingora's
+/// background request has no client address, so charged it would count against one bucket
+/// shared by every revalidation (here: the second object's revalidation was refused, 429,
+/// and never reached the origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_revalidations_are_not_rate_limited() {
+    let s = setup(
+        "  client_ip: {trusted_proxies: [\"127.0.0.1/32\"]}\n",
+        "      rate_limit: {per_client: 1/m, burst: 1}\n",
+    )
+    .await;
+    for id in [A, B] {
+        s.origin.set(
+            id,
+            Behavior::Validated {
+                size: 1000,
+                etag: "\"v1\"",
+                max_age: 1,
+            },
+        );
+    }
+    // Each request from a client of its own (one token each).
+    let from = |n: u8| format!("10.0.0.{n}");
+    assert_eq!(
+        get(&s.gw, &path(A), &[("x-forwarded-for", &from(1))])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&s.gw, &path(B), &[("x-forwarded-for", &from(2))])
+            .await
+            .status,
+        200
+    );
+    // Let freshness (one second) pass: a wait, not a timing assertion.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for (id, n) in [(A, 3), (B, 4)] {
+        let stale = get(&s.gw, &path(id), &[("x-forwarded-for", &from(n))]).await;
+        assert_eq!(stale.status, 200, "{}", stale.body);
+        let cs = stale.header("cache-status").unwrap_or_default().to_string();
+        assert!(cs.ends_with("detail=stale-while-revalidate"), "{cs}");
+    }
+    // Both background revalidations reach the origin, with the object's validator.
+    for id in [A, B] {
+        let start = Instant::now();
+        loop {
+            let seen = origin_requests(&s.origin, id);
+            if seen.len() == 2 {
+                assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
+                break;
+            }
+            assert!(
+                start.elapsed() < EVENTUALLY,
+                "no background revalidation of {id}: {} origin requests",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -399,6 +399,127 @@ async fn a_second_no_store_herd_goes_upstream_at_once() {
     assert_eq!(pass, 30.0, "{m}");
 }
 
+/// Hit-for-pass and `Vary`: an origin that answers 406 (unstorable) for a client whose
+/// `Accept` is none of `vary_accept`, and a cacheable WebP otherwise. One such client must not
+/// turn off the lookup for the others: not on a cold key (its pass holds for its own `Accept`
+/// class only), and not once the WebP is stored (a refusal after a `Vary` miss is not
+/// remembered, even an AVIF `no-store` without `Vary`). The refused class itself still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_unstorable_variant_does_not_turn_off_hits() {
+    let s = setup("", "").await;
+    s.origin.set(
+        A,
+        script(|seen: Seen| async move {
+            match seen.header("accept") {
+                Some("image/webp") => (
+                    "200 OK".to_string(),
+                    "vary: Accept\r\ncache-control: max-age=600\r\n".to_string(),
+                    b"webp".to_vec(),
+                ),
+                // Unstorable, and without Vary: as far as it says, for the whole URL.
+                Some("image/avif") => (
+                    "200 OK".to_string(),
+                    "cache-control: no-store\r\n".to_string(),
+                    b"avif".to_vec(),
+                ),
+                _ => (
+                    "406 Not Acceptable".to_string(),
+                    "vary: Accept\r\n".to_string(),
+                    b"no".to_vec(),
+                ),
+            }
+        }),
+    );
+    let url = s.gw.url(&format!("/content/v1/sized/{A}"));
+    let webp = [("accept", "image/webp,*/*")];
+    let jxl = [("accept", "image/jxl,*/*")];
+    let webp_requests = |o: &Origin| {
+        o.asset_requests()
+            .iter()
+            .filter(|r| r.header("accept") == Some("image/webp"))
+            .count()
+    };
+    // Cold key: the odd client comes first.
+    assert_eq!(get(&url, &jxl).await.0, 406);
+    let herd: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &webp).await })
+        })
+        .collect();
+    for h in herd {
+        let (status, _, body) = h.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "webp"));
+    }
+    assert_eq!(
+        webp_requests(&s.origin),
+        1,
+        "the WebP herd bypassed the cache after another client's 406"
+    );
+    settled(s.admin).await;
+    // Warm: the odd client keeps coming, every other request is a hit.
+    for i in 0..20 {
+        if i % 2 == 0 {
+            let (status, cs, _) = get(&url, &jxl).await;
+            assert_eq!(status, 406, "{cs}");
+            let (status, cs, _) = get(&url, &[("accept", "image/avif")]).await;
+            assert_eq!(status, 200, "{cs}");
+        }
+        let (status, cs, body) = get(&url, &webp).await;
+        assert_eq!((status, body.as_str()), (200, "webp"));
+        assert!(cs.starts_with("asset-gateway; hit"), "request {i}: {cs}");
+    }
+    assert_eq!(webp_requests(&s.origin), 1);
+    // The refused class passes (its mark came from the cold key's miss).
+    let (_, cs, _) = get(&url, &jxl).await;
+    assert_eq!(cs, "asset-gateway; fwd=bypass; detail=status");
+}
+
+/// An origin's `Vary` on a header the gateway sets itself keys on what the upstream gets, not
+/// on what the client sent: `X-Forwarded-Proto` (here always http) and `Host` (the
+/// configured one) make one object whatever the client claims; an answer that varies per
+/// client or per request (`X-Forwarded-For`, `X-Request-Id`) is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_on_what_the_gateway_sets_keys_on_what_it_sends() {
+    let s = setup("", "").await;
+    let varying = |vary: &'static str| {
+        script(move |_| async move {
+            let h = format!("vary: {vary}\r\ncache-control: max-age=600\r\n");
+            ("200 OK".to_string(), h, b"x".to_vec())
+        })
+    };
+    s.origin.set(A, varying("X-Forwarded-Proto"));
+    s.origin.set(B, varying("Host"));
+    s.origin.set(C, varying("X-Request-Id"));
+    let claims: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("x-forwarded-proto", "https")],
+        &[("x-forwarded-proto", "gopher"), ("host", "other.example")],
+    ];
+    for id in [A, B] {
+        for (i, headers) in claims.iter().enumerate() {
+            let (status, cs, _) = get(&s.gw.asset_url(id), headers).await;
+            assert_eq!(status, 200);
+            assert_eq!(
+                cs.starts_with("asset-gateway; hit"),
+                i > 0,
+                "{id} {headers:?}: {cs}"
+            );
+            settled(s.admin).await;
+        }
+        assert_eq!(
+            s.origin.requests_for(id),
+            1,
+            "{id}: split by what the client claimed"
+        );
+    }
+    for i in 0..3 {
+        let (_, cs, _) = get(&s.gw.asset_url(C), &[("x-request-id", &format!("vary-{i}"))]).await;
+        assert!(cs.contains("detail=vary"), "{cs}");
+    }
+    assert_eq!(s.origin.requests_for(C), 3);
+}
+
 /// A herd of 30 on a cold key whose origin answers 503 (slowly): the waiters share the one
 /// answer, and while the origin keeps failing it sees about one request per key per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,6 +560,78 @@ async fn a_failing_cold_key_does_not_stampede() {
         during <= seconds + 1,
         "{asked} requests over {seconds} s made {during} origin requests"
     );
+}
+
+/// What a client sends cannot become an error stored for others: behind a trusted proxy the
+/// origin of a cached route gets `X-Forwarded-For` as far as trusted proxies vouch for it
+/// (the client and the proxies, not the client's own entries), header values a cached route
+/// passes on are bounded (431 beyond 8 KiB), and an error the origin gives one client's request
+/// is shared only with the requests that waited for it: a client arriving afterwards gets an
+/// answer to a request made after it arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_headers_never_make_the_error_others_get() {
+    let s = setup("", "  client_ip:\n    trusted_proxies: [\"127.0.0.1/32\"]").await;
+    // An origin that fails on a long X-Forwarded-For, or on an Accept it chokes on.
+    let fragile = || {
+        script(|seen: Seen| async move {
+            let xff = seen.header("x-forwarded-for").unwrap_or_default().len();
+            if xff > 100 || seen.header("accept") == Some("image/evil") {
+                return (
+                    "503 Service Unavailable".to_string(),
+                    String::new(),
+                    b"down".to_vec(),
+                );
+            }
+            let h = "cache-control: max-age=600\r\n".to_string();
+            ("200 OK".to_string(), h, b"fine".to_vec())
+        })
+    };
+    for id in [A, B, C] {
+        s.origin.set(id, fragile());
+    }
+    let chain = (1..=40)
+        .map(|i| format!("198.51.100.{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (status, _, body) = get(&s.gw.asset_url(A), &[("x-forwarded-for", &chain)]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "fine"),
+        "the client's chain reached the origin"
+    );
+    let seen = s.origin.asset_requests();
+    assert_eq!(
+        seen[0].header("x-forwarded-for"),
+        Some("198.51.100.40, 127.0.0.1"),
+        "the client, then the trusted peer"
+    );
+    // An error caused by one client's header, then a clean client at once.
+    let (status, _, _) = get(&s.gw.asset_url(B), &[("accept", "image/evil")]).await;
+    assert_eq!(status, 503);
+    let (status, cs, body) = get(&s.gw.asset_url(B), &[]).await;
+    assert_eq!((status, body.as_str()), (200, "fine"), "{cs}");
+    assert_eq!(s.origin.requests_for(B), 2);
+    // Oversized forwarded values never reach the origin.
+    let huge = "x".repeat(9 * 1024);
+    for (name, value) in [("accept", huge.as_str()), ("if-none-match", huge.as_str())] {
+        let r = client()
+            .get(s.gw.asset_url(C))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431, "{name}");
+        assert!(r.text().await.unwrap().starts_with("{\"error\":"));
+    }
+    assert_eq!(s.origin.requests_for(C), 0);
+    // A route without cache forwards the whole chain, as before.
+    let (_, _, _) = get(
+        &s.gw.url(&format!("/content/v1/nocache/{C}")),
+        &[("x-forwarded-for", "6.6.6.6")],
+    )
+    .await;
+    let last = s.origin.asset_requests().pop().unwrap();
+    assert_eq!(last.header("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
 }
 
 /// A 5xx that cannot be stored (`no-store`): the waiters take turns on the lock, never all at
@@ -631,9 +824,15 @@ async fn range_user_agent_and_referer_in_the_access_log() {
         "query forwarded and keyed: only w, fmt, sorted by name",
         "Vary: Accept keys on the first of image/avif, image/webp the client accepts",
         "route /content/v1/nocache/{id} (not cached): every client header",
+        "warning: gateway.routes[0] (/content/v1/assets/{id}): a cached route forwards Accept without vary_accept",
     ] {
         assert!(out.contains(want), "-t does not say {want:?}:\n{out}");
     }
+    assert_eq!(
+        out.matches("forwards Accept without vary_accept").count(),
+        1,
+        "{out}"
+    );
 }
 
 /// A gateway process with an admin listener and a disk tier, for the fleet purge.

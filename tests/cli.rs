@@ -151,3 +151,128 @@ fn dash_d_detaches_writes_its_pid_and_serves() {
     let log = std::fs::read_to_string(dir.join("gw.log")).unwrap();
     assert!(log.contains("path=\"/nope\" status=404"), "{log}");
 }
+
+/// A stand-in for a replica's admin listener: answers every connection with `answer` (after
+/// reading the request head), then closes; with `drip`, sends one byte of it every 300 ms.
+fn fake_admin(answer: &'static [u8], drip: bool) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                if !drip {
+                    let _ = c.write_all(answer);
+                    return;
+                }
+                for byte in answer.iter().cycle() {
+                    if c.write_all(&[*byte]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Runs `asset-gateway purge` with ADMIN_TOKEN set; (exit code, stdout, stderr), or a panic if
+/// it runs longer than 20 s (it must end on its own).
+fn purge(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .arg("purge")
+        .args(args)
+        .env("ADMIN_TOKEN", "s3cret")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("asset-gateway purge did not end by itself");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `asset-gateway purge` believes only an admin listener's purge answer (200 and a JSON
+/// object with `purged`), prints what a replica sent with control bytes escaped, gives each
+/// replica one deadline (a server dripping bytes cannot hold it), and warns when the token
+/// would cross the network in clear text.
+#[test]
+fn a_fleet_purge_trusts_only_purge_answers() {
+    let good = fake_admin(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"purged\":true}",
+        false,
+    );
+    let no_content = fake_admin(b"HTTP/1.1 204 No Content\r\n\r\n", false);
+    let not_json = fake_admin(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 18\r\n\r\n\x1b]0;pwned\x07\x1b[2Jok",
+        false,
+    );
+    let list = format!("{good},{no_content},{not_json}");
+    let (code, out, err) = purge(&["--admin", &list, "/content/v1/assets/x"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&format!("{good}: 200 {{\"purged\":true}}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{no_content}: 204 (empty body) (failed: not an admin listener's purge answer)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{not_json}: 200 \\x1b]0;pwned\\x07\\x1b[2Jok (failed")),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\x1b') && !out.contains('\x07'),
+        "raw control bytes printed: {out:?}"
+    );
+    assert!(!err.contains("clear text"), "loopback needs no warning: {err}");
+
+    let drip = fake_admin(b"HTTP/1.1 200 OK\r\nX-Slow: 1\r\n", true);
+    let (code, out, _) = purge(&[
+        "--timeout",
+        "2",
+        "--admin",
+        &drip.to_string(),
+        "/content/v1/assets/x",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{drip}: failed: no complete answer within the deadline")),
+        "{out}"
+    );
+
+    // TEST-NET-1: never a loopback address (nothing answers there; the warning comes first).
+    let (code, _, err) = purge(&[
+        "--timeout",
+        "1",
+        "--admin",
+        "192.0.2.1:9090",
+        "/content/v1/assets/x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("ADMIN_TOKEN goes in clear text (plain HTTP) to 192.0.2.1:9090"),
+        "{err}"
+    );
+}

@@ -426,6 +426,58 @@ async fn request_targets_behave_as_documented() {
         targets,
         [format!("/v1/assets/{ID}?a=b%20c"), format!("/v1/assets/{ID}?x=1")]
     );
+    // Pipelined behind a short request, in the same write: the short one is answered, then
+    // the long one gets the wrapper's 414 (not Pingora's plain 400), then the close.
+    let short = format!("GET /content/v1/assets/{ID} HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let both = format!("{short}{huge}");
+    let (out, end) = raw_exchange(gw.addr, both.as_bytes(), EVENTUALLY).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    let second = text
+        .find("HTTP/1.1 414 ")
+        .unwrap_or_else(|| panic!("no 414: {text}"));
+    assert!(second > 0 && !text.contains("HTTP/1.1 400 "), "{text}");
+    assert!(
+        text[second..].contains("{\"error\":\"the request target is too long\""),
+        "{text}"
+    );
+    assert_eq!(end, End::Closed);
+    // The same when the long one arrives while the first response is under way (the origin
+    // holds its answer): the 414 waits for it, it is not written into it.
+    const SLOW: &str = "0b3e8b1c-2f4d-4c6e-9a1b-7d2e5f8a9c31";
+    origin.set(
+        SLOW,
+        Behavior::Scripted(std::sync::Arc::new(|_| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                ("200 OK".to_string(), String::new(), b"slow".to_vec())
+            })
+        })),
+    );
+    let mut conn = RawConn::connect(gw.addr).await;
+    conn.send(get(SLOW, "").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.send(huge.as_bytes()).await;
+    let (out, end) = conn.read_to_close().await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    let (first, rest) = text
+        .split_once("HTTP/1.1 414 ")
+        .unwrap_or_else(|| panic!("no 414: {text}"));
+    assert!(
+        first.ends_with("slow"),
+        "the 414 cut into the first answer: {first}"
+    );
+    assert!(rest.contains("the request target is too long"), "{rest}");
+    assert_eq!(end, End::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,6 +136,36 @@ async fn forwarded_for_counts_only_behind_trusted_proxies() {
     assert_eq!(fetch(&gw, A, Some("198.51.100.8")).await.0, 200);
 }
 
+/// Load balancers that write a port into `X-Forwarded-For` (Azure: `1.2.3.4:5678`,
+/// `[2001:db8::1]:443`): each client still has its own bucket. An entry that is not an
+/// address is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_entries_with_ports_are_clients() {
+    let [admin] = free_addrs();
+    let (_origin, gw) = setup(
+        &format!("  admin: \"{admin}\"\n  client_ip: {{trusted_proxies: [\"127.0.0.1/32\"]}}\n"),
+        "      rate_limit: {per_client: 1/m, burst: 1}\n",
+    )
+    .await;
+    wait_listening(admin);
+    for client in [
+        "198.51.100.1:5678",
+        "198.51.100.2:5678",
+        "[2001:db8::1]:443",
+        "[2001:db8:0:1::1]:443",
+    ] {
+        assert_eq!(fetch(&gw, A, Some(client)).await.0, 200, "{client}");
+    }
+    assert_eq!(fetch(&gw, A, Some("198.51.100.1:9999")).await.0, 429);
+    assert_eq!(fetch(&gw, A, Some("unknown")).await.0, 200);
+    let m = common::scrape(admin).await;
+    assert_eq!(
+        common::metric(&m, "asset_gateway_forwarded_for_unparsable_total"),
+        1.0,
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_upstream_lets_cache_hits_through() {
     let (origin, gw) = setup(
@@ -155,6 +185,35 @@ async fn counts_upstream_lets_cache_hits_through() {
     assert_eq!(seen, [format!("/v1/assets/{A}"), format!("/v1/assets/{B}")]);
     // ...and hits still pass.
     assert_eq!(fetch(&gw, B, None).await.0, 200);
+}
+
+/// Under `counts: upstream` a refused request (no or bad credentials) still costs its client
+/// a token: trying credentials is limited too. Another client keeps its bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_upstream_charges_refusals() {
+    let (origin, gw) = setup(
+        "  cache: {memory: 16MiB}\n  client_ip: {trusted_proxies: [\"127.0.0.1/32\"]}\n  auth:\n    signed_url:\n      keys: {k1: \"k1-secret-k1-secret-k1-secret-k1\"}\n",
+        "      auth: [signed_url]\n      rate_limit: {per_client: 1/m, burst: 3, counts: upstream}\n",
+    )
+    .await;
+    let mallory = Some("198.51.100.66");
+    let bad = format!("?exp={}&kid=k1&sig=AAAA", u32::MAX);
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let q = if i % 2 == 0 { bad.as_str() } else { "" };
+        let mut r = client().get(format!("{}{q}", url(&gw, A)));
+        if let Some(x) = mallory {
+            r = r.header("x-forwarded-for", x);
+        }
+        let r = r.send().await.unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [403, 401, 403, 429, 429, 429]);
+    assert_eq!(fetch(&gw, A, Some("198.51.100.67")).await.0, 401);
+    assert!(origin.requests().is_empty());
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -1,7 +1,9 @@
 //! The JWK set the bearer tokens are checked against, and the background service that keeps it
 //! fresh: the file is read again, or the URL fetched (Pingora's HTTP connector, plain or TLS
 //! with the system roots), every `jwks_refresh`. A failed refresh keeps the last good keys
-//! (logged once per change of outcome, counted in `asset_gateway_jwks_refreshes_total`). With
+//! (warned about with their age, again at most once a minute while it lasts, counted in
+//! `asset_gateway_jwks_refreshes_total`; `asset_gateway_jwks_age_seconds` shows how old the
+//! keys in use are). With
 //! a URL, the first fetch runs as the gateway starts; until it succeeds, tokens are refused.
 //! A token verified once is remembered (`verified`) until its `exp`; a reload that removes or
 //! changes a key makes every remembered token unknown again.
@@ -18,12 +20,14 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The largest JWK set accepted (a set of a few keys is a few KiB).
 const MAX_JWKS_BYTES: usize = 1 << 20;
 /// The longest one fetch of a `jwks_url` may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refresh that keeps failing is warned about again after this long.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) struct Jwt {
     keys: RwLock<Option<Arc<KeySet>>>,
@@ -41,6 +45,9 @@ impl Jwt {
         let metrics = JwksMetrics::get()?;
         let initial = s.initial.clone();
         metrics.keys(initial.as_ref().map_or(0, |k| k.len()));
+        if initial.is_some() {
+            metrics.loaded();
+        }
         Ok(Arc::new(Jwt {
             keys: RwLock::new(initial),
             rules: s.rules.clone(),
@@ -113,6 +120,7 @@ impl BackgroundService for JwksRefresh {
             JwksSource::Url(_) => Duration::ZERO,
         };
         let mut last_ok: Option<bool> = None;
+        let mut last_warning: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -124,14 +132,25 @@ impl BackgroundService for JwksRefresh {
             match result {
                 Ok(n) => {
                     jwt.metrics.keys(n);
+                    jwt.metrics.loaded();
                     if last_ok != Some(true) {
                         log::info!("JWKS loaded: {n} usable key(s)");
                     }
                     last_ok = Some(true);
+                    last_warning = None;
                 }
                 Err(e) => {
-                    if last_ok != Some(false) {
-                        log::warn!("JWKS refresh failed, keeping the last good keys: {e}");
+                    // Repeated while it lasts (at most once a minute): keys kept for hours
+                    // after a key rotation at the issuer would refuse every new token.
+                    if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        let kept = match JwksMetrics::age() {
+                            Some(age) => {
+                                format!("keeping the last good keys, loaded {} s ago", age.as_secs())
+                            }
+                            None => "no keys loaded yet: every token is refused".to_string(),
+                        };
+                        log::warn!("JWKS refresh failed, {kept}: {e}");
+                        last_warning = Some(Instant::now());
                     }
                     last_ok = Some(false);
                 }

@@ -2,7 +2,8 @@
 //! (signed URLs, bearer JWTs), all decided in `request_filter` before the cache, so a hit is
 //! served only to a request that passes and a refused request never reaches the upstream nor
 //! fills the cache. A rate limit that `counts: upstream` is checked in `proxy_upstream_filter`
-//! instead, where only requests that go upstream arrive (hits and joined fills are free).
+//! instead, where only requests that go upstream arrive (hits and joined fills are free), and
+//! charged for every refusal (bad credentials, refused preflights) as well.
 //!
 //! Once admitted, `Authorization` is removed (the upstream and the storage decision never see
 //! it: RFC 9111 would keep such responses out of a shared cache) and the signature's `exp`,
@@ -188,7 +189,7 @@ impl Access {
                 .as_ref()
                 .map(|u| SignedUrls::new(&u.keys, u.max_ttl)),
             jwt: auth.jwt.as_ref().map(Jwt::new).transpose()?,
-            client_ip: ClientIp::new(&s.access.client_ip),
+            client_ip: ClientIp::new(&s.access.client_ip)?,
         })
     }
 
@@ -282,6 +283,12 @@ impl Access {
         }
     }
 
+    /// `X-Forwarded-For` for the upstream of a cached route, the connection's peer being
+    /// `peer`: the client and the trusted proxies after it, nothing the client wrote itself.
+    pub(crate) fn forwarded_chain(&self, peer: IpAddr, req: &RequestHeader) -> String {
+        self.client_ip.forwarded_chain(peer, req)
+    }
+
     /// The client's address (for the rate limit and the access log).
     fn client(&self, session: &Session, state: &mut RequestAccess) -> IpAddr {
         if let Some(ip) = state.client_ip {
@@ -363,12 +370,26 @@ impl Access {
         session: &mut Session,
         r: &mut RequestRef<'_>,
         reason: Reason,
-        retry_after: Option<std::time::Duration>,
+        mut retry_after: Option<std::time::Duration>,
     ) -> pingora::Result<bool> {
+        let rules = self.routes.get(r.route);
+        // A refusal costs a token under `counts: upstream` too (under `all` the request was
+        // charged before its credentials were looked at): otherwise a client could try
+        // credentials, or make the gateway verify signatures, without limit. Once the bucket
+        // is empty the answer is 429.
+        let mut reason = reason;
+        if let (false, Some((limiter, Counts::Upstream))) = (
+            reason == Reason::RateLimited,
+            rules.and_then(|rules| rules.limit.as_ref()),
+        ) {
+            if let Err(wait) = limiter.check(self.client(session, r.state)) {
+                reason = Reason::RateLimited;
+                retry_after = Some(wait);
+            }
+        }
         r.state.refused = Some(reason);
         let reject = reason.reject();
         let mut extra: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        let rules = self.routes.get(r.route);
         if reject.status == 401 && rules.is_some_and(|rules| rules.auth.contains(&AuthMethod::Jwt)) {
             let challenge = match reason {
                 Reason::MissingCredentials => "Bearer realm=\"asset-gateway\"",

@@ -125,29 +125,33 @@ pub(crate) fn is_own(param: &str) -> bool {
 /// The signed message: `<path>\n<exp>`, then `\n` and the parameters that reach the upstream
 /// (the signature's own three left out), sorted by name then value, joined by `&`.
 pub(crate) fn message(path: &str, exp: &str, upstream_query: Option<&str>) -> String {
-    let mut rest: Vec<(&str, &str)> = params(upstream_query.unwrap_or_default())
+    let mut rest: Vec<&str> = params(upstream_query.unwrap_or_default())
         .filter(|p| !is_own(p))
-        .map(|p| (p.split('=').next().unwrap_or_default(), p))
         .collect();
-    rest.sort_unstable();
+    crate::routing::sort_params(&mut rest);
     let mut msg = String::with_capacity(path.len() + 24 + upstream_query.map_or(0, str::len));
     msg.push_str(path);
     msg.push('\n');
     msg.push_str(exp);
-    for (i, (_, p)) in rest.iter().enumerate() {
+    for (i, p) in rest.iter().enumerate() {
         msg.push(if i == 0 { '\n' } else { '&' });
         msg.push_str(p);
     }
     msg
 }
 
-/// `query` without `exp`, `kid` and `sig`, the other parameters in their order; `None` when
-/// nothing is left. Borrowed when there was nothing to remove.
+/// `query` without `exp`, `kid` and `sig`, the other parameters in the canonical order
+/// (`routing::sort_params`, as the signed message has them: whatever order a client writes a
+/// signed URL's parameters in, the upstream and the cache key get one); `None` when nothing
+/// is left. Borrowed when there was nothing to change.
 pub(crate) fn strip(query: &str) -> Option<std::borrow::Cow<'_, str>> {
-    if !params(query).any(is_own) {
+    let mut kept: Vec<&str> = params(query).filter(|p| !is_own(p)).collect();
+    let sorted =
+        kept.is_sorted_by(|a, b| (crate::routing::param_name(a), *a) <= (crate::routing::param_name(b), *b));
+    if sorted && !params(query).any(is_own) && !query.split('&').any(str::is_empty) {
         return (!query.is_empty()).then_some(std::borrow::Cow::Borrowed(query));
     }
-    let kept: Vec<&str> = params(query).filter(|p| !is_own(p)).collect();
+    crate::routing::sort_params(&mut kept);
     (!kept.is_empty()).then(|| std::borrow::Cow::Owned(kept.join("&")))
 }
 
@@ -229,9 +233,18 @@ mod tests {
     }
 
     #[test]
-    fn strip_keeps_the_other_parameters_in_order() {
+    fn strip_leaves_the_other_parameters_in_canonical_order() {
         assert_eq!(strip("exp=1&kid=k&sig=s").as_deref(), None);
-        assert_eq!(strip("w=1&exp=1&kid=k&sig=s&h=2").as_deref(), Some("w=1&h=2"));
+        assert_eq!(strip("w=1&exp=1&kid=k&sig=s&h=2").as_deref(), Some("h=2&w=1"));
+        assert_eq!(
+            strip("w=640&w=1280&exp=1").as_deref(),
+            strip("w=1280&exp=1&w=640").as_deref()
+        );
+        assert!(matches!(
+            strip("h=2&w=1"),
+            Some(std::borrow::Cow::Borrowed("h=2&w=1"))
+        ));
+        assert_eq!(strip("w=1&&h=2").as_deref(), Some("h=2&w=1"));
         assert_eq!(strip("w=1").as_deref(), Some("w=1"));
         assert_eq!(strip("").as_deref(), None);
         assert_eq!(strip("expire=1").as_deref(), Some("expire=1"));

@@ -14,23 +14,76 @@ use pingora::http::{RequestHeader, ResponseHeader};
 /// The class of the clients whose `Accept` names none of `vary_accept`.
 const OTHER: &str = "other";
 
+/// The most bytes (names, values, 4 bytes of framing each) of the client header fields a
+/// cached route passes on as the client sent them (`forward_headers`, `Range`, the
+/// conditionals); beyond, 431. It keeps the upstream request head well below what origins
+/// accept (nginx refuses a header line of over 8 KiB, Node.js a head of over 16 KiB), so one
+/// client cannot make the origin fail for a key with the answer then shared. A refusal rather
+/// than dropping the header: dropping would change what the request asks for (another
+/// variant) without a word.
+pub(crate) const MAX_FORWARDED_BYTES: usize = 8 * 1024;
+
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Gateway-owned headers an origin's `Vary` may name that are not keyed (see
+/// [`Keying::variance`]).
+static NOT_KEYED: [HeaderName; 9] = [
+    http::header::HOST,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-request-id"),
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+];
+
+/// The client headers of a cached route that Pingora's cache strips on a miss and sets itself
+/// to revalidate; they reach the upstream as sent only when the cache is bypassed.
+const CLIENT_OWNED: [HeaderName; 6] = [
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+];
+
 /// One cached route's forwarding and keying rules.
 pub(crate) struct Keying {
-    /// Client headers forwarded besides [`GATEWAY_OWNED`].
+    /// Headers forwarded besides [`GATEWAY_OWNED`]: the listed client headers and the JWT
+    /// subject header.
     forward: Vec<HeaderName>,
+    /// The client headers that reach the upstream as the client sent them (bounded by
+    /// [`MAX_FORWARDED_BYTES`]).
+    from_client: Vec<HeaderName>,
     /// The media types `Vary: Accept` keys on, in order of preference; empty: the raw value.
     vary_accept: Vec<(String, HeaderValue)>,
 }
 
 impl Keying {
-    pub(crate) fn new(forward: &[HeaderName], vary_accept: &[String]) -> Keying {
+    /// `listed`: `forward_headers`; `subject`: the JWT subject header (set by the gateway).
+    pub(crate) fn new(listed: &[HeaderName], subject: Option<&HeaderName>, vary_accept: &[String]) -> Keying {
         Keying {
-            forward: forward.to_vec(),
+            forward: listed.iter().chain(subject).cloned().collect(),
+            from_client: listed.iter().chain(&CLIENT_OWNED).cloned().collect(),
             vary_accept: vary_accept
                 .iter()
                 .filter_map(|t| Some((t.clone(), HeaderValue::from_str(t).ok()?)))
                 .collect(),
         }
+    }
+
+    /// Whether the client header fields this route passes on exceed [`MAX_FORWARDED_BYTES`].
+    pub(crate) fn forwards_too_much(&self, req: &RequestHeader) -> bool {
+        let mut total = 0;
+        for (name, value) in &req.headers {
+            if self.from_client.contains(name) {
+                total += name.as_str().len() + value.len() + 4;
+            }
+        }
+        total > MAX_FORWARDED_BYTES
     }
 
     /// Whether the client's `name` reaches the upstream.
@@ -88,13 +141,50 @@ impl Keying {
     /// values of the headers its `Vary` names, skipping those the route does not forward (the
     /// origin never saw them, so its answer cannot depend on them), with `Accept` reduced to
     /// its class when `vary_accept` is set. `None` without (a forwarded) `Vary`.
-    pub(crate) fn variance(&self, resp: &ResponseHeader, req: &RequestHeader) -> Option<HashBinary> {
+    ///
+    /// The headers the gateway sets itself are keyed on what the upstream gets, not on what
+    /// the client sent: `X-Forwarded-Proto` on `proto` (the value the gateway sends); `Host`,
+    /// `Range` and the conditionals not at all (the upstream gets the configured `Host`, and a
+    /// stored answer was fetched without the client's `Range` and conditionals, which
+    /// Pingora's cache strips on a miss). An answer that varies on `X-Forwarded-For` or
+    /// `X-Request-Id` (per client, per request) is not stored (`policy::cacheable`), and they
+    /// are not keyed either (a hit-for-pass on such an answer holds for the whole URL).
+    pub(crate) fn variance(
+        &self,
+        resp: &ResponseHeader,
+        req: &RequestHeader,
+        proto: &str,
+    ) -> Option<HashBinary> {
+        self.variance_of(super::policy::vary_names(resp), req, proto)
+    }
+
+    /// [`Keying::variance`] for the `Vary` names of an answer that is not at hand (hit-for-pass
+    /// keeps the names of the answer it refused).
+    pub(crate) fn variance_names(
+        &self,
+        names: &[String],
+        req: &RequestHeader,
+        proto: &str,
+    ) -> Option<HashBinary> {
+        self.variance_of(names.iter().cloned(), req, proto)
+    }
+
+    fn variance_of(
+        &self,
+        names: impl Iterator<Item = String>,
+        req: &RequestHeader,
+        proto: &str,
+    ) -> Option<HashBinary> {
         let mut b = VarianceBuilder::new();
-        for name in super::policy::vary_names(resp) {
+        for name in names {
             let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
                 continue;
             };
-            if !self.forwards(&header) {
+            if header == X_FORWARDED_PROTO {
+                b.add_owned_name_value(name, proto.as_bytes().to_vec());
+                continue;
+            }
+            if !self.forwards(&header) || NOT_KEYED.contains(&header) {
                 continue;
             }
             if header == ACCEPT && !self.vary_accept.is_empty() {
@@ -152,7 +242,7 @@ mod tests {
 
     #[test]
     fn only_listed_and_owned_headers_go_upstream() {
-        let k = Keying::new(&[ACCEPT], &[]);
+        let k = Keying::new(&[ACCEPT], None, &[]);
         let mut r = req(&[
             ("accept", "image/webp"),
             ("x-forwarded-host", "evil.example"),
@@ -183,8 +273,23 @@ mod tests {
     }
 
     #[test]
+    fn what_a_client_passes_on_is_bounded() {
+        let k = Keying::new(&[ACCEPT], Some(&HeaderName::from_static("x-auth-subject")), &[]);
+        let big = "a".repeat(MAX_FORWARDED_BYTES);
+        assert!(!k.forwards_too_much(&req(&[("accept", "image/webp"), ("range", "bytes=0-1")])));
+        assert!(k.forwards_too_much(&req(&[("accept", &big)])));
+        assert!(k.forwards_too_much(&req(&[("if-none-match", &big)])));
+        let half = "a".repeat(MAX_FORWARDED_BYTES / 2);
+        assert!(k.forwards_too_much(&req(&[("accept", &half), ("range", &half)])));
+        // Headers that are not passed on (removed, or set by the gateway) do not count.
+        for name in ["cookie", "x-forwarded-for", "x-auth-subject", "user-agent"] {
+            assert!(!k.forwards_too_much(&req(&[(name, &big)])), "{name}");
+        }
+    }
+
+    #[test]
     fn accept_collapses_to_the_configured_types() {
-        let k = Keying::new(&[ACCEPT], &["image/avif".into(), "image/webp".into()]);
+        let k = Keying::new(&[ACCEPT], None, &["image/avif".into(), "image/webp".into()]);
         let cases = [
             (
                 "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",
@@ -201,7 +306,7 @@ mod tests {
         let vary = resp("Accept");
         for (accept, want) in cases {
             let mut r = req(&[("accept", accept)]);
-            let v = k.variance(&vary, &r);
+            let v = k.variance(&vary, &r, "http");
             k.upstream_request(&mut r);
             assert_eq!(
                 r.headers.get("accept").map(|v| v.to_str().unwrap()),
@@ -209,32 +314,73 @@ mod tests {
                 "{accept}"
             );
             let same = req(&[("accept", want.unwrap_or("text/html"))]);
-            assert_eq!(v, k.variance(&vary, &same), "{accept}");
+            assert_eq!(v, k.variance(&vary, &same, "http"), "{accept}");
         }
         assert_ne!(
-            k.variance(&vary, &req(&[("accept", "image/avif")])),
-            k.variance(&vary, &req(&[("accept", "image/webp")]))
+            k.variance(&vary, &req(&[("accept", "image/avif")]), "http"),
+            k.variance(&vary, &req(&[("accept", "image/webp")]), "http")
         );
     }
 
     #[test]
     fn vary_on_a_header_that_is_not_forwarded_does_not_split_the_key() {
-        let k = Keying::new(&[ACCEPT], &[]);
+        let k = Keying::new(&[ACCEPT], None, &[]);
         let vary = resp("Cookie, Origin, Accept");
         let a = k.variance(
             &vary,
             &req(&[("cookie", "a"), ("origin", "x"), ("accept", "image/png")]),
+            "http",
         );
-        let b = k.variance(&vary, &req(&[("cookie", "b"), ("accept", "image/png")]));
+        let b = k.variance(&vary, &req(&[("cookie", "b"), ("accept", "image/png")]), "http");
         assert!(a.is_some());
         assert_eq!(a, b);
-        assert_ne!(a, k.variance(&vary, &req(&[("accept", "image/webp")])));
-        assert_eq!(k.variance(&resp("Cookie"), &req(&[("cookie", "a")])), None);
-        // Listed: keyed.
-        let k = Keying::new(&[ACCEPT, http::header::COOKIE], &[]);
-        assert_ne!(
-            k.variance(&vary, &req(&[("cookie", "a")])),
-            k.variance(&vary, &req(&[("cookie", "b")]))
+        assert_ne!(a, k.variance(&vary, &req(&[("accept", "image/webp")]), "http"));
+        assert_eq!(
+            k.variance(&resp("Cookie"), &req(&[("cookie", "a")]), "http"),
+            None
         );
+        // Listed: keyed.
+        let k = Keying::new(&[ACCEPT, http::header::COOKIE], None, &[]);
+        assert_ne!(
+            k.variance(&vary, &req(&[("cookie", "a")]), "http"),
+            k.variance(&vary, &req(&[("cookie", "b")]), "http")
+        );
+    }
+
+    /// `Vary` on a header the gateway sets keys on what the upstream gets, never on the
+    /// client's value.
+    #[test]
+    fn vary_on_the_gateways_own_headers_keys_on_what_it_sends() {
+        let k = Keying::new(&[ACCEPT], None, &[]);
+        let v =
+            |vary: &str, headers: &[(&str, &str)], proto: &str| k.variance(&resp(vary), &req(headers), proto);
+        let proto = "X-Forwarded-Proto";
+        assert_eq!(
+            v(proto, &[("x-forwarded-proto", "https")], "http"),
+            v(proto, &[("x-forwarded-proto", "gopher")], "http")
+        );
+        assert_ne!(v(proto, &[], "http"), v(proto, &[], "https"));
+        for name in [
+            "Host",
+            "X-Forwarded-For",
+            "X-Request-Id",
+            "Range",
+            "If-None-Match",
+        ] {
+            assert_eq!(v(name, &[(name, "a")], "http"), None, "{name}");
+            assert_eq!(
+                v(
+                    &format!("{name}, Accept"),
+                    &[(name, "a"), ("accept", "x")],
+                    "http"
+                ),
+                v(
+                    &format!("{name}, Accept"),
+                    &[(name, "b"), ("accept", "x")],
+                    "http"
+                ),
+                "{name}"
+            );
+        }
     }
 }

@@ -33,7 +33,8 @@ pub(crate) use keying::Keying;
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
-    CacheMeta, CacheOptionOverrides, CachePhase, HitHandler, HttpCache, NoCacheReason, RespCacheable,
+    CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler, HttpCache, NoCacheReason,
+    RespCacheable,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -71,9 +72,8 @@ impl CachedRoute {
         r: &crate::config::Route,
         subject: Option<&http::HeaderName>,
     ) -> CachedRoute {
-        let forward: Vec<http::HeaderName> = r.forward_headers.iter().chain(subject).cloned().collect();
         CachedRoute {
-            keying: Keying::new(&forward, &r.vary_accept),
+            keying: Keying::new(&r.forward_headers, subject, &r.vary_accept),
             lookups: cache.metrics.route_lookups(&r.template),
         }
     }
@@ -101,6 +101,8 @@ pub(crate) struct RequestCache {
     prepared: Option<disk::Prepared>,
     /// A stale object is served (`should_serve_stale` said yes).
     stale: Option<Stale>,
+    /// The `X-Forwarded-Proto` the upstream gets (what an origin's `Vary` on it keys on).
+    pub(crate) proto: &'static str,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -170,20 +172,63 @@ impl Cache {
         // lack the API (a no-op here); there the client write timeout bounds the stall.
         session.set_proxy_tasks_enabled(true);
         rc.enabled = true;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        rc.proto = if tls { "https" } else { "http" };
+    }
+
+    /// `cache_key_callback`, once the key is made: hit-for-pass's verdict for this request
+    /// goes into the key, where Pingora's predictor call reads it (see `pass`).
+    pub(crate) fn predict(
+        &self,
+        key: &mut pingora::cache::CacheKey,
+        req: &RequestHeader,
+        keying: &Keying,
+        rc: &RequestCache,
+    ) {
+        if let Some(passing) = self
+            .pass
+            .check(key, |names| keying.variance_names(names, req, rc.proto))
+        {
+            key.extensions.insert(passing);
+        }
     }
 
     /// `cache_hit_filter`: notes whether the hit follows a fill, and the freshness left.
-    pub(crate) fn on_hit(meta: &CacheMeta, handler: &HitHandler, rc: &mut RequestCache) {
+    ///
+    /// A stored error (a cold key's 5xx, kept [`policy::ERROR_TTL`]) is for the requests that
+    /// were waiting on the lock for it: they share the answer they waited for. A request that
+    /// arrives later never gets it (it may have come from another client's request); it waits
+    /// until the error expires, then treats it as a miss: one such request goes upstream, the
+    /// others wait on its lock and share that answer. So while the origin keeps failing it
+    /// sees about one request per key per second, and every client gets an answer to a
+    /// request made after it arrived.
+    pub(crate) async fn on_hit(
+        session: &Session,
+        meta: &CacheMeta,
+        handler: &HitHandler,
+        is_fresh: bool,
+        rc: &mut RequestCache,
+    ) -> Option<ForcedFreshness> {
+        let now = SystemTime::now();
+        let until = meta.fresh_until();
+        if is_fresh
+            && meta.response_header().status.is_server_error()
+            && session.cache.lock_duration().is_none()
+        {
+            if let Ok(left) = until.duration_since(now) {
+                tokio::time::sleep(left.min(policy::ERROR_TTL)).await;
+            }
+            return Some(ForcedFreshness::ForceMiss);
+        }
         rc.joined_fill = handler
             .as_any()
             .downcast_ref::<reader::Reader>()
             .is_some_and(|r| r.joined_fill);
-        let now = SystemTime::now();
-        let until = meta.fresh_until();
         rc.ttl = Some(match until.duration_since(now) {
             Ok(left) => left.as_secs() as i64,
             Err(past) => -(past.duration().as_secs() as i64),
         });
+        None
     }
 
     /// `cache_vary_filter`: called on a lookup of the primary slot and again when a response
@@ -194,7 +239,7 @@ impl Cache {
         keying: &Keying,
         rc: &mut RequestCache,
     ) -> Option<HashBinary> {
-        let v = keying.variance(meta.response_header(), req);
+        let v = keying.variance(meta.response_header(), req, rc.proto);
         if !rc.storing && v != meta.variance() {
             rc.vary_miss = true;
         }
@@ -278,6 +323,21 @@ impl Cache {
             }
         }
         rc.storing |= r.is_cacheable();
+        // Hit-for-pass remembers a lasting refusal, for this request's variant, when the
+        // lookup found nothing of the URL: not after a `Vary` miss (another variant is stored,
+        // and one client's unstorable variant must not turn off the others' hits), and not
+        // for a bypassed request (the pass it followed runs its course).
+        if let RespCacheable::Uncacheable(reason) = &r {
+            if !rc.vary_miss && !session.cache.bypassing() {
+                let req = session.req_header();
+                self.pass.mark(
+                    session.cache.cache_key(),
+                    policy::vary_names(resp).collect(),
+                    keying.variance(resp, req, rc.proto),
+                    *reason,
+                );
+            }
+        }
         r
     }
 

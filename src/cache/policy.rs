@@ -93,8 +93,9 @@ pub(crate) fn content_length(resp: &ResponseHeader) -> Option<usize> {
 ///   without a length could only be told complete from truncated by how the connection
 ///   ended, and Range on a hit needs it;
 /// - no `Set-Cookie` (one client's cookie must not reach another);
-/// - no `Vary: *` (every request may differ); other `Vary` headers are honoured by the
-///   route's keying;
+/// - no `Vary: *` (every request may differ), nor `Vary` on `X-Forwarded-For` or
+///   `X-Request-Id` (one object per client or per request); other `Vary` headers are honoured
+///   by the route's keying;
 /// - a 5xx is stored for [`ERROR_TTL`] whatever its freshness says (still not with
 ///   `no-store` or `private`), so the requests waiting for a cold key share it, and only
 ///   when the lookup found no object or an error (`found`: the status of the object found,
@@ -126,7 +127,9 @@ pub(crate) fn cacheable(
     if resp.headers.contains_key(http::header::SET_COOKIE) {
         return refused(NoCacheReason::Custom("set-cookie"));
     }
-    if vary_names(resp).any(|n| n == "*") {
+    // `Vary: *`, or a header that is per client or per request (the gateway's
+    // `X-Forwarded-For` and `X-Request-Id`): keying on it would store one object per client.
+    if vary_names(resp).any(|n| matches!(n.as_str(), "*" | "x-forwarded-for" | "x-request-id")) {
         return refused(NoCacheReason::Custom("vary"));
     }
     let cc = CacheControl::from_resp_headers(resp);
@@ -327,7 +330,7 @@ mod tests {
             RespCacheable::Cacheable(meta) => assert!(meta.fresh_sec() > 3000),
             other => panic!("{other:?}"),
         }
-        let cases: [(ResponseHeader, NoCacheReason); 7] = [
+        let cases: [(ResponseHeader, NoCacheReason); 9] = [
             (resp(200, &[]), NoCacheReason::Custom("no-content-length")),
             (
                 resp(200, &[("content-length", "101")]),
@@ -354,6 +357,21 @@ mod tests {
             ),
             (
                 resp(200, &[("content-length", "1"), ("vary", "accept, *")]),
+                NoCacheReason::Custom("vary"),
+            ),
+            (
+                resp(200, &[("content-length", "1"), ("vary", "X-Forwarded-For")]),
+                NoCacheReason::Custom("vary"),
+            ),
+            (
+                resp(
+                    200,
+                    &[
+                        ("content-length", "1"),
+                        ("vary", "accept"),
+                        ("vary", "x-request-id"),
+                    ],
+                ),
                 NoCacheReason::Custom("vary"),
             ),
         ];

@@ -180,5 +180,48 @@ pub(super) fn warnings(admin: Option<SocketAddr>, a: &AccessSettings) -> Vec<Str
             ));
         }
     }
+    if let Some(super::auth::JwksSource::Url(url)) = a.auth.jwt.as_ref().map(|j| &j.source) {
+        if url.scheme_str() == Some("http") && !url.host().is_some_and(is_loopback_host) {
+            w.push(format!(
+                "gateway.auth.jwt.jwks_url: {url} is plain HTTP to another host: whoever can alter that traffic can hand the gateway their own keys and sign any token; use https:// (or a jwks file)"
+            ));
+        }
+    }
     w
+}
+
+/// `localhost` (and names under it, RFC 6761) or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST.",
+            "a.localhost",
+            "127.0.0.1",
+            "127.9.9.9",
+            "[::1]",
+            "::1",
+        ] {
+            assert!(super::is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "auth.internal",
+            "10.0.0.1",
+            "[2001:db8::1]",
+            "localhost.example",
+            "notlocalhost",
+        ] {
+            assert!(!super::is_loopback_host(host), "{host}");
+        }
+    }
 }

@@ -459,7 +459,7 @@ pub(super) enum QueryFile {
     /// Send the client's query string upstream unchanged.
     Forward,
     Drop,
-    /// Only these parameters, sorted by name.
+    /// Only these parameters, sorted by name, then value.
     Allow(Vec<String>),
 }
 

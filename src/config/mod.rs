@@ -146,7 +146,11 @@ impl Config {
         };
         match (server, gateway) {
             (Some(server), Some(gateway)) if problems.is_empty() => Ok(Config {
-                warnings: access::warnings(gateway.admin, &gateway.access),
+                warnings: [
+                    access::warnings(gateway.admin, &gateway.access),
+                    routes::warnings(&gateway.routes),
+                ]
+                .concat(),
                 server,
                 gateway,
             }),

@@ -241,6 +241,21 @@ pub(super) fn check_template(t: &str, exactly_once: bool) -> Result<(), String> 
     Ok(())
 }
 
+/// What `-t` warns about routes (valid, but probably not what was meant).
+pub(crate) fn warnings(routes: &[Route]) -> Vec<String> {
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.cache && r.vary_accept.is_empty() && r.forward_headers.contains(&http::header::ACCEPT))
+        .map(|(i, r)| {
+            format!(
+                "gateway.routes[{i}] ({}): a cached route forwards Accept without vary_accept: an origin's Vary: Accept then keys on the raw value, so each spelling is an object of its own and a client that varies its Accept reaches the origin every time and fills the cache; set vary_accept (e.g. [image/avif, image/webp]), or forward_headers: [] if the origin ignores Accept",
+                r.template
+            )
+        })
+        .collect()
+}
+
 /// What `-t` says about each route: for a cached route, what reaches the upstream and what
 /// the cache key holds.
 pub(crate) fn explain(routes: &[Route], access: &super::AccessSettings) -> String {
@@ -251,7 +266,7 @@ pub(crate) fn explain(routes: &[Route], access: &super::AccessSettings) -> Strin
             QueryRule::Forward => "the client's query string, unchanged".to_string(),
             QueryRule::Drop => "none (the client's query string is dropped)".to_string(),
             QueryRule::Allow(names) => {
-                format!("only {}, sorted by name", names.join(", "))
+                format!("only {}, sorted by name, then value", names.join(", "))
             }
         };
         if !r.cache {
@@ -295,6 +310,17 @@ mod tests {
             "gateway:\n  listen: [\"127.0.0.1:8080\"]\n{cache}  upstreams:\n    assets:\n      peers: [\"127.0.0.1:9001\"]\n  routes:\n    - path: /a/{{id}}\n      upstream: assets\n      rewrite: /b/{{id}}\n{route_extra}"
         ))
         .map_err(|p| p.join("\n"))
+    }
+
+    #[test]
+    fn accept_without_vary_accept_is_warned_about() {
+        let warned = |extra: &str, cache: bool| config(extra, cache).unwrap().warnings;
+        let w = warned("", true);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("forwards Accept without vary_accept"), "{w:?}");
+        assert!(warned("      vary_accept: [image/webp]\n", true).is_empty());
+        assert!(warned("      forward_headers: [accept-language]\n", true).is_empty());
+        assert!(warned("", false).is_empty());
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! On HTTP/1 the wrapper also measures each head's request target as it arrives
 //! (`request_line`): one longer than `max_uri_bytes` is answered 414 here, and Pingora never
 //! sees that head (it could not parse a target of 64 KiB or more). A request line split across
-//! reads is held back until it is complete, so Pingora never holds half of one. On listeners
+//! reads is held back until it is complete, so Pingora never holds half of one. A head that a
+//! client pipelines behind another (in the same read, or while the first is served) is kept
+//! back and handed over, and measured, when Pingora asks for it, so it gets the 414 too, after
+//! the answer to the one before it. On listeners
 //! with `proxy_protocol`, a trusted peer's PROXY v2 header is read first (`proxy_protocol`).
 
 use super::proxy_protocol::ProxyProtocol;
@@ -138,6 +141,9 @@ pub(crate) struct HeaderDeadline {
     max_target: usize,
     /// Bytes read but not yet handed to Pingora: an incomplete request line.
     held: Vec<u8>,
+    /// Bytes read after the end of the head Pingora is serving: the next pipelined request(s),
+    /// handed over (and measured) when Pingora asks for the next head.
+    next: Vec<u8>,
     /// A 414 being answered by the wrapper.
     refusal: Option<Refusal>,
     log: Option<LogRefused>,
@@ -151,6 +157,8 @@ struct Refusal {
     written: usize,
     drained: usize,
     done: bool,
+    /// The refused head's blank line was already read: nothing to drain.
+    head_read: bool,
 }
 
 /// The most of a refused head that is read and dropped before the connection is closed.
@@ -172,6 +180,7 @@ impl HeaderDeadline {
             scan: TargetScan::default(),
             max_target: usize::MAX,
             held: Vec::new(),
+            next: Vec::new(),
             refusal: None,
             log: None,
         }
@@ -197,6 +206,35 @@ struct HeadEnd {
 }
 
 impl HeadEnd {
+    /// Feeds the next bytes of a head; once `\r\n\r\n` has been seen, where in `data` the
+    /// head ends (the offset just past its blank line: what follows belongs to the next
+    /// request).
+    fn feed_at(&mut self, data: &[u8]) -> Option<usize> {
+        if data.is_empty() {
+            return None;
+        }
+        let mut joint = [0u8; 6];
+        let n = data.len().min(3);
+        joint[..3].copy_from_slice(&self.tail);
+        joint[3..3 + n].copy_from_slice(&data[..n]);
+        // A window starting in the tail ends `i + 1` bytes into `data`; then the first one
+        // wholly in `data`.
+        let end = joint[..3 + n]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + 1)
+            .or_else(|| blank_line().find(data).map(|i| i + 4));
+        if end.is_some() {
+            *self = HeadEnd::default();
+            return end;
+        }
+        let mut last = [0u8; 6];
+        last[..3].copy_from_slice(&self.tail);
+        last[3..3 + n].copy_from_slice(&data[data.len() - n..]);
+        self.tail.copy_from_slice(&last[n..n + 3]);
+        None
+    }
+
     /// Feeds the next bytes of a head; true once `\r\n\r\n` has been seen.
     fn feed(&mut self, data: &[u8]) -> bool {
         if data.is_empty() {
@@ -239,16 +277,24 @@ impl AsyncRead for HeaderDeadline {
             this.hand_over_held(buf);
             return Poll::Ready(Ok(()));
         }
+        if matches!(this.phase, Phase::Request | Phase::Response) && buf.remaining() == 1 {
+            // Pingora's one-byte idle read while it serves a request (it notices a client that
+            // leaves). What arrives now begins the next pipelined request: it is kept, and
+            // measured when Pingora asks for that head, so a 414 is never written into the
+            // response in progress.
+            return this.poll_idle(cx);
+        }
         loop {
             if this.phase.deadline_runs() && this.deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(deadline_passed()));
             }
             let before = buf.filled().len();
-            let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+            let result = this.read_next_or_inner(cx, buf);
             if !matches!(result, Poll::Ready(Ok(()))) {
                 return result;
             }
             let new = &buf.filled()[before..];
+            let mut head_end = None;
             let http1_head = match this.phase {
                 Phase::H2Preface { left } => {
                     let left = left.saturating_sub(new.len().min(24) as u8);
@@ -264,19 +310,28 @@ impl AsyncRead for HeaderDeadline {
                     this.head_end = HeadEnd::default();
                     this.scan = TargetScan::default();
                     this.deadline.as_mut().reset(Instant::now() + this.timeout);
-                    if this.head_end.feed(new) {
-                        this.phase = Phase::Request;
-                    }
+                    head_end = this.head_end.feed_at(new);
                     true
                 }
                 Phase::Head => {
-                    if this.head_end.feed(new) {
-                        this.phase = Phase::Request;
-                    }
+                    head_end = this.head_end.feed_at(new);
                     true
                 }
                 _ => false,
             };
+            if let Some(end) = head_end {
+                this.phase = Phase::Request;
+                // Bytes behind this head belong to the next request (a pipelined head in the
+                // same read): held back until Pingora asks for it, unless this head announces
+                // a body, which they then are.
+                let head = &buf.filled()[before..before + end];
+                if before + end < buf.filled().len() && !declares_body(head) {
+                    let rest = buf.filled()[before + end..].to_vec();
+                    this.next.splice(..0, rest);
+                    buf.set_filled(before + end);
+                }
+            }
+            let new = &buf.filled()[before..];
             if !http1_head || this.scan.verdict() != Verdict::Incomplete {
                 return Poll::Ready(Ok(()));
             }
@@ -291,6 +346,13 @@ impl AsyncRead for HeaderDeadline {
                 Verdict::TooLong => {
                     buf.set_filled(before);
                     this.held = Vec::new();
+                    // The connection ends with the 414: what followed is dropped, and the
+                    // refused head was already read to its end if it ended in this read.
+                    let head_read = head_end.is_some() || {
+                        let next = std::mem::take(&mut this.next);
+                        this.head_end.feed(&next)
+                    };
+                    this.next = Vec::new();
                     let client = this
                         .inner
                         .get_socket_digest()
@@ -303,6 +365,7 @@ impl AsyncRead for HeaderDeadline {
                         written: 0,
                         drained: 0,
                         done: false,
+                        head_read,
                     });
                     return this.poll_refusal(cx);
                 }
@@ -321,7 +384,61 @@ impl AsyncRead for HeaderDeadline {
     }
 }
 
+/// The searcher for a head's blank line, built once (building it costs more than searching a
+/// head).
+fn blank_line() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
+}
+
+/// Whether a request head announces a body (`Content-Length` other than 0, or
+/// `Transfer-Encoding`): then the bytes behind it are that body, not a next request.
+fn declares_body(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            return false;
+        };
+        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+        name.eq_ignore_ascii_case(b"transfer-encoding")
+            || (name.eq_ignore_ascii_case(b"content-length") && value != b"0")
+    })
+}
+
 impl HeaderDeadline {
+    /// Pingora's idle read during a request: end of stream and errors go through (Pingora
+    /// notices a client that left); bytes of a next request are kept in `next` and this read
+    /// stays pending (Pingora reads that request once this one is answered).
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.next.is_empty() {
+            return Poll::Pending;
+        }
+        // Small: this runs several times per request, nearly always to find nothing, and
+        // a larger buffer costs its zeroing each time. The rest of a next request waits in
+        // the socket until Pingora asks for it.
+        let mut scratch = [0u8; 64];
+        let mut rb = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                self.next.extend_from_slice(rb.filled());
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    /// The next bytes: kept ones of a following request first (at most one read's worth: an
+    /// idle read keeps at most 64 bytes, and bytes behind a head are what was left of its
+    /// read), then the socket's.
+    fn read_next_or_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.next.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.next.len().min(buf.remaining());
+        buf.put_slice(&self.next[..n]);
+        self.next.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+
     /// Gives Pingora as many held bytes as its buffer takes.
     fn hand_over_held(&mut self, buf: &mut ReadBuf<'_>) {
         let n = self.held.len().min(buf.remaining());
@@ -347,7 +464,7 @@ impl HeaderDeadline {
             return Poll::Pending;
         }
         let mut scratch = [0u8; 8192];
-        while !r.done {
+        while !r.done && !r.head_read {
             if self.deadline.as_mut().poll(cx).is_ready() {
                 break;
             }
@@ -483,7 +600,7 @@ impl Peek for HeaderDeadline {
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // What the wrapper has to hand over or answer comes before the socket's readiness.
         let held_ready = !self.held.is_empty() && self.scan.verdict() != Verdict::Incomplete;
-        if held_ready || self.refusal.is_some() {
+        if held_ready || self.refusal.is_some() || !self.next.is_empty() {
             return Poll::Ready(Ok(()));
         }
         if self.phase.deadline_runs() && self.deadline.as_mut().poll(cx).is_ready() {
@@ -519,5 +636,25 @@ mod tests {
         assert!(!h.feed(b"\r"));
         assert!(h.feed(b"\n"));
         assert!(!HeadEnd::default().feed(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+    }
+
+    /// Where the first head ends, however it is split, with a pipelined one behind it.
+    #[test]
+    fn the_first_head_ends_where_its_blank_line_does() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let two = [&head[..], b"GET /2 HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(HeadEnd::default().feed_at(&two), Some(head.len()));
+        for a in 1..head.len() {
+            let mut h = HeadEnd::default();
+            assert_eq!(h.feed_at(&two[..a]), None, "split at {a}");
+            assert_eq!(h.feed_at(&two[a..]), Some(head.len() - a), "split at {a}");
+        }
+        assert!(!declares_body(head));
+        assert!(!declares_body(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+        assert!(declares_body(b"OPTIONS / HTTP/1.1\r\ncontent-length: 5\r\n\r\n"));
+        assert!(declares_body(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(!declares_body(b"GET /content-length:5 HTTP/1.1\r\n\r\n"));
     }
 }

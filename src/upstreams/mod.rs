@@ -154,12 +154,11 @@ impl Upstream {
     /// not in `exclude` (the peers this request could not connect to).
     pub(crate) fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Arc<Peer>> {
         let now = Instant::now();
-        let backend = self.balancer.select_with(key, |b, healthy| {
-            healthy
-                && Peer::of(b)
-                    .is_some_and(|p| p.warm() && !exclude.contains(&p.addr) && !p.ejection.is_ejected(now))
-        })?;
-        Peer::of(&backend).cloned()
+        self.balancer.select_map(key, |b, healthy| {
+            let peer = Peer::of(b).filter(|_| healthy)?;
+            let usable = peer.warm() && !exclude.contains(&peer.addr) && !peer.ejection.is_ejected(now);
+            usable.then(|| peer.clone())
+        })
     }
 
     /// Passive health: counts a connect failure; enough in a row eject the peer.
@@ -321,10 +320,12 @@ impl Balancer {
         }
     }
 
-    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+    /// The first candidate `accept` takes, as it maps it (patched Pingora: the chosen
+    /// `Backend` is not cloned).
+    fn select_map<T>(&self, key: &[u8], accept: impl FnMut(&Backend, bool) -> Option<T>) -> Option<T> {
         match self {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::RoundRobin(lb) => lb.select_map(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Consistent(lb) => lb.select_map(key, MAX_SELECT_ITERATIONS, accept),
         }
     }
 

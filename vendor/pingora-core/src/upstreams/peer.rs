@@ -550,6 +550,14 @@ pub struct PeerOptions {
     /// the case the server sent them (one header map instead of two per response). Default:
     /// false.
     pub h1_discard_header_case: bool,
+    /// Hand each read of an HTTP/1 response body to the caller as the buffer it was read into
+    /// instead of a copy, when the body is framed by `Content-Length` or by the connection's
+    /// close and the read filled that buffer (a handed-out buffer holds nothing but its
+    /// bytes); the next read gets a new buffer. The first read of a response then takes up to
+    /// the body read size, and the body bytes that came with the header are handed out the
+    /// same way. Shorter reads and chunked bodies are still copied. Default: false (every read
+    /// is copied out of one reused buffer).
+    pub h1_owned_body_reads: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
     pub extra_proxy_headers: BTreeMap<String, Vec<u8>>,
@@ -611,6 +619,7 @@ impl PeerOptions {
             allow_h1_response_invalid_content_length: false,
             h1_body_read_size: None,
             h1_discard_header_case: false,
+            h1_owned_body_reads: false,
             http_upstream_request_policy: HttpUpstreamRequestPolicy::default(),
             extra_proxy_headers: BTreeMap::new(),
             curves: None,

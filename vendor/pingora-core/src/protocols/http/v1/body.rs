@@ -154,6 +154,11 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    // Whether the last read was of a Content-Length or close-delimited body, whose bytes
+    // start the body buffer, and that buffer's capacity when it was read into (before any
+    // overread was split off); see `take_body`.
+    last_read_sized: bool,
+    last_read_capacity: usize,
 }
 
 impl BodyReader {
@@ -165,6 +170,8 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            last_read_sized: false,
+            last_read_capacity: 0,
         }
     }
 
@@ -316,6 +323,21 @@ impl BodyReader {
         buf_ref.get(self.body_buf.as_ref().unwrap())
     }
 
+    /// The body bytes of `buf_ref`, returned by the last read, as owned `Bytes`. Without a
+    /// copy when that read can give its buffer away: the body is framed by Content-Length or
+    /// the connection's close, and the bytes fill the buffer they were read into (so a
+    /// handed-out buffer holds nothing but its bytes); the next read then gets a new buffer.
+    /// Otherwise copied, as `get_body` and `Bytes::copy_from_slice`.
+    pub fn take_body(&mut self, buf_ref: &BufRef) -> Bytes {
+        if let (true, Some(buf)) = (self.last_read_sized, self.body_buf.as_mut()) {
+            let BufRef(start, end) = *buf_ref;
+            if start == 0 && end == buf.len() && end > 0 && end == self.last_read_capacity {
+                return buf.split_to(end).freeze();
+            }
+        }
+        Bytes::copy_from_slice(self.get_body(buf_ref))
+    }
+
     #[allow(dead_code)]
     pub fn get_body_overread(&self) -> Option<&[u8]> {
         self.body_buf_overread.as_deref()
@@ -391,6 +413,7 @@ impl BodyReader {
     where
         S: AsyncRead + Unpin + Send,
     {
+        self.last_read_sized = matches!(self.body_state, PS::Partial(..) | PS::UntilClose(_));
         match self.body_state {
             PS::Complete(_) => Ok(None),
             PS::Done(_) => Ok(None),
@@ -425,6 +448,7 @@ impl BodyReader {
                 .await
                 .or_err(ReadError, "when reading body")?;
         }
+        self.last_read_capacity = self.body_buf.as_ref().map_or(0, |b| b.capacity());
         match self.body_state {
             PS::Partial(read, to_read) => {
                 debug!(
@@ -479,6 +503,7 @@ impl BodyReader {
                 .await
                 .or_err(ReadError, "when reading body")?;
         }
+        self.last_read_capacity = self.body_buf.as_ref().map_or(0, |b| b.capacity());
         match self.body_state {
             PS::UntilClose(read) => {
                 if n == 0 {
@@ -1129,6 +1154,109 @@ impl BodyMode {
     }
 }
 
+/// Several body buffers written as one (optionally behind a head, such as the response header,
+/// and a prefix, and before a suffix, for a chunk's size line and CRLF), at most `body_left` of
+/// their bytes: a [`Buf`] whose `chunks_vectored` offers every piece, so a vectored write sends
+/// them all at once.
+struct BufList<'a> {
+    head: Bytes,
+    prefix: Bytes,
+    bufs: &'a [Bytes],
+    suffix: &'static [u8],
+    // position in `bufs`: the buffer and the offset in it
+    index: usize,
+    offset: usize,
+    body_left: usize,
+}
+
+impl<'a> BufList<'a> {
+    fn new(
+        head: Bytes,
+        prefix: Bytes,
+        bufs: &'a [Bytes],
+        body_len: usize,
+        suffix: &'static [u8],
+    ) -> Self {
+        BufList {
+            head,
+            prefix,
+            bufs,
+            suffix,
+            index: 0,
+            offset: 0,
+            body_left: body_len,
+        }
+    }
+
+    /// The body pieces still to write, each cut to `body_left`.
+    fn body_pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let mut left = self.body_left;
+        self.bufs
+            .iter()
+            .skip(self.index)
+            .enumerate()
+            .map(move |(i, b)| {
+                let b = if i == 0 { &b[self.offset..] } else { &b[..] };
+                let piece = &b[..b.len().min(left)];
+                left -= piece.len();
+                piece
+            })
+            .filter(|piece| !piece.is_empty())
+    }
+}
+
+impl Buf for BufList<'_> {
+    fn remaining(&self) -> usize {
+        self.head.len() + self.prefix.len() + self.body_left + self.suffix.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        if !self.head.is_empty() {
+            return &self.head;
+        }
+        if !self.prefix.is_empty() {
+            return &self.prefix;
+        }
+        self.body_pieces().next().unwrap_or(self.suffix)
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        let from_head = cnt.min(self.head.len());
+        self.head.advance(from_head);
+        cnt -= from_head;
+        let from_prefix = cnt.min(self.prefix.len());
+        self.prefix.advance(from_prefix);
+        cnt -= from_prefix;
+        while cnt > 0 && self.body_left > 0 {
+            let buf_left = self.bufs[self.index].len() - self.offset;
+            if buf_left == 0 {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = cnt.min(buf_left).min(self.body_left);
+            self.offset += n;
+            self.body_left -= n;
+            cnt -= n;
+        }
+        self.suffix = &self.suffix[cnt.min(self.suffix.len())..];
+    }
+
+    fn chunks_vectored<'b>(&'b self, dst: &mut [std::io::IoSlice<'b>]) -> usize {
+        let pieces = [&self.head[..], &self.prefix[..]]
+            .into_iter()
+            .chain(self.body_pieces())
+            .chain(std::iter::once(self.suffix))
+            .filter(|piece| !piece.is_empty());
+        let mut n = 0;
+        for (slot, piece) in dst.iter_mut().zip(pieces) {
+            *slot = std::io::IoSlice::new(piece);
+            n += 1;
+        }
+        n
+    }
+}
+
 /// Type alias for the chunked encoding buffer chain
 type ChunkedBuf = bytes::buf::Chain<bytes::buf::Chain<Bytes, Bytes>, &'static [u8]>;
 
@@ -1338,6 +1466,88 @@ impl BodyWriter {
             BM::ChunkedEncoding(_) => self.do_write_chunked_body(stream, buf).await,
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
             BM::ToSelect => Ok(None), // Error here?
+        }
+    }
+
+    /// Like [`Self::write_body`] for several buffers at once, framed as one write of their
+    /// concatenation (one chunk when chunked), but sent with vectored writes instead of being
+    /// copied into one buffer first: one `writev` for the lot when the stream takes it all.
+    /// Meant for streams whose `is_write_vectored()` is true; on others each piece costs a
+    /// write of its own.
+    ///
+    /// `head` (may be empty) goes out first in the same write, whether or not any body does:
+    /// bytes that precede the body, such as the response header. It is consumed as it is
+    /// written, so after an error the caller can tell whether all of it went out.
+    pub async fn write_body_vectored<S>(
+        &mut self,
+        stream: &mut S,
+        head: &mut Bytes,
+        bufs: &[Bytes],
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        trace!("Writing Body, size: {len} in {} pieces", bufs.len());
+        let head_alone = match self.body_mode {
+            BM::Complete(_) | BM::ToSelect => true,
+            BM::ContentLength(total, written) => written >= total,
+            BM::ChunkedEncoding(_) | BM::UntilClose(_) => len == 0,
+        };
+        if head_alone {
+            if !head.is_empty() {
+                let res = stream.write_all_buf(head).await;
+                res.or_err(WriteError, "writing response header")?;
+            }
+            return Ok(None);
+        }
+        match self.body_mode {
+            BM::Complete(_) | BM::ToSelect => Ok(None),
+            BM::ContentLength(total, written) => {
+                let mut to_write = total - written;
+                if to_write < len {
+                    warn!("Trying to write data over content-length: {total}");
+                } else {
+                    to_write = len;
+                }
+                let mut out =
+                    BufList::new(std::mem::take(head), Bytes::new(), bufs, to_write, b"");
+                let res = stream.write_all_buf(&mut out).await;
+                *head = out.head;
+                match res {
+                    Ok(()) => {
+                        self.body_mode = BM::ContentLength(total, written + to_write);
+                        if self.finished() {
+                            stream.flush().await.or_err(WriteError, "flushing body")?;
+                        }
+                        Ok(Some(to_write))
+                    }
+                    Err(e) => Error::e_because(WriteError, "while writing body", e),
+                }
+            }
+            BM::ChunkedEncoding(written) => {
+                let size_line = Bytes::from(format!("{:X}\r\n", len));
+                let mut out = BufList::new(std::mem::take(head), size_line, bufs, len, b"\r\n");
+                let res = stream.write_all_buf(&mut out).await;
+                *head = out.head;
+                res.or_err(WriteError, "while writing body")?;
+                stream.flush().await.or_err(WriteError, "flushing body")?;
+                self.body_mode = BM::ChunkedEncoding(written + len);
+                Ok(Some(len))
+            }
+            BM::UntilClose(written) => {
+                let mut out = BufList::new(std::mem::take(head), Bytes::new(), bufs, len, b"");
+                let res = stream.write_all_buf(&mut out).await;
+                *head = out.head;
+                match res {
+                    Ok(()) => {
+                        self.body_mode = BM::UntilClose(written + len);
+                        stream.flush().await.or_err(WriteError, "flushing body")?;
+                        Ok(Some(len))
+                    }
+                    Err(e) => Error::e_because(WriteError, "while writing body", e),
+                }
+            }
         }
     }
 
@@ -2105,6 +2315,66 @@ mod tests {
         }
         assert_eq!(got.len(), 20 * 1024 + 3);
         assert!(got.ends_with(b"yabc"));
+    }
+
+    #[tokio::test]
+    async fn take_body_hands_out_full_reads_without_a_copy() {
+        init_log();
+        let body = vec![b'z'; 36 * 1024];
+        // 16 KiB, 16 KiB, then 4 KiB of a 16 KiB buffer (not full: copied)
+        let mut mock_io = Builder::new().read(&body).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.set_body_buf_size(16 * 1024);
+        body_reader.init_content_length(body.len(), b"");
+        let mut got = Vec::new();
+        let mut owned = 0;
+        while let Some(r) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            let in_buffer = body_reader.get_body(&r).as_ptr();
+            let piece = body_reader.take_body(&r);
+            if piece.as_ptr() == in_buffer {
+                owned += 1;
+                assert_eq!(piece.len(), 16 * 1024);
+            } else {
+                assert_eq!(piece.len(), 4 * 1024);
+            }
+            got.push(piece);
+        }
+        assert_eq!(owned, 2);
+        assert_eq!(got.concat(), body);
+        // the pieces handed out are distinct buffers: the reads after them did not overwrite
+        assert!(got.iter().all(|p| p.iter().all(|b| *b == b'z')));
+    }
+
+    #[tokio::test]
+    async fn take_body_owns_the_rewind_and_copies_chunked_bodies() {
+        init_log();
+        let mut mock_io = Builder::new().read(b"defgh").build();
+        let mut body_reader = BodyReader::new(true);
+        let rewind = BytesMut::from(&b"abc"[..]);
+        let rewind_ptr = rewind.as_ptr();
+        body_reader.init_content_length_owned(8, rewind);
+        let r = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        let first = body_reader.take_body(&r);
+        assert_eq!((&first[..], first.as_ptr()), (&b"abc"[..], rewind_ptr));
+        let r = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(&body_reader.take_body(&r)[..], b"defgh");
+        assert!(body_reader.read_body(&mut mock_io).await.unwrap().is_none());
+
+        let mut input = format!("{:x}\r\n", 12 * 1024).into_bytes();
+        input.extend(vec![b'y'; 12 * 1024]);
+        input.extend_from_slice(b"\r\n0\r\n\r\n");
+        let mut mock_io = Builder::new().read(&input).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.set_body_buf_size(16 * 1024);
+        body_reader.init_chunked(b"");
+        let mut got = Vec::new();
+        while let Some(r) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            let in_buffer = body_reader.get_body(&r).as_ptr();
+            let piece = body_reader.take_body(&r);
+            assert_ne!(piece.as_ptr(), in_buffer, "chunked bodies are copied");
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, vec![b'y'; 12 * 1024]);
     }
 
     #[tokio::test]
@@ -4484,5 +4754,80 @@ mod test_poll_body_writer {
         assert!(matches!(res, Ok(Some(5))));
         assert_eq!(mock.written, data);
         assert!(mock.next.is_empty());
+    }
+
+    #[tokio::test]
+    async fn vectored_body_write_sends_a_batch_in_one_call() {
+        let bufs = [
+            Bytes::from_static(b"abc"),
+            Bytes::new(),
+            Bytes::from_static(b"defgh"),
+        ];
+        // content-length: one vectored write of both pieces
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(8))]);
+        let mut bw = BodyWriter::new();
+        bw.init_content_length(8);
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(8), &b"abcdefgh"[..]));
+        assert!(bw.finished());
+        assert!(mock.next.is_empty());
+
+        // chunked: one chunk of the batch, size line and CRLF in the same call
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(13))]);
+        let mut bw = BodyWriter::new();
+        bw.init_chunked();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(8), &b"8\r\nabcdefgh\r\n"[..]));
+        assert!(mock.next.is_empty());
+
+        // close-delimited
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(8))]);
+        let mut bw = BodyWriter::new();
+        bw.init_close_delimited();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(8), &b"abcdefgh"[..]));
+    }
+
+    #[tokio::test]
+    async fn vectored_body_write_resumes_short_writes_and_keeps_the_length() {
+        let bufs = [
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"defgh"),
+            Bytes::from_static(b"ij"),
+        ];
+        // short writes stopping inside the size line, inside a piece, at a piece's end and
+        // inside the CRLF
+        let mut mock = MockWriter::new(
+            true,
+            vec![
+                Poll::Ready(Ok(1)),
+                Poll::Ready(Ok(4)),
+                Poll::Ready(Ok(3)),
+                Poll::Ready(Ok(6)),
+                Poll::Ready(Ok(1)),
+            ],
+        );
+        let mut bw = BodyWriter::new();
+        bw.init_chunked();
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(10), &b"A\r\nabcdefghij\r\n"[..]));
+        assert!(mock.next.is_empty());
+
+        let mut mock = MockWriter::new(
+            true,
+            vec![Poll::Ready(Ok(2)), Poll::Ready(Ok(3)), Poll::Ready(Ok(5))],
+        );
+        let mut bw = BodyWriter::new();
+        bw.init_content_length(10);
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(10), &b"abcdefghij"[..]));
+
+        // more than the content-length: cut at it
+        let mut mock = MockWriter::new(true, vec![Poll::Ready(Ok(6))]);
+        let mut bw = BodyWriter::new();
+        bw.init_content_length(6);
+        let res = bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap();
+        assert_eq!((res, &mock.written[..]), (Some(6), &b"abcdef"[..]));
+        assert_eq!(bw.write_body_vectored(&mut mock, &mut Bytes::new(), &bufs).await.unwrap(), None);
     }
 }

@@ -39,6 +39,9 @@ pub struct HttpSession {
     pub(crate) underlying_stream: Stream,
     raw_header: Option<BufRef>,
     preread_body: Option<BufRef>,
+    // With `owned_body_reads`: the body bytes read with the header, split off the header
+    // buffer (`preread_body` is then empty).
+    preread_body_owned: Option<BytesMut>,
     body_reader: BodyReader,
     body_writer: BodyWriter,
     // timeouts:
@@ -69,6 +72,9 @@ pub struct HttpSession {
     allow_h1_response_invalid_content_length: bool,
     // If set, response headers are built without the case-preserving name map.
     discard_header_case: bool,
+    // If set, body reads are handed out as the buffers they were read into when possible
+    // (see `PeerOptions::h1_owned_body_reads`).
+    owned_body_reads: bool,
 }
 
 /// HTTP 1.x client session
@@ -88,6 +94,7 @@ impl HttpSession {
             response_header_read_buf: BytesMut::new(),
             raw_header: None,
             preread_body: None,
+            preread_body_owned: None,
             body_reader: BodyReader::new(true),
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
@@ -103,6 +110,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             discard_header_case: false,
+            owned_body_reads: false,
         }
     }
 
@@ -117,8 +125,15 @@ impl HttpSession {
                 session.set_body_read_size(size);
             }
             session.discard_header_case = options.h1_discard_header_case;
+            session.owned_body_reads = options.h1_owned_body_reads;
         }
         session
+    }
+
+    /// Hand out body reads as the buffers they were read into when possible. See
+    /// [`PeerOptions::h1_owned_body_reads`](crate::upstreams::peer::PeerOptions).
+    pub fn set_owned_body_reads(&mut self, owned: bool) {
+        self.owned_body_reads = owned;
     }
 
     /// Set the most bytes one read of the response body takes (default 64 KiB; at least
@@ -247,6 +262,7 @@ impl HttpSession {
     fn clear_response_header_read_state(&mut self) {
         self.response_header_read_buf.clear();
         self.preread_body = None;
+        self.preread_body_owned = None;
     }
 
     fn fail_response_header_read<T>(&mut self, e: pingora_error::BError) -> Result<T> {
@@ -271,7 +287,10 @@ impl HttpSession {
             // Move these bytes into response_header_read_buf so that if parsing the
             // next header is cancelled, a future call can resume without dropping the
             // preread bytes.
-            if let Some(preread) = self.preread_body.take().filter(|b| !b.is_empty()) {
+            if let Some(preread) = self.preread_body_owned.take().filter(|b| !b.is_empty()) {
+                self.preread_body = None;
+                self.response_header_read_buf.put_slice(&preread);
+            } else if let Some(preread) = self.preread_body.take().filter(|b| !b.is_empty()) {
                 self.response_header_read_buf
                     .put_slice(preread.get(&self.buf));
             } else {
@@ -323,6 +342,11 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
+                        // The body bytes read with the header keep their place in the
+                        // buffer: split off (no copy), they become the body reader's buffer.
+                        self.preread_body_owned = self
+                            .owned_body_reads
+                            .then(|| self.response_header_read_buf.split_off(s));
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
                         for header in header_refs {
@@ -352,7 +376,11 @@ impl HttpSession {
                         }
 
                         self.raw_header = Some(BufRef(0, s));
-                        self.preread_body = Some(BufRef(s, total_read));
+                        self.preread_body = Some(if self.preread_body_owned.is_some() {
+                            BufRef(s, s)
+                        } else {
+                            BufRef(s, total_read)
+                        });
                         self.buf = buf;
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response() {
@@ -394,13 +422,20 @@ impl HttpSession {
                 ));
             }
 
+            // With owned body reads, what follows the header in this buffer becomes the first
+            // body buffer: the first read takes as much as a body read.
+            let read_size = if self.owned_body_reads && already_read == 0 {
+                self.body_reader.body_buf_size.max(INIT_HEADER_BUF_SIZE)
+            } else {
+                INIT_HEADER_BUF_SIZE
+            };
             if self
                 .response_header_read_buf
                 .capacity()
                 .saturating_sub(self.response_header_read_buf.len())
-                < INIT_HEADER_BUF_SIZE
+                < read_size
             {
-                self.response_header_read_buf.reserve(INIT_HEADER_BUF_SIZE);
+                self.response_header_read_buf.reserve(read_size);
             }
 
             let read_fut = self
@@ -495,13 +530,7 @@ impl HttpSession {
     /// Return `Ok(Some(ref)) after a successful read.
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
-        let result = match self.read_timeout {
-            Some(t) => match timeout(t, self.do_read_body()).await {
-                Ok(res) => res,
-                Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
-            },
-            None => self.do_read_body().await,
-        };
+        let result = self.read_body_buf_ref().await;
 
         result.map(|maybe_body| {
             maybe_body.map(|body_ref| {
@@ -512,10 +541,28 @@ impl HttpSession {
         })
     }
 
+    async fn read_body_buf_ref(&mut self) -> Result<Option<BufRef>> {
+        match self.read_timeout {
+            Some(t) => match timeout(t, self.do_read_body()).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
+            },
+            None => self.do_read_body().await,
+        }
+    }
+
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
-        let read = self.read_body_ref().await?;
-        Ok(read.map(Bytes::copy_from_slice))
+        if !self.owned_body_reads {
+            let read = self.read_body_ref().await?;
+            return Ok(read.map(Bytes::copy_from_slice));
+        }
+        let Some(body_ref) = self.read_body_buf_ref().await? else {
+            return Ok(None);
+        };
+        let body = self.body_reader.take_body(&body_ref);
+        self.body_recv = self.body_recv.saturating_add(body.len());
+        Ok(Some(body))
     }
 
     /// Upstream response body bytes received (payload only; excludes headers/framing).
@@ -694,6 +741,9 @@ impl HttpSession {
 
     fn init_body_reader(&mut self) {
         if self.body_reader.need_init() {
+            if self.preread_body_owned.is_some() && self.init_body_reader_owned() {
+                return;
+            }
             // follow https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
             let preread_body = self.preread_body.as_ref().unwrap().get(&self.buf[..]);
 
@@ -735,6 +785,39 @@ impl HttpSession {
                 self.close_delimited_resp = true;
             }
         }
+    }
+
+    /// [`Self::init_body_reader`] with the body bytes read with the header split off the header
+    /// buffer (`owned_body_reads`): the body reader adopts them without a copy, except for a
+    /// chunked body (copied, as without the option). Same framing rules. Returns false, and
+    /// leaves the bytes in place, for an informational response.
+    fn init_body_reader_owned(&mut self) -> bool {
+        let status = self.get_status().map(|code| code.as_u16());
+        if matches!(status, Some(100..=199)) && status != Some(101) {
+            return false;
+        }
+        let preread = self.preread_body_owned.take().unwrap_or_default();
+        let head = self
+            .request_written
+            .as_ref()
+            .is_some_and(|req| req.method == http::method::Method::HEAD);
+        if matches!(status, Some(204 | 304)) || head {
+            self.body_reader.init_content_length_owned(0, preread);
+            return true;
+        }
+        let upgraded = status == Some(101) && self.is_upgrade_req();
+        if upgraded {
+            self.body_reader.init_close_delimited_owned(preread);
+            self.close_delimited_resp = true;
+        } else if self.is_chunked_encoding() {
+            self.body_reader.init_chunked(&preread);
+        } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            self.body_reader.init_content_length_owned(cl, preread);
+        } else {
+            self.body_reader.init_close_delimited_owned(preread);
+            self.close_delimited_resp = true;
+        }
+        true
     }
 
     /// Whether this request is for upgrade
@@ -1047,6 +1130,83 @@ mod tests_stream {
         let res = http_stream.read_body_ref().await.unwrap();
         assert_eq!(res, None);
         assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
+    }
+
+    /// All the body bytes `read_body_bytes` hands out, with and without owned reads.
+    async fn read_all_body_bytes(input: &[&[u8]], owned: bool) -> (u16, Vec<u8>, usize, bool) {
+        let mut builder = Builder::new();
+        for piece in input {
+            builder.read(piece);
+        }
+        let mut http_stream = HttpSession::new(Box::new(builder.build()));
+        http_stream.set_owned_body_reads(owned);
+        let mut status = http_stream.read_resp_header_parts().await.unwrap().status;
+        while status.is_informational() {
+            status = http_stream.read_resp_header_parts().await.unwrap().status;
+        }
+        let mut body = Vec::new();
+        while let Some(piece) = http_stream.read_body_bytes().await.unwrap() {
+            body.extend_from_slice(&piece);
+        }
+        let overread = http_stream.body_reader.has_bytes_overread();
+        (status.as_u16(), body, http_stream.body_bytes_received(), overread)
+    }
+
+    #[tokio::test]
+    async fn owned_body_reads_read_the_same_bodies() {
+        init_log();
+        let big = vec![b'q'; 40 * 1024];
+        let cl_header = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len() + 3);
+        let with_preread = [cl_header.as_bytes(), b"abc", &big[..20 * 1024], &big[20 * 1024..]].concat();
+        let cases: Vec<Vec<&[u8]>> = vec![
+            // Content-Length, part of the body with the header, the rest in two reads
+            vec![cl_header.as_bytes(), b"abc", &big[..20 * 1024], &big[20 * 1024..]],
+            vec![&with_preread[..]],
+            // the whole body with the header, and bytes past its end
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcextra"],
+            // an informational response first
+            vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"],
+            // chunked, the first chunk with the header
+            vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", b"2\r\nde\r\n0\r\n\r\n"],
+            // close-delimited
+            vec![b"HTTP/1.1 200 OK\r\n\r\nabc", &big[..], b""],
+            // no body
+            vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
+        ];
+        for case in cases {
+            let copied = read_all_body_bytes(&case, false).await;
+            let owned = read_all_body_bytes(&case, true).await;
+            assert_eq!(copied, owned, "{:?}", String::from_utf8_lossy(case[0]));
+        }
+    }
+
+    #[tokio::test]
+    async fn owned_body_reads_hand_out_the_read_buffers() {
+        init_log();
+        let header = "HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n";
+        // The first read takes up to a body read (16 KiB, not the 4 KiB of a header read): the
+        // header and the body bytes that fill the rest of it, handed out in place.
+        let with_header = 16 * 1024 - header.len();
+        let body = vec![b'q'; 40000];
+        let first = [header.as_bytes(), &body[..with_header]].concat();
+        let second = &body[with_header..with_header + 16 * 1024];
+        let last = &body[with_header + 16 * 1024..];
+        let mock_io = Builder::new().read(&first).read(second).read(last).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_body_read_size(16 * 1024);
+        http_stream.set_owned_body_reads(true);
+        http_stream.read_response().await.unwrap();
+        let mut pieces = Vec::new();
+        while let Some(piece) = http_stream.read_body_bytes().await.unwrap() {
+            pieces.push(piece);
+        }
+        let lens: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+        assert_eq!(lens, [with_header, 16 * 1024, last.len()]);
+        assert_eq!(pieces.concat(), body);
+        // the bytes read with the header stayed in the header's buffer, right after it
+        let header_end = http_stream.get_headers_raw().as_ptr() as usize + header.len();
+        assert_eq!(pieces[0].as_ptr() as usize, header_end);
+        assert_ne!(pieces[1].as_ptr(), pieces[2].as_ptr());
     }
 
     #[tokio::test]

@@ -123,4 +123,94 @@ pub(crate) mod test_util {
         }
     }
     impl Peek for FlushTrackingMock {}
+
+    /// A stream that reads from a [`Mock`] and accepts every write, vectored ones whole,
+    /// recording the bytes of each write call.
+    #[derive(Debug)]
+    pub(crate) struct VectoredWriteMock {
+        inner: Mock,
+        writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl VectoredWriteMock {
+        pub(crate) fn new(mock: Mock) -> (Self, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+            let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mock = VectoredWriteMock {
+                inner: mock,
+                writes: writes.clone(),
+            };
+            (mock, writes)
+        }
+    }
+
+    impl AsyncRead for VectoredWriteMock {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for VectoredWriteMock {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.lock().unwrap().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len();
+            self.writes.lock().unwrap().push(all);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Shutdown for VectoredWriteMock {
+        async fn shutdown(&mut self) -> () {}
+    }
+    impl UniqueID for VectoredWriteMock {
+        fn id(&self) -> UniqueIDType {
+            0
+        }
+    }
+    impl Ssl for VectoredWriteMock {}
+    impl GetTimingDigest for VectoredWriteMock {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            vec![]
+        }
+    }
+    impl GetProxyDigest for VectoredWriteMock {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            None
+        }
+    }
+    impl GetSocketDigest for VectoredWriteMock {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            None
+        }
+    }
+    impl Peek for VectoredWriteMock {}
 }

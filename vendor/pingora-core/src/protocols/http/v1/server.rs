@@ -30,7 +30,7 @@ use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
@@ -93,6 +93,12 @@ pub struct HttpSession {
     proxy_task_state: ProxyTaskState,
     /// An internal buffer to buf multiple body writes to reduce the underlying syscalls
     body_write_buf: BytesMut,
+    // The bodies of a batch of tasks, written with one vectored write instead of being copied
+    // into `body_write_buf`, when the stream writes vectors.
+    body_write_bufs: Vec<Bytes>,
+    // A response header prepared but not written yet: it goes out in the same vectored write
+    // as the body of its batch (the header, its serialized bytes, whether to flush them).
+    response_header_to_write: Option<(Box<ResponseHeader>, Bytes, bool)>,
     /// Track how many application (not on the wire) body bytes already sent
     body_bytes_sent: usize,
     /// Track how many application (not on the wire) body bytes already read
@@ -186,6 +192,8 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             proxy_task_state: ProxyTaskState::default(),
             body_write_buf: BytesMut::new(),
+            body_write_bufs: Vec::new(),
+            response_header_to_write: None,
             keepalive_timeout: KeepaliveStatus::Off,
             update_resp_headers: true,
             response_written: None,
@@ -1101,6 +1109,38 @@ impl HttpSession {
     }
 
     async fn do_write_body_buf(&mut self) -> Result<Option<usize>> {
+        if !self.body_write_bufs.is_empty() || self.response_header_to_write.is_some() {
+            let bufs = std::mem::take(&mut self.body_write_bufs);
+            let (header, mut head, flush) = match self.response_header_to_write.take() {
+                Some((header, head, flush)) => (Some(header), head, flush),
+                None => (None, Bytes::new(), false),
+            };
+            let mut written = self
+                .body_writer
+                .write_body_vectored(&mut self.underlying_stream, &mut head, &bufs)
+                .await;
+            if let Ok(Some(num_bytes)) = written {
+                self.body_bytes_sent += num_bytes;
+            }
+            if let (Some(header), true) = (header, head.is_empty()) {
+                // the header went out: flushed and recorded as `write_response_header` does
+                let flushed = if written.is_ok() && (flush || self.body_writer.finished()) {
+                    self.underlying_stream.flush().await
+                } else {
+                    Ok(())
+                };
+                match flushed {
+                    Ok(()) => self.response_written = Some(header),
+                    Err(e) => {
+                        written = Error::e_because(WriteError, "flushing response header", e)
+                    }
+                }
+            }
+            // keep the vector's allocation for the next batch
+            self.body_write_bufs = bufs;
+            self.body_write_bufs.clear();
+            return written;
+        }
         // Don't flush empty chunks, they are considered end of body for chunks
         if self.body_write_buf.is_empty() {
             return Ok(None);
@@ -1122,7 +1162,10 @@ impl HttpSession {
     }
 
     async fn write_body_buf(&mut self) -> Result<Option<usize>> {
-        match self.write_timeout(self.body_write_buf.len()) {
+        let len = self.body_write_buf.len()
+            + self.body_write_bufs.iter().map(|b| b.len()).sum::<usize>()
+            + self.response_header_to_write.as_ref().map_or(0, |h| h.1.len());
+        match self.write_timeout(len) {
             Some(t) => match timeout(t, self.do_write_body_buf()).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
@@ -1605,11 +1648,15 @@ impl HttpSession {
             return;
         };
         if !d.is_empty() && !self.body_writer.finished() {
-            self.body_write_buf.put_slice(&d);
+            if self.underlying_stream.is_write_vectored() {
+                // no copy: the batch goes out in one vectored write
+                self.body_write_bufs.push(d);
+            } else {
+                self.body_write_buf.put_slice(&d);
+            }
         }
     }
 
-    // TODO: use vectored write to avoid copying
     pub async fn response_duplex_vec(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
         let n_tasks = tasks.len();
         if n_tasks == 1 {
@@ -1618,8 +1665,23 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
-        for task in tasks.into_iter() {
+        for (i, task) in tasks.into_iter().enumerate() {
             end_stream = match task {
+                HttpTask::Header(mut header, end_stream)
+                    if i == 0
+                        && !header.status.is_informational()
+                        && self.underlying_stream.is_write_vectored() =>
+                {
+                    // The final header opens the batch: it goes out with the batch's body in
+                    // one vectored write (`write_body_buf`) instead of a write of its own.
+                    if let Some((head, flush)) = self
+                        .prepare_response_header(&mut header)
+                        .map_err(|e| e.into_down())?
+                    {
+                        self.response_header_to_write = Some((header, head, flush));
+                    }
+                    end_stream
+                }
                 HttpTask::Header(header, end_stream) => {
                     self.write_response_header(header)
                         .await
@@ -3739,6 +3801,68 @@ mod test_proxy_tasks {
             StatusCode::OK,
             "Final response should be 200 OK, overwriting 100 Continue"
         );
+    }
+
+    /// The write calls of `response_duplex_vec` for one batch on a vectored stream.
+    async fn vectored_batch_writes(tasks: Vec<HttpTask>) -> (Vec<Vec<u8>>, bool, usize) {
+        use crate::protocols::http::v1::test_util::VectoredWriteMock;
+        let request = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let (mock, writes) = VectoredWriteMock::new(Builder::new().read(request).build());
+        let mut http_stream = HttpSession::new(Box::new(mock));
+        http_stream.update_resp_headers = false;
+        http_stream.read_request().await.unwrap();
+        let end = http_stream.response_duplex_vec(tasks).await.unwrap();
+        assert!(http_stream.response_written().is_some());
+        let writes = writes.lock().unwrap().clone();
+        (writes, end, http_stream.body_bytes_sent())
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_out_in_one_vectored_write_with_its_header() {
+        init_log();
+        let header = |framing: &'static str, value: &str| {
+            let mut h = ResponseHeader::build(StatusCode::OK, Some(2)).unwrap();
+            h.insert_header(framing, value).unwrap();
+            Box::new(h)
+        };
+        let body = |b: &'static [u8], end| HttpTask::Body(Some(Bytes::from_static(b)), end);
+
+        let (writes, end, sent) = vectored_batch_writes(vec![
+            HttpTask::Header(header("Content-Length", "8"), false),
+            body(b"abc", false),
+            body(b"defgh", true),
+        ])
+        .await;
+        assert_eq!(
+            writes,
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nabcdefgh".to_vec()]
+        );
+        assert!(end);
+        assert_eq!(sent, 8);
+
+        // chunked: header, one chunk for the batch; then the last chunk
+        let (writes, _, _) = vectored_batch_writes(vec![
+            HttpTask::Header(header("Transfer-Encoding", "chunked"), false),
+            body(b"abc", false),
+            body(b"de", true),
+        ])
+        .await;
+        assert_eq!(
+            writes,
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n".to_vec(),
+                b"0\r\n\r\n".to_vec()
+            ]
+        );
+
+        // a header with nothing of its body in the batch still goes out
+        let (writes, end, _) = vectored_batch_writes(vec![
+            HttpTask::Header(header("Content-Length", "3"), false),
+            HttpTask::Body(None, false),
+        ])
+        .await;
+        assert_eq!(writes, vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n".to_vec()]);
+        assert!(!end);
     }
 
     #[tokio::test]
