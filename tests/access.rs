@@ -858,6 +858,9 @@ async fn cors_preflights_and_headers() {
         r.header("access-control-allow-origin"),
         Some("https://app.example.com")
     );
+    // ... including why (a browser hides headers not listed).
+    let exposed = r.header("access-control-expose-headers").unwrap_or_default();
+    assert!(exposed.contains("WWW-Authenticate"), "{exposed}");
     assert_eq!(origin_requests(&s.origin, A).len(), 1);
 }
 

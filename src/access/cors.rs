@@ -15,9 +15,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static(
     "Authorization, Range, If-None-Match, If-Modified-Since, If-Range, X-Request-Id",
 );
-/// Response headers a page may read besides the safelisted ones.
-const EXPOSE_HEADERS: HeaderValue =
-    HeaderValue::from_static("Content-Range, Accept-Ranges, ETag, Cache-Status, X-Request-Id");
+/// Response headers a page may read besides the safelisted ones (`WWW-Authenticate` and
+/// `Retry-After`: a page that was refused learns why, and when to try again).
+pub(crate) const EXPOSE_HEADERS: HeaderValue = HeaderValue::from_static(
+    "Content-Range, Accept-Ranges, ETag, Cache-Status, X-Request-Id, WWW-Authenticate, Retry-After",
+);
 const ANY: HeaderValue = HeaderValue::from_static("*");
 
 pub(crate) struct Cors {

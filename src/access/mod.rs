@@ -404,6 +404,7 @@ impl Access {
         }
         if let Some(origin) = &r.state.cors_origin {
             extra.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
+            extra.push((http::header::ACCESS_CONTROL_EXPOSE_HEADERS, cors::EXPOSE_HEADERS));
             extra.push((http::header::VARY, HeaderValue::from_static("Origin")));
         }
         errors::respond_with(session, reject, r.request_id, &extra).await?;
