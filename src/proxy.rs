@@ -381,7 +381,15 @@ impl ProxyHttp for Gateway {
             Some(reject) => {
                 // Pingora does not reuse the client connection after a proxy failure, so say so.
                 session.set_keepalive(None);
-                let sent = errors::respond(session, reject, &ctx.request_id).await;
+                // A cached route says what the cache did on every response, its own errors
+                // included (`fwd=uri-miss; detail=upstream-error` when nothing was stored).
+                let cache_status = Cache::outcome(&session.cache, &ctx.cache)
+                    .and_then(|o| {
+                        http::HeaderValue::try_from(o.header(ctx.cache.ttl, ctx.cache.vary_miss)).ok()
+                    })
+                    .map(|v| (headers::CACHE_STATUS, v));
+                let extra: &[_] = cache_status.as_slice();
+                let sent = errors::respond_with(session, reject, &ctx.request_id, extra).await;
                 sent.ok().map(|()| reject.status)
             }
             None => None,

@@ -1295,3 +1295,24 @@ async fn fills_in_progress_stay_within_memory() {
     let (_, stats) = admin_json(s.admin, reqwest::Method::GET, "/cache").await;
     assert!(stats["memory_bytes"].as_u64().unwrap() <= 2 << 20, "{stats}");
 }
+
+/// The gateway's own error on a cached route says what the cache did too: an origin that
+/// does not answer within `read_timeout` gets a 504 with `fwd=uri-miss; detail=upstream-error`
+/// (nothing stored, nothing served from the cache), and the access line says `cache=miss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fill_says_upstream_error() {
+    let s = setup_with("64MiB", "", "", "      read_timeout: 1s").await;
+    s.origin.set(A, Behavior::NeverAnswer);
+    let r = client().get(s.gw.asset_url(A)).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        cache_status(&r),
+        "asset-gateway; fwd=uri-miss; detail=upstream-error"
+    );
+    let lines = s.gw.wait_access_lines(1).await;
+    assert!(
+        lines[0].contains(" status=504 ") && lines[0].contains(" cache=miss"),
+        "{}",
+        lines[0]
+    );
+}
