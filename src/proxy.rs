@@ -173,7 +173,15 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         ctx.attempts.failures.push(upstream.down_reasons());
-        errors::respond(session, errors::NO_HEALTHY_PEER, &ctx.request_id).await?;
+        let cache_status =
+            Cache::status_without_answer(&session.cache, &ctx.cache).map(|v| (headers::CACHE_STATUS, v));
+        errors::respond_with(
+            session,
+            errors::NO_HEALTHY_PEER,
+            &ctx.request_id,
+            cache_status.as_slice(),
+        )
+        .await?;
         Ok(false)
     }
 
@@ -383,13 +391,10 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
                 // A cached route says what the cache did on every response, its own errors
                 // included (`fwd=uri-miss; detail=upstream-error` when nothing was stored).
-                let cache_status = Cache::outcome(&session.cache, &ctx.cache)
-                    .and_then(|o| {
-                        http::HeaderValue::try_from(o.header(ctx.cache.ttl, ctx.cache.vary_miss)).ok()
-                    })
+                let cache_status = Cache::status_without_answer(&session.cache, &ctx.cache)
                     .map(|v| (headers::CACHE_STATUS, v));
-                let extra: &[_] = cache_status.as_slice();
-                let sent = errors::respond_with(session, reject, &ctx.request_id, extra).await;
+                let sent =
+                    errors::respond_with(session, reject, &ctx.request_id, cache_status.as_slice()).await;
                 sent.ok().map(|()| reject.status)
             }
             None => None,

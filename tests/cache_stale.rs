@@ -341,7 +341,7 @@ async fn stale_if_error_serves_the_stored_object_when_the_origin_fails() {
 async fn a_stale_object_is_served_while_no_peer_is_usable() {
     let s = setup(
         "    stale_while_revalidate: 0s\n    stale_if_error: 2s",
-        "      health_check: {path: /healthz, interval: 100ms, timeout: 100ms, unhealthy_after: 1}",
+        "      health_check: {path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 1}",
     )
     .await;
     let [a] = ids(1).try_into().unwrap();
@@ -354,7 +354,15 @@ async fn a_stale_object_is_served_while_no_peer_is_usable() {
     assert_eq!((status, body.as_slice()), (200, BODY), "{cs}");
     assert!(cs.starts_with("asset-gateway; fwd=stale; ttl=-"), "{cs}");
     assert!(cs.ends_with("; detail=stale-if-error"), "{cs}");
-    // Past the window: the gateway's own answer.
+    // Past the window: the gateway's own answer, which says the stale object was found but
+    // no answer came.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(get(&url).await.0, 502);
+    let (status, cs, _) = get(&url).await;
+    assert_eq!(status, 502);
+    assert_eq!(cs, "asset-gateway; fwd=stale; detail=upstream-error");
+    // A cold asset: nothing found, nothing stored.
+    let [cold] = ids(2)[1..].to_vec().try_into().unwrap();
+    let (status, cs, _) = get(&s.gw.asset_url(&cold)).await;
+    assert_eq!(status, 502);
+    assert_eq!(cs, "asset-gateway; fwd=uri-miss; detail=upstream-error");
 }

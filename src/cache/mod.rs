@@ -369,6 +369,20 @@ impl Cache {
     }
 
     /// The outcome so far (`None`: the cache was not used for this request).
+    /// The `Cache-Status` of a response the gateway makes itself because no usable answer
+    /// came (its 502 or 504): nothing was stored, whatever phase the cache was in.
+    pub(crate) fn status_without_answer(cache: &HttpCache, rc: &RequestCache) -> Option<http::HeaderValue> {
+        let value = match Cache::outcome(cache, rc)? {
+            // A stale object was found but could not be served (past its stale-if-error).
+            Outcome::StaleStored => policy::stale_without_answer(),
+            Outcome::MissStored => {
+                Outcome::Miss(pingora::cache::NoCacheReason::UpstreamError).header(rc.ttl, rc.vary_miss)
+            }
+            other => other.header(rc.ttl, rc.vary_miss),
+        };
+        http::HeaderValue::try_from(value).ok()
+    }
+
     pub(crate) fn outcome(cache: &HttpCache, rc: &RequestCache) -> Option<Outcome> {
         if !rc.enabled {
             return None;

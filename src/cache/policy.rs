@@ -288,6 +288,12 @@ impl Outcome {
     }
 }
 
+/// The `Cache-Status` of the gateway's own error when a stale object was found but could not
+/// be served (past its stale-if-error window).
+pub(crate) fn stale_without_answer() -> String {
+    format!("{NAME}; fwd=stale; detail=upstream-error")
+}
+
 /// A token for `detail=` (RFC 9211 allows a token or a string).
 fn detail(reason: NoCacheReason) -> &'static str {
     match reason {
