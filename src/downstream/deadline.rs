@@ -23,11 +23,7 @@ use super::request_line::{LogRefused, TargetScan, Verdict};
 use crate::shutdown;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora::protocols::{GetSocketDigest, Peek, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
@@ -38,6 +34,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::head_end::{declares_body, HeadEnd};
 
 /// The proxy app, with every client connection wrapped in a [`HeaderDeadline`].
 pub(crate) struct Guarded<A> {
@@ -198,68 +196,6 @@ impl HeaderDeadline {
     }
 }
 
-/// Finds the blank line that ends a request head, across reads.
-#[derive(Debug, Default, Clone, Copy)]
-struct HeadEnd {
-    /// The last three bytes seen.
-    tail: [u8; 3],
-}
-
-impl HeadEnd {
-    /// Feeds the next bytes of a head; once `\r\n\r\n` has been seen, where in `data` the
-    /// head ends (the offset just past its blank line: what follows belongs to the next
-    /// request).
-    fn feed_at(&mut self, data: &[u8]) -> Option<usize> {
-        if data.is_empty() {
-            return None;
-        }
-        let mut joint = [0u8; 6];
-        let n = data.len().min(3);
-        joint[..3].copy_from_slice(&self.tail);
-        joint[3..3 + n].copy_from_slice(&data[..n]);
-        // A window starting in the tail ends `i + 1` bytes into `data`; then the first one
-        // wholly in `data`.
-        let end = joint[..3 + n]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|i| i + 1)
-            .or_else(|| blank_line().find(data).map(|i| i + 4));
-        if end.is_some() {
-            *self = HeadEnd::default();
-            return end;
-        }
-        let mut last = [0u8; 6];
-        last[..3].copy_from_slice(&self.tail);
-        last[3..3 + n].copy_from_slice(&data[data.len() - n..]);
-        self.tail.copy_from_slice(&last[n..n + 3]);
-        None
-    }
-
-    /// Feeds the next bytes of a head; true once `\r\n\r\n` has been seen.
-    fn feed(&mut self, data: &[u8]) -> bool {
-        if data.is_empty() {
-            return false;
-        }
-        // Usually a whole head arrives in one read and ends it: check that first.
-        let mut joint = [0u8; 6];
-        let n = data.len().min(3);
-        joint[..3].copy_from_slice(&self.tail);
-        joint[3..3 + n].copy_from_slice(&data[..n]);
-        if data.ends_with(b"\r\n\r\n")
-            || joint[..3 + n].windows(4).any(|w| w == b"\r\n\r\n")
-            || memchr::memmem::find(data, b"\r\n\r\n").is_some()
-        {
-            *self = HeadEnd::default();
-            return true;
-        }
-        let mut last = [0u8; 6];
-        last[..3].copy_from_slice(&self.tail);
-        last[3..3 + n].copy_from_slice(&data[data.len() - n..]);
-        self.tail.copy_from_slice(&last[n..n + 3]);
-        false
-    }
-}
-
 impl AsyncRead for HeaderDeadline {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -384,26 +320,6 @@ impl AsyncRead for HeaderDeadline {
     }
 }
 
-/// The searcher for a head's blank line, built once (building it costs more than searching a
-/// head).
-fn blank_line() -> &'static memchr::memmem::Finder<'static> {
-    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
-    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
-}
-
-/// Whether a request head announces a body (`Content-Length` other than 0, or
-/// `Transfer-Encoding`): then the bytes behind it are that body, not a next request.
-fn declares_body(head: &[u8]) -> bool {
-    head.split(|b| *b == b'\n').skip(1).any(|line| {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            return false;
-        };
-        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
-        name.eq_ignore_ascii_case(b"transfer-encoding")
-            || (name.eq_ignore_ascii_case(b"content-length") && value != b"0")
-    })
-}
-
 impl HeaderDeadline {
     /// Pingora's idle read during a request: end of stream and errors go through (Pingora
     /// notices a client that left); bytes of a next request are kept in `next` and this read
@@ -521,67 +437,6 @@ impl HeaderDeadline {
     }
 }
 
-// Everything else is the wrapped stream's.
-
-#[async_trait]
-impl Shutdown for HeaderDeadline {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for HeaderDeadline {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for HeaderDeadline {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        // Pingora serves a connection as HTTP/2 when its ALPN says `h2`.
-        if self.h2c {
-            return Some(ALPN::H2);
-        }
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for HeaderDeadline {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for HeaderDeadline {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for HeaderDeadline {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest)
-    }
-}
-
 #[async_trait]
 impl Peek for HeaderDeadline {
     /// The deadline applies to a peek as it does to a read.
@@ -614,47 +469,4 @@ fn deadline_passed() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "request head timeout")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_blank_line_is_found_however_the_head_is_split() {
-        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        for a in 0..head.len() {
-            for b in a..head.len() {
-                let mut h = HeadEnd::default();
-                let found = [&head[..a], &head[a..b], &head[b..]]
-                    .iter()
-                    .any(|part| h.feed(part));
-                assert!(found, "split at {a}, {b}");
-            }
-        }
-        let mut h = HeadEnd::default();
-        assert!(!h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n"));
-        assert!(!h.feed(b"X: y\r\n"));
-        assert!(!h.feed(b"\r"));
-        assert!(h.feed(b"\n"));
-        assert!(!HeadEnd::default().feed(b"GET / HTTP/1.1\r\nHost: x\r\n"));
-    }
-
-    /// Where the first head ends, however it is split, with a pipelined one behind it.
-    #[test]
-    fn the_first_head_ends_where_its_blank_line_does() {
-        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        let two = [&head[..], b"GET /2 HTTP/1.1\r\n\r\n"].concat();
-        assert_eq!(HeadEnd::default().feed_at(&two), Some(head.len()));
-        for a in 1..head.len() {
-            let mut h = HeadEnd::default();
-            assert_eq!(h.feed_at(&two[..a]), None, "split at {a}");
-            assert_eq!(h.feed_at(&two[a..]), Some(head.len() - a), "split at {a}");
-        }
-        assert!(!declares_body(head));
-        assert!(!declares_body(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
-        assert!(declares_body(b"OPTIONS / HTTP/1.1\r\ncontent-length: 5\r\n\r\n"));
-        assert!(declares_body(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        ));
-        assert!(!declares_body(b"GET /content-length:5 HTTP/1.1\r\n\r\n"));
-    }
-}
+mod passthrough;

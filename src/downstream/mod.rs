@@ -3,6 +3,7 @@
 //! (in `deadline`) a total deadline for receiving a request head, which Pingora lacks.
 
 mod deadline;
+mod head_end;
 pub(crate) mod proxy_protocol;
 mod request_line;
 
