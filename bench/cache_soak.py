@@ -95,7 +95,7 @@ unexpected = []
 def record(outcome, detail=None):
     with lock:
         results[outcome] += 1
-        if detail and len(wrong) < 20:
+        if outcome == "wrong" and detail and len(wrong) < 20:
             wrong.append(detail)
         if outcome.startswith("unexpected") or "outside" in outcome:
             if len(unexpected) < 20:
