@@ -193,7 +193,10 @@ async fn readers_follow_the_fill_and_seek() {
 /// The bound holds: the least recently used object goes.
 #[tokio::test]
 async fn eviction_is_lru_and_bounded() {
-    let limit = 3 * (1000 + 600);
+    // Room for three objects of 1000 bytes with their header and overheads, not four.
+    let probe = storage(1 << 20);
+    store(probe, &key("probe"), &[0u8; 1000]).await;
+    let limit = probe.stats().memory.bytes * 7 / 2;
     let s = storage(limit);
     for id in ["a", "b", "c", "d"] {
         if id == "d" {
@@ -233,6 +236,8 @@ async fn a_late_304_refreshes_nothing_newer() {
     let (m, mut r) = s.lookup(&k, &span()).await.unwrap().unwrap();
     assert_eq!(m.headers().get("content-length").unwrap(), "10");
     assert!(m.headers().get("etag").is_none());
+    // Memory keeps the meta parsed, without what the fill's request attached to it.
+    assert!(m.extensions().get::<Admission>().is_none());
     assert_eq!(read_all(&mut r).await.unwrap(), b"newer body");
     // The current object's own revalidation does refresh it.
     let (mut current, _) = s.lookup(&k, &span()).await.unwrap().unwrap();
@@ -240,7 +245,10 @@ async fn a_late_304_refreshes_nothing_newer() {
         .response_header_mut()
         .insert_header("etag", "\"new\"")
         .unwrap();
+    let before = s.stats().memory.bytes;
     assert!(s.update_meta(&k, &current, &span()).await.unwrap());
     let (m, _) = s.lookup(&k, &span()).await.unwrap().unwrap();
     assert_eq!(m.headers().get("etag").unwrap(), "\"new\"");
+    // The object's charge follows its header.
+    assert!(s.stats().memory.bytes > before);
 }
