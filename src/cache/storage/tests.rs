@@ -252,3 +252,37 @@ async fn a_late_304_refreshes_nothing_newer() {
     // The object's charge follows its header.
     assert!(s.stats().memory.bytes > before);
 }
+
+/// A whole body of several upstream reads is packed at `finish`: hits read it in `MAX_READ`
+/// pieces, not one per upstream read, and a reader that followed the fill reads on unchanged.
+#[tokio::test]
+async fn a_finished_body_is_served_in_large_pieces() {
+    let s = storage(1 << 20);
+    let k = key("packed");
+    let body: Vec<u8> = (0..160 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut w = s
+        .get_miss_handler(&k, &admitted(s, body.len()), &span())
+        .await
+        .unwrap();
+    let (_, mut follower) = s.lookup(&k, &span()).await.unwrap().unwrap();
+    let mut followed = Vec::new();
+    for (i, piece) in body.chunks(16 * 1024).enumerate() {
+        w.write_body(Bytes::copy_from_slice(piece), false).await.unwrap();
+        if i < 3 {
+            followed.extend_from_slice(&follower.read_body().await.unwrap().unwrap());
+        }
+    }
+    assert!(matches!(w.finish().await.unwrap(), MissFinishType::Created(_)));
+    followed.extend_from_slice(&read_all(&mut follower).await.unwrap());
+    assert!(followed == body);
+    let (_, mut hit) = s.lookup(&k, &span()).await.unwrap().unwrap();
+    let mut reads = Vec::new();
+    while let Some(b) = hit.read_body().await.unwrap() {
+        reads.push(b);
+    }
+    assert_eq!(
+        reads.iter().map(|b| b.len()).collect::<Vec<_>>(),
+        [MAX_READ, MAX_READ, 32 * 1024]
+    );
+    assert!(reads.concat() == body);
+}
