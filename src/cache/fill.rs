@@ -28,6 +28,11 @@ use tokio::sync::watch;
 /// The most one read returns, so a hit on a large chunk list still streams in pieces.
 pub(crate) const MAX_READ: usize = 64 * 1024;
 
+/// A finished memory body up to this size is packed into one buffer at `finish` (one copy per
+/// object): its hits then send it in `MAX_READ` pieces, not one write per upstream read (16
+/// KiB), which cost ~0.9 K instructions and a `write` each (a 200 KiB photo: 13 -> 4).
+const PACK_MAX: usize = 256 * 1024;
+
 pub(crate) const FILL_ABORTED: ErrorType = ErrorType::Custom("CacheFillAborted");
 
 /// The only completion signal of a body.
@@ -71,6 +76,23 @@ impl Body {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push((start, data));
+    }
+
+    /// Replaces several chunks of a whole body by one copy of them; readers index by offset, so
+    /// those in flight read on unchanged.
+    fn pack(&self) {
+        if self.len > PACK_MAX || self.spill.is_some() {
+            return;
+        }
+        let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        if chunks.len() < 2 {
+            return;
+        }
+        let mut whole = bytes::BytesMut::with_capacity(self.len);
+        for (_, c) in chunks.iter() {
+            whole.extend_from_slice(c);
+        }
+        *chunks = vec![(0, whole.freeze())];
     }
 
     /// Drops the chunks a spilling fill has in its file (all its readers read them there). A
@@ -180,6 +202,7 @@ impl HandleMiss for Writer {
             return Error::e_explain(FILL_ABORTED, "cache: body shorter than its Content-Length");
         }
         self.body_whole = true;
+        self.body.pack();
         let spilling = self.body.spill.is_some();
         let charge = self.charge.take();
         // A spilling fill stays joinable until its file is published (its readers read it).

@@ -12,17 +12,28 @@ use super::disk::io::{self as dio, Locked};
 use super::fill::Body;
 use crate::metrics::CacheMetrics;
 use pingora::cache::key::HashBinary;
+use pingora::cache::CacheMeta;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-
-/// Serialized [`pingora::cache::CacheMeta`] (Pingora's own format: internal part, header).
-pub(crate) type BinaryMeta = (Vec<u8>, Vec<u8>);
 
 /// Bytes counted per object on top of its body and meta: index entries, `Arc`s, channel.
 pub(crate) const OBJECT_OVERHEAD: usize = 256;
 /// Bytes counted per stored chunk: its list entry and the `Bytes` handle (Pingora copies each
 /// upstream read into an allocation of its own size, so the body itself is counted exactly).
 const CHUNK_OVERHEAD: usize = 48;
+
+/// Bytes counted for a parsed meta: the header's names and values plus a header map entry each,
+/// and the structs around them.
+const META_OVERHEAD: usize = 256;
+const HEADER_ENTRY_OVERHEAD: usize = 96;
+
+pub(crate) fn meta_weight(meta: &CacheMeta) -> usize {
+    let h = meta.headers();
+    META_OVERHEAD
+        + h.iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + HEADER_ENTRY_OVERHEAD)
+            .sum::<usize>()
+}
 
 /// The stored object a lookup found, carried in the `CacheMeta` it returns. Pingora keeps a
 /// hit's meta extensions across a revalidation, so `update_meta` learns which object a 304
@@ -31,10 +42,12 @@ const CHUNK_OVERHEAD: usize = 48;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ObjectId(pub u64);
 
-/// A committed object.
+/// A committed object. Its meta is kept parsed (a lookup copies it, outside the index lock): kept
+/// serialized, every hit decompressed and parsed it again (`CacheMeta::deserialize`, about a
+/// third of a small hit's instructions).
 struct Object {
     id: u64,
-    meta: BinaryMeta,
+    meta: Arc<CacheMeta>,
     body: Arc<Body>,
     /// Bytes charged against the bound.
     weight: usize,
@@ -45,7 +58,8 @@ struct Object {
 /// A fill in progress.
 pub(crate) struct Fill {
     pub(crate) id: u64,
-    pub(crate) meta: BinaryMeta,
+    /// Without extensions.
+    pub(crate) meta: Arc<CacheMeta>,
     pub(crate) body: Arc<Body>,
 }
 
@@ -204,7 +218,7 @@ impl Tier {
         &self,
         key: &HashBinary,
         usable: impl Fn(&Body) -> bool,
-    ) -> Option<(u64, BinaryMeta, Arc<Body>, bool)> {
+    ) -> Option<(u64, Arc<CacheMeta>, Arc<Body>, bool)> {
         let mut i = self.index();
         if let Some(f) = i.fills.get(key).filter(|f| usable(&f.body)) {
             return Some((f.id, f.meta.clone(), f.body.clone(), true));
@@ -220,7 +234,7 @@ impl Tier {
     }
 
     /// The writer's own fill, by id.
-    pub(crate) fn fill(&self, key: &HashBinary, id: u64) -> Option<(BinaryMeta, Arc<Body>)> {
+    pub(crate) fn fill(&self, key: &HashBinary, id: u64) -> Option<(Arc<CacheMeta>, Arc<Body>)> {
         let i = self.index();
         let f = i.fills.get(key).filter(|f| f.id == id)?;
         Some((f.meta.clone(), f.body.clone()))
@@ -257,8 +271,7 @@ impl Tier {
             return Committed::Detached;
         };
         let (chunks, body_len) = (fill.body.chunk_count(), fill.body.len);
-        let weight =
-            body_len + fill.meta.0.len() + fill.meta.1.len() + OBJECT_OVERHEAD + chunks * CHUNK_OVERHEAD;
+        let weight = body_len + meta_weight(&fill.meta) + OBJECT_OVERHEAD + chunks * CHUNK_OVERHEAD;
         if weight > self.limit {
             i.forget_asset_key(asset, key);
             self.metrics.memory_bytes.set(i.bytes as i64);
@@ -296,14 +309,20 @@ impl Tier {
     }
 
     /// Refreshes object `id`'s meta (a 304); `false` if the key holds another object now.
-    pub(crate) fn update_meta(&self, key: &HashBinary, id: u64, meta: BinaryMeta) -> bool {
-        match self.index().objects.get_mut(key) {
-            Some(o) if o.id == id => {
-                o.meta = meta;
-                true
-            }
-            _ => false,
-        }
+    /// The object's weight follows its new header.
+    pub(crate) fn update_meta(&self, key: &HashBinary, id: u64, meta: Arc<CacheMeta>) -> bool {
+        let mut i = self.index();
+        let Some(o) = i.objects.get_mut(key).filter(|o| o.id == id) else {
+            return false;
+        };
+        let old = meta_weight(&o.meta);
+        let new = meta_weight(&meta);
+        o.meta = meta;
+        o.weight = o.weight - old + new;
+        i.bytes = i.bytes - old + new;
+        i.evict(self.limit, self.metrics);
+        self.metrics.memory_bytes.set(i.bytes as i64);
+        true
     }
 
     pub(crate) fn remove_key(&self, key: &HashBinary) -> bool {

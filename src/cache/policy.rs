@@ -73,7 +73,11 @@ pub(crate) fn key(route: &str, id: &str, forwarded_query: Option<&str>) -> Cache
 
 /// What names one asset across keys (see [`key`]).
 pub(crate) fn asset_tag(route: &str, id: &str) -> String {
-    format!("{route}\0{id}")
+    let mut tag = String::with_capacity(route.len() + id.len() + 1);
+    tag.push_str(route);
+    tag.push('\0');
+    tag.push_str(id);
+    tag
 }
 
 pub(crate) fn content_length(resp: &ResponseHeader) -> Option<usize> {
@@ -233,10 +237,17 @@ impl Outcome {
     pub(crate) fn header(self, ttl: Option<i64>, vary_miss: bool) -> String {
         let miss = if vary_miss { "vary-miss" } else { "uri-miss" };
         match self {
-            Outcome::Hit => match ttl {
-                Some(t) => format!("{NAME}; hit; ttl={t}"),
-                None => format!("{NAME}; hit"),
-            },
+            // The common answer, built without `format!` (a hit's largest own cost after it).
+            Outcome::Hit => {
+                let mut v = String::with_capacity(40);
+                v.push_str(NAME);
+                v.push_str("; hit");
+                if let Some(t) = ttl {
+                    v.push_str("; ttl=");
+                    v.push_str(itoa::Buffer::new().format(t));
+                }
+                v
+            }
             Outcome::Collapsed => format!("{NAME}; fwd={miss}; collapsed"),
             Outcome::MissStored => format!("{NAME}; fwd={miss}; stored"),
             Outcome::Miss(reason) => format!("{NAME}; fwd={miss}; detail={}", detail(reason)),
@@ -422,6 +433,8 @@ mod tests {
     #[test]
     fn cache_status_values() {
         assert_eq!(Outcome::Hit.header(Some(42), false), "asset-gateway; hit; ttl=42");
+        assert_eq!(Outcome::Hit.header(Some(-3), false), "asset-gateway; hit; ttl=-3");
+        assert_eq!(Outcome::Hit.header(None, false), "asset-gateway; hit");
         assert_eq!(
             Outcome::MissStored.header(None, false),
             "asset-gateway; fwd=uri-miss; stored"

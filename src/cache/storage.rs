@@ -125,10 +125,18 @@ impl MemStorage {
     }
 }
 
-fn meta_of(m: &(Vec<u8>, Vec<u8>), id: u64) -> Result<CacheMeta> {
-    let mut meta = CacheMeta::deserialize(&m.0, &m.1)?;
+/// A copy of a stored meta (kept without extensions), naming its object.
+fn meta_of(m: &CacheMeta, id: u64) -> CacheMeta {
+    let mut meta = m.clone();
     meta.extensions_mut().insert(ObjectId(id));
-    Ok(meta)
+    meta
+}
+
+/// The meta as stored in memory: without the extensions a request attached to it.
+fn stored(meta: &CacheMeta) -> Arc<CacheMeta> {
+    let mut m = meta.clone();
+    m.extensions_mut().clear();
+    Arc::new(m)
 }
 
 #[async_trait]
@@ -142,7 +150,7 @@ impl Storage for MemStorage {
         let usable = |b: &Body| *b.state.borrow() != FillState::Failed;
         if let Some((id, meta, body, filling)) = self.tier.find(&k, usable) {
             let reader = Reader::new(body, filling, Some(self.metrics));
-            return Ok(Some((meta_of(&meta, id)?, Box::new(reader))));
+            return Ok(Some((meta_of(&meta, id), Box::new(reader))));
         }
         // Then the disk, streamed from its files (not promoted to memory).
         match self.disk {
@@ -168,7 +176,7 @@ impl Storage for MemStorage {
         match self.tier.fill(&key.combined_bin(), id) {
             // Not counted in the hit metrics: these bytes come from the origin.
             Some((meta, body)) => Ok(Some((
-                meta_of(&meta, id)?,
+                meta_of(&meta, id),
                 Box::new(Reader::new(body, true, None)),
             ))),
             // Returning None would make Pingora panic; the fill was purged or failed already.
@@ -187,16 +195,17 @@ impl Storage for MemStorage {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache: no Content-Length"))?;
         let k = key.combined_bin();
         let asset = key.user_tag.clone();
-        let serialized = meta.serialize()?;
         let (charge, prepared) = match Admission::take(meta) {
             Some(Admitted::Memory(c)) => (Some(c), None),
             Some(Admitted::Disk(p)) => (None, Some(p)),
             None => return Error::e_explain(ErrorType::InternalError, "cache: a fill that was not admitted"),
         };
         let id = prepared.as_ref().map_or_else(|| self.next_id(), |p| p.id);
-        let disk = self
-            .disk
-            .and_then(|d| d.start_write(k, id, &asset, len, serialized.clone(), prepared));
+        // Serialized only for the disk tier; memory keeps it parsed.
+        let disk = match self.disk {
+            Some(d) => d.start_write(k, id, &asset, len, meta.serialize()?, prepared),
+            None => None,
+        };
         let spill = disk.as_ref().and_then(|d| d.progress.clone());
         if charge.is_none() && spill.is_none() {
             // A fill too large for memory whose disk copy did not start: never buffered.
@@ -210,7 +219,7 @@ impl Storage for MemStorage {
             &asset,
             Fill {
                 id,
-                meta: serialized,
+                meta: stored(meta),
                 body: body.clone(),
             },
         );
@@ -259,10 +268,9 @@ impl Storage for MemStorage {
             return Ok(false);
         };
         let k = key.combined_bin();
-        let serialized = meta.serialize()?;
-        let in_memory = self.tier.update_meta(&k, id, serialized.clone());
+        let in_memory = self.tier.update_meta(&k, id, stored(meta));
         let on_disk = match self.disk {
-            Some(d) => d.update_meta(&k, id, serialized).await,
+            Some(d) => d.update_meta(&k, id, meta.serialize()?).await,
             None => false,
         };
         Ok(in_memory || on_disk)

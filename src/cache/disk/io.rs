@@ -210,6 +210,48 @@ pub(crate) mod fs {
         f.read_exact_at(buf, offset)
     }
 
+    /// Reads exactly `len` bytes at `offset` into `buf`'s spare capacity, which is not zeroed
+    /// first: zeroing a 64 KiB block cost more than the rest of serving it (a `memset` of every
+    /// byte, 1,049 K of 1,646 K instructions per MiB of a disk hit).
+    pub(crate) fn read_at_uninit(
+        f: &File,
+        path: &Path,
+        buf: &mut bytes::BytesMut,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        check(Op::Read, path)?;
+        buf.reserve(len);
+        let start = buf.len();
+        let dst = buf.spare_capacity_mut().as_mut_ptr().cast::<libc::c_void>();
+        let mut done = 0;
+        while done < len {
+            let at = libc::off_t::try_from(offset + done as u64)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
+            // SAFETY: `dst` points to at least `len` bytes of `buf`'s spare capacity (reserved
+            // above); the kernel writes into it, and no reference to those bytes exists yet.
+            let n = unsafe { libc::pread(f.as_raw_fd(), dst.add(done), len - done, at) };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "failed to fill whole buffer",
+                    ))
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // SAFETY: the `len` bytes after `start` were all written by `pread` above.
+        unsafe { buf.set_len(start + len) };
+        Ok(())
+    }
+
     pub(crate) fn len(f: &File, path: &Path) -> io::Result<u64> {
         check(Op::Read, path)?;
         Ok(f.metadata()?.len())

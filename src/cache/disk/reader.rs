@@ -29,7 +29,7 @@ fn damaged(what: &'static str) -> io::Error {
 }
 
 /// Reads `len` bytes at `offset` and checks them against `crc`, on the read pool. The buffer
-/// is allocated here, by the caller's thread.
+/// is allocated here, by the caller's thread, and not zeroed (the read fills it).
 pub(crate) async fn read_block(
     file: &Arc<File>,
     path: &Arc<Path>,
@@ -37,12 +37,12 @@ pub(crate) async fn read_block(
     len: usize,
     crc: u32,
 ) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
+    let mut buf = BytesMut::with_capacity(len);
     let (f, p) = (file.clone(), path.clone());
     let buf = pools()
         .read
         .run(move || {
-            fs::read_at(&f, &p, &mut buf, offset)?;
+            fs::read_at_uninit(&f, &p, &mut buf, len, offset)?;
             if format::crc(&buf) != crc {
                 return Err(damaged("a block does not match its checksum"));
             }

@@ -406,3 +406,24 @@ async fn a_finish_dropped_while_it_waits_for_the_file_completes_the_fill() {
     settle(disk).await;
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A block read fills a buffer that was not zeroed, exactly, at its offset; a file shorter than
+/// the block is an error, never a short block.
+#[test]
+fn blocks_are_read_into_unzeroed_buffers() {
+    let d = dir("uninit");
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("f");
+    let data = body(200_000, 7);
+    std::fs::write(&path, &data).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let mut buf = bytes::BytesMut::with_capacity(4);
+    buf.extend_from_slice(b"head");
+    super::io::fs::read_at_uninit(&f, &path, &mut buf, 100_000, 70_000).unwrap();
+    assert_eq!(&buf[..4], b"head");
+    assert!(buf[4..] == data[70_000..170_000]);
+    let mut short = bytes::BytesMut::new();
+    let e = super::io::fs::read_at_uninit(&f, &path, &mut short, 100_000, 150_000).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    let _ = std::fs::remove_dir_all(&d);
+}

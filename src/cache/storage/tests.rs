@@ -193,7 +193,10 @@ async fn readers_follow_the_fill_and_seek() {
 /// The bound holds: the least recently used object goes.
 #[tokio::test]
 async fn eviction_is_lru_and_bounded() {
-    let limit = 3 * (1000 + 600);
+    // Room for three objects of 1000 bytes with their header and overheads, not four.
+    let probe = storage(1 << 20);
+    store(probe, &key("probe"), &[0u8; 1000]).await;
+    let limit = probe.stats().memory.bytes * 7 / 2;
     let s = storage(limit);
     for id in ["a", "b", "c", "d"] {
         if id == "d" {
@@ -233,6 +236,8 @@ async fn a_late_304_refreshes_nothing_newer() {
     let (m, mut r) = s.lookup(&k, &span()).await.unwrap().unwrap();
     assert_eq!(m.headers().get("content-length").unwrap(), "10");
     assert!(m.headers().get("etag").is_none());
+    // Memory keeps the meta parsed, without what the fill's request attached to it.
+    assert!(m.extensions().get::<Admission>().is_none());
     assert_eq!(read_all(&mut r).await.unwrap(), b"newer body");
     // The current object's own revalidation does refresh it.
     let (mut current, _) = s.lookup(&k, &span()).await.unwrap().unwrap();
@@ -240,7 +245,44 @@ async fn a_late_304_refreshes_nothing_newer() {
         .response_header_mut()
         .insert_header("etag", "\"new\"")
         .unwrap();
+    let before = s.stats().memory.bytes;
     assert!(s.update_meta(&k, &current, &span()).await.unwrap());
     let (m, _) = s.lookup(&k, &span()).await.unwrap().unwrap();
     assert_eq!(m.headers().get("etag").unwrap(), "\"new\"");
+    // The object's charge follows its header.
+    assert!(s.stats().memory.bytes > before);
+}
+
+/// A whole body of several upstream reads is packed at `finish`: hits read it in `MAX_READ`
+/// pieces, not one per upstream read, and a reader that followed the fill reads on unchanged.
+#[tokio::test]
+async fn a_finished_body_is_served_in_large_pieces() {
+    let s = storage(1 << 20);
+    let k = key("packed");
+    let body: Vec<u8> = (0..160 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut w = s
+        .get_miss_handler(&k, &admitted(s, body.len()), &span())
+        .await
+        .unwrap();
+    let (_, mut follower) = s.lookup(&k, &span()).await.unwrap().unwrap();
+    let mut followed = Vec::new();
+    for (i, piece) in body.chunks(16 * 1024).enumerate() {
+        w.write_body(Bytes::copy_from_slice(piece), false).await.unwrap();
+        if i < 3 {
+            followed.extend_from_slice(&follower.read_body().await.unwrap().unwrap());
+        }
+    }
+    assert!(matches!(w.finish().await.unwrap(), MissFinishType::Created(_)));
+    followed.extend_from_slice(&read_all(&mut follower).await.unwrap());
+    assert!(followed == body);
+    let (_, mut hit) = s.lookup(&k, &span()).await.unwrap().unwrap();
+    let mut reads = Vec::new();
+    while let Some(b) = hit.read_body().await.unwrap() {
+        reads.push(b);
+    }
+    assert_eq!(
+        reads.iter().map(|b| b.len()).collect::<Vec<_>>(),
+        [MAX_READ, MAX_READ, 32 * 1024]
+    );
+    assert!(reads.concat() == body);
 }
