@@ -101,6 +101,7 @@ pub(crate) struct Ctx {
 }
 
 /// What routing decided for a request.
+#[derive(Clone)]
 pub(crate) struct Matched {
     pub(crate) index: usize,
     /// The rewritten upstream target.

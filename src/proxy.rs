@@ -8,7 +8,7 @@
 
 use crate::access_log::{self, AccessRecord};
 use crate::attempts;
-use crate::cache::{policy, Cache};
+use crate::cache::{policy, slice, Cache};
 use crate::downstream;
 use crate::errors;
 use crate::gateway::{Ctx, Gateway};
@@ -39,6 +39,11 @@ impl ProxyHttp for Gateway {
     /// default, which costs a context and a call per body piece; an asset gateway never
     /// compresses images or videos.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    /// Slices are fetched by subrequests of the request a client made (`cache::slice`).
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &Ctx) -> bool {
+        self.cache.is_some_and(|c| c.slice.is_some())
+    }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if downstream::h2_stream_reset(session).await {
@@ -74,6 +79,13 @@ impl ProxyHttp for Gateway {
             errors::respond(session, reject, &ctx.request_id).await?;
             return Ok(true);
         }
+        if let Some((slice, matched, id)) = slice::requested(session) {
+            // A slice subrequest of an admitted request (only the gateway makes one).
+            ctx.route = Some(matched);
+            ctx.request_id = id;
+            ctx.cache.slice = Some(slice);
+            return Ok(false);
+        }
         match self.admit(session) {
             Ok(matched) => {
                 ctx.route = Some(matched);
@@ -84,7 +96,26 @@ impl ProxyHttp for Gateway {
                     return Ok(false);
                 }
                 // Who may fetch, before the cache: CORS preflight, rate limit, credentials.
-                self.access.on_request(session, ctx.access()).await
+                if self.access.on_request(session, ctx.access()).await? {
+                    return Ok(true);
+                }
+                match (self.cache, self.cached_route(ctx.route.as_ref())) {
+                    (
+                        Some(
+                            cache @ Cache {
+                                slice: Some(size), ..
+                            },
+                        ),
+                        Some(_),
+                    ) if matches!(
+                        session.req_header().method,
+                        http::Method::GET | http::Method::HEAD
+                    ) =>
+                    {
+                        self.serve_slices(cache, *size, session, ctx).await
+                    }
+                    _ => Ok(false),
+                }
             }
             Err(reject) => {
                 if !session.is_body_empty() {
@@ -114,7 +145,11 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a route"))?;
         let route = self.router.route(m.index);
-        let mut key = policy::key(&route.template, m.asset.as_str(), m.upstream_uri.query());
+        let query = m.upstream_uri.query();
+        let mut key = match ctx.cache.slice {
+            Some(s) => policy::slice_key(&route.template, m.asset.as_str(), query, s),
+            None => policy::key(&route.template, m.asset.as_str(), query),
+        };
         if let (Some(cache), Some(cached)) = (self.cache, self.cached_route(Some(m))) {
             cache.predict(&mut key, session.req_header(), &cached.keying, &ctx.cache);
         }
@@ -159,8 +194,9 @@ impl ProxyHttp for Gateway {
     /// Picks the first peer before proxying starts, so that when every peer is known to be
     /// down the answer is an immediate 502 on a connection that stays open.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // A rate limit that counts only requests going upstream (hits never get here).
-        if !self.access.on_upstream(session, ctx.access()).await? {
+        // A rate limit that counts only requests going upstream (hits never get here); a
+        // slice's request was admitted with its parent.
+        if ctx.cache.slice.is_none() && !self.access.on_upstream(session, ctx.access()).await? {
             return Ok(false);
         }
         let Some(upstream) = self.upstream_of(ctx) else {
@@ -279,6 +315,9 @@ impl ProxyHttp for Gateway {
         if let Some(route) = self.cached_route(ctx.route.as_ref()) {
             route.keying.upstream_request(req);
         }
+        if let Some(s) = ctx.cache.slice {
+            req.insert_header(http::header::RANGE, s.range())?;
+        }
         if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), &ctx.attempts.current) {
             req.insert_header(http::header::HOST, peer.host.clone())?;
             for (name, value) in &upstream.headers {
@@ -331,6 +370,9 @@ impl ProxyHttp for Gateway {
                 |authority| upstream.is_peer_authority(authority),
                 |path| self.router.client_path(m.index, path),
             );
+        }
+        if let Some(s) = ctx.cache.slice {
+            slice::upstream_response(resp, s);
         }
         if let Some(cache) = self.cache {
             cache.prepare(session, resp, &mut ctx.cache).await;
@@ -409,6 +451,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.cache.slice.is_some() {
+            // A slice: its cache lookup counts; the request, its status and its access line
+            // are its parent's.
+            if let (Some(route), Some(outcome)) = (
+                self.cached_route(ctx.route.as_ref()),
+                Cache::outcome(&session.cache, &ctx.cache),
+            ) {
+                route.lookups.record(outcome.lookup_result());
+            }
+            return;
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

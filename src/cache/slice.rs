@@ -1,0 +1,719 @@
+//! Slices: a large object fetched and stored in pieces of `gateway.cache.slice` bytes, like
+//! nginx's slice module, on Pingora's subrequests.
+//!
+//! A cached `GET`/`HEAD` is answered by its own request (the *parent*, from `request_filter`):
+//! it runs one subrequest per slice it needs. Each subrequest goes through the ordinary cache
+//! path (lookup, lock, fill that followers stream, disk tier, purge by asset tag), keyed by
+//! route + asset + slice size + slice index (slice 0 keeps the asset's own key, so an object
+//! that turns out not to be sliceable is stored there whole, as without slicing). Upstream it
+//! asks `Range: bytes=<slice start>-<slice end>`; the `206` is stored as a `200` of the
+//! slice's length with [`MARKER`] giving the slice's place and the object's total size.
+//!
+//! The parent sends its own header (200 with the whole length, 206 with the client's range,
+//! 304, 416, or the header only for `HEAD`), then the slices' bytes in order, trimmed to the
+//! client's range. The subrequest of the next slice starts before the current one is sent.
+//! Every slice must carry the first one's validator and total: a change seen before the header
+//! went out purges the asset and starts again (once); after it, the response ends incomplete.
+//! A client never gets bytes of two versions.
+//!
+//! Not sliced (the parent lets the ordinary path answer, remembered per key in [`Whole`]): an
+//! origin that answers the slice's `Range` with the whole `200` (stored whole under the
+//! asset's key), or with a `206` without a strong validator (RFC 9110 14.3: no ranges combined
+//! under a weak one).
+
+use crate::cache::{policy, Cache};
+use crate::gateway::{Ctx, Gateway, Matched};
+use crate::headers;
+use crate::request_id::RequestId;
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE,
+};
+use http::HeaderName;
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::subrequest::server::SubrequestHandle;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// On a stored slice: `<first byte>-<last byte>/<object size>`. Internal: the parent removes
+/// it before anything reaches a client.
+pub(crate) const MARKER: HeaderName = HeaderName::from_static("x-asset-gateway-slice");
+
+/// One slice of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slice {
+    pub(crate) index: u64,
+    pub(crate) size: u64,
+}
+
+impl Slice {
+    pub(crate) fn start(self) -> u64 {
+        self.index * self.size
+    }
+
+    fn last(self) -> u64 {
+        self.start() + self.size - 1
+    }
+
+    /// The `Range` the origin is asked for.
+    pub(crate) fn range(self) -> String {
+        format!("bytes={}-{}", self.start(), self.last())
+    }
+}
+
+/// What a parent hands its slice subrequest (the subrequest's user context: only the gateway
+/// sets it, so no client header can make a request a slice request).
+struct SliceRequest {
+    slice: Slice,
+    route: Matched,
+    request_id: RequestId,
+}
+
+/// `request_filter` of a subrequest: the slice its parent asked for, the parent's route match
+/// and request id. The client's `Range` and conditionals are removed: the parent applies them
+/// to the whole object; a slice request always gets the whole slice.
+pub(crate) fn requested(session: &mut Session) -> Option<(Slice, Matched, RequestId)> {
+    let req = session
+        .subrequest_ctx
+        .as_ref()?
+        .user_ctx()?
+        .downcast_ref::<SliceRequest>()?;
+    let found = (req.slice, req.route.clone(), req.request_id.clone());
+    let h = session.req_header_mut();
+    for name in [
+        RANGE,
+        IF_RANGE,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+    ] {
+        h.remove_header(&name);
+    }
+    Some(found)
+}
+
+/// `upstream_response_filter` of a slice subrequest: the origin's `206` for the slice becomes
+/// what is stored. A `206` that covers the whole object is a plain `200` (stored like any
+/// whole object); one with a strong validator a `200` of the slice's length with [`MARKER`];
+/// anything else is left alone (a `206` is not stored; a `200` is the whole object).
+pub(crate) fn upstream_response(resp: &mut ResponseHeader, slice: Slice) {
+    if resp.status != http::StatusCode::PARTIAL_CONTENT {
+        return;
+    }
+    let Some((start, end, total)) = resp
+        .headers
+        .get(CONTENT_RANGE)
+        .and_then(|v| content_range(v.as_bytes()))
+    else {
+        return;
+    };
+    if start != slice.start() || end < start || end >= total {
+        return;
+    }
+    let len = end - start + 1;
+    let marker = if start == 0 && len == total {
+        None
+    } else if strong_validator(resp) {
+        Some(format!("{start}-{end}/{total}"))
+    } else {
+        return;
+    };
+    let _ = resp.set_status(http::StatusCode::OK);
+    resp.remove_header(&CONTENT_RANGE);
+    let _ = resp.insert_header(CONTENT_LENGTH, len.to_string());
+    if let Some(m) = marker {
+        let _ = resp.insert_header(MARKER, m);
+    }
+}
+
+/// `Content-Range: bytes <first>-<last>/<total>` (a known total only).
+fn content_range(v: &[u8]) -> Option<(u64, u64, u64)> {
+    let v = std::str::from_utf8(v).ok()?.trim();
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    Some((
+        a.trim().parse().ok()?,
+        b.trim().parse().ok()?,
+        total.trim().parse().ok()?,
+    ))
+}
+
+/// A strong `ETag`, or without an `ETag` a `Last-Modified` (the size is known from
+/// `Content-Range`).
+fn strong_validator(resp: &ResponseHeader) -> bool {
+    match resp.headers.get(ETAG) {
+        Some(e) => !e.as_bytes().starts_with(b"W/"),
+        None => resp.headers.contains_key(LAST_MODIFIED),
+    }
+}
+
+/// The keys (asset's own) found not sliceable: their requests take the ordinary path.
+/// Bounded: past [`WHOLE_MAX`] entries it starts over (a forgotten key costs one slice request
+/// that finds the whole object again).
+#[derive(Default)]
+pub(crate) struct Whole(Mutex<HashSet<HashBinary>>);
+
+const WHOLE_MAX: usize = 1 << 16;
+
+impl Whole {
+    fn contains(&self, key: &HashBinary) -> bool {
+        self.0.lock().is_ok_and(|s| s.contains(key))
+    }
+
+    fn insert(&self, key: HashBinary) {
+        if let Ok(mut s) = self.0.lock() {
+            if s.len() >= WHOLE_MAX {
+                s.clear();
+            }
+            s.insert(key);
+        }
+    }
+}
+
+/// What the client asked for of the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    All,
+    /// `bytes=a-` or `bytes=a-b`.
+    From(u64, Option<u64>),
+    /// `bytes=-n`.
+    Suffix(u64),
+}
+
+/// One `bytes=` range; anything else (several ranges, another unit, bad syntax) is served
+/// whole, which RFC 9110 14.2 allows.
+fn want(req: &RequestHeader) -> Want {
+    let Some(v) = req.headers.get(RANGE).and_then(|v| v.to_str().ok()) else {
+        return Want::All;
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Want::All;
+    };
+    if spec.contains(',') {
+        return Want::All;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Want::All;
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, false) => num(b).map_or(Want::All, Want::Suffix),
+        (false, true) => num(a).map_or(Want::All, |a| Want::From(a, None)),
+        (false, false) => match (num(a), num(b)) {
+            (Some(a), Some(b)) if a <= b => Want::From(a, Some(b)),
+            _ => Want::All,
+        },
+        (true, true) => Want::All,
+    }
+}
+
+/// What a slice subrequest's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// A stored slice: its first and last byte, the object's size.
+    Slice { start: u64, end: u64, total: u64 },
+    /// The whole object (the origin ignored the `Range`, or it fits in one slice).
+    Whole { total: u64 },
+    /// A `206` that could not be stored: no strong validator.
+    Unsliceable,
+    /// Anything else (404, 5xx, 416...): passed on as it is.
+    Other,
+}
+
+fn piece(h: &ResponseHeader) -> Piece {
+    match h.status.as_u16() {
+        200 => match h.headers.get(MARKER) {
+            Some(m) => {
+                let mut s = Vec::with_capacity(m.len() + 6);
+                s.extend_from_slice(b"bytes ");
+                s.extend_from_slice(m.as_bytes());
+                match content_range(&s) {
+                    Some((start, end, total)) => Piece::Slice { start, end, total },
+                    None => Piece::Other,
+                }
+            }
+            None => match policy::content_length(h) {
+                Some(total) => Piece::Whole { total: total as u64 },
+                None => Piece::Other,
+            },
+        },
+        206 => Piece::Unsliceable,
+        _ => Piece::Other,
+    }
+}
+
+/// The version a piece belongs to.
+fn validator(h: &ResponseHeader) -> (Option<&[u8]>, Option<&[u8]>) {
+    (
+        h.headers.get(ETAG).map(|v| v.as_bytes()),
+        h.headers.get(LAST_MODIFIED).map(|v| v.as_bytes()),
+    )
+}
+
+/// One slice subrequest, running.
+struct Fetch {
+    slice: Slice,
+    handle: SubrequestHandle,
+    header: Option<Box<ResponseHeader>>,
+    /// The header said the response has no body.
+    ended: bool,
+}
+
+impl Fetch {
+    fn start(session: &Session, slice: Slice, route: &Matched, request_id: &RequestId) -> Result<Fetch> {
+        let spawner = session
+            .subrequest_spawner
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no subrequest spawner"))?;
+        let ctx = pingora::proxy::subrequest::Ctx::builder()
+            .user_ctx(Box::new(SliceRequest {
+                slice,
+                route: route.clone(),
+                request_id: request_id.clone(),
+            }))
+            .build();
+        let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), ctx);
+        tokio::spawn(prepared.run());
+        Ok(Fetch {
+            slice,
+            handle,
+            header: None,
+            ended: false,
+        })
+    }
+
+    async fn header(&mut self) -> Result<&ResponseHeader> {
+        while self.header.is_none() {
+            match self.handle.rx.recv().await {
+                Some(HttpTask::Header(h, end)) if !h.status.is_informational() => {
+                    self.ended = end;
+                    self.header = Some(h);
+                }
+                Some(HttpTask::Failed(e)) => return Err(e),
+                Some(_) => {}
+                None => return Err(ended_early("slice subrequest ended without a header")),
+            }
+        }
+        self.header
+            .as_deref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no header"))
+    }
+
+    /// The header of a slice after the first: its span when it is of the same version and
+    /// size as the first, at its place.
+    async fn checked(&mut self, first: &ResponseHeader, total: u64) -> Result<Option<(u64, u64)>> {
+        let slice = self.slice;
+        Ok(check(self.header().await?, first, total, slice))
+    }
+
+    /// The next body piece; `None` at the end of the body.
+    async fn body(&mut self) -> Result<Option<Bytes>> {
+        if self.ended {
+            return Ok(None);
+        }
+        loop {
+            match self.handle.rx.recv().await {
+                Some(HttpTask::Body(b, end)) => {
+                    self.ended = end;
+                    match b {
+                        Some(b) if !b.is_empty() => return Ok(Some(b)),
+                        _ if end => return Ok(None),
+                        _ => {}
+                    }
+                }
+                Some(HttpTask::Done) | Some(HttpTask::Trailer(_)) => {
+                    self.ended = true;
+                    return Ok(None);
+                }
+                Some(HttpTask::Failed(e)) => return Err(e),
+                Some(_) => {}
+                None => return Err(ended_early("slice subrequest ended before its body")),
+            }
+        }
+    }
+
+    /// Lets the subrequest run to its end (a fill this request started is completed and
+    /// stored) without reading more of it here.
+    fn drain(self) {
+        self.handle.drain_tasks();
+    }
+}
+
+fn ended_early(what: &'static str) -> Box<Error> {
+    let mut e = Error::explain(ErrorType::HTTPStatus(502), what);
+    e.as_up();
+    e
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// Answered (true), or left to the ordinary path (false).
+    Done(bool),
+    /// The object changed between two slices before anything was sent.
+    Changed,
+}
+
+impl Gateway {
+    /// `request_filter`, once a cached `GET`/`HEAD` is admitted: answers it from slices
+    /// (`Ok(true)`), or leaves it to the ordinary cache path (`Ok(false)`).
+    pub(crate) async fn serve_slices(
+        &self,
+        cache: &'static Cache,
+        size: u64,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(false);
+        };
+        let template = &self.router.route(route.index).template;
+        let key = policy::key(template, route.asset.as_str(), route.upstream_uri.query()).combined_bin();
+        if cache.whole.contains(&key) || session.subrequest_spawner.is_none() {
+            return Ok(false);
+        }
+        let tag = policy::asset_tag(template, route.asset.as_str());
+        for _ in 0..2 {
+            match self
+                .slice_attempt(cache, size, session, ctx, &route, &key, &tag)
+                .await?
+            {
+                Attempt::Done(answered) => return Ok(answered),
+                Attempt::Changed => {
+                    cache.storage.purge_asset(&tag).await;
+                }
+            }
+        }
+        Err(ended_early(
+            "the object changed at the origin while its slices were fetched",
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn slice_attempt(
+        &self,
+        cache: &'static Cache,
+        size: u64,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Matched,
+        key: &HashBinary,
+        tag: &str,
+    ) -> Result<Attempt> {
+        let head = session.req_header().method == http::Method::HEAD;
+        let mut want = if head {
+            Want::All
+        } else {
+            want(session.req_header())
+        };
+        let first = match want {
+            Want::From(a, _) => a / size,
+            _ => 0,
+        };
+        let id = &ctx.request_id;
+        let mut cur = Fetch::start(session, Slice { index: first, size }, route, id)?;
+        let h = cur.header().await?.clone();
+        let (start, end, total) = match piece(&h) {
+            Piece::Slice { start, end, total } => (start, end, total),
+            Piece::Whole { total } => {
+                // The origin ignored the Range (stored whole when this was slice 0, not stored
+                // under another slice's key), or the object fits one slice: the ordinary path
+                // from now on.
+                cache.whole.insert(*key);
+                (0, total.saturating_sub(1), total)
+            }
+            Piece::Unsliceable => {
+                cache.whole.insert(*key);
+                return Ok(Attempt::Done(false));
+            }
+            Piece::Other => {
+                self.relay(session, ctx, cur, h, head).await?;
+                return Ok(Attempt::Done(true));
+            }
+        };
+        let sliced = h.headers.contains_key(MARKER);
+        if sliced && !fits(start, end, total, cur.slice) {
+            return Ok(Attempt::Changed);
+        }
+        // If-Range that does not match: the whole object (RFC 9110 13.1.5).
+        if let Some(v) = session.req_header().headers.get(IF_RANGE) {
+            let (etag, modified) = validator(&h);
+            let strong = etag.is_some_and(|e| !e.starts_with(b"W/"));
+            if !((strong && etag == Some(v.as_bytes())) || (etag.is_none() && modified == Some(v.as_bytes())))
+            {
+                want = Want::All;
+            }
+        }
+        let req = session.req_header();
+        if pingora::protocols::http::conditional_filter::not_modified_filter(req, &h) {
+            let mut r = h.clone();
+            let _ = r.set_status(http::StatusCode::NOT_MODIFIED);
+            for name in [CONTENT_LENGTH, CONTENT_RANGE, MARKER] {
+                r.remove_header(&name);
+            }
+            self.finish_header(&mut r, ctx);
+            session.write_response_header(Box::new(r), true).await?;
+            cur.drain();
+            return Ok(Attempt::Done(true));
+        }
+        // The bytes the client gets: [a, b], 206 unless the whole object.
+        let window = match want {
+            Want::All => Some((0, total.checked_sub(1), false)),
+            Want::From(a, _) if a >= total => None,
+            Want::From(a, e) => Some((a, Some(e.unwrap_or(total - 1).min(total - 1)), true)),
+            Want::Suffix(0) => None,
+            Want::Suffix(n) => Some((total - n.min(total), Some(total - 1), true)),
+        };
+        let Some((a, b, partial)) = window else {
+            let mut r = h.clone();
+            let _ = r.set_status(http::StatusCode::RANGE_NOT_SATISFIABLE);
+            r.remove_header(&MARKER);
+            let _ = r.insert_header(CONTENT_RANGE, format!("bytes */{total}"));
+            let _ = r.insert_header(CONTENT_LENGTH, "0");
+            self.finish_header(&mut r, ctx);
+            session.write_response_header(Box::new(r), true).await?;
+            cur.drain();
+            return Ok(Attempt::Done(true));
+        };
+        let mut r = h.clone();
+        r.remove_header(&MARKER);
+        let _ = r.insert_header(ACCEPT_RANGES, "bytes");
+        match b {
+            Some(b) if partial => {
+                let _ = r.set_status(http::StatusCode::PARTIAL_CONTENT);
+                let _ = r.insert_header(CONTENT_RANGE, format!("bytes {a}-{b}/{total}"));
+                let _ = r.insert_header(CONTENT_LENGTH, (b - a + 1).to_string());
+            }
+            _ => {
+                let _ = r.set_status(http::StatusCode::OK);
+                r.remove_header(&CONTENT_RANGE);
+                let _ = r.insert_header(CONTENT_LENGTH, total.to_string());
+            }
+        }
+        self.finish_header(&mut r, ctx);
+        let Some(b) = b else {
+            // An empty object.
+            session.write_response_header(Box::new(r), true).await?;
+            cur.drain();
+            return Ok(Attempt::Done(true));
+        };
+        // The first slice needed (a suffix range learns the size from slice 0 first).
+        let mut cur_span = (start, end);
+        if sliced && !(start..=end).contains(&a) {
+            cur.drain();
+            cur = Fetch::start(
+                session,
+                Slice {
+                    index: a / size,
+                    size,
+                },
+                route,
+                &ctx.request_id,
+            )?;
+            match cur.checked(&h, total).await? {
+                Some(span) => cur_span = span,
+                None => return Ok(Attempt::Changed),
+            }
+        }
+        let last = if sliced { b / size } else { cur.slice.index };
+        // The next slice is requested now, and its header checked before the client's goes
+        // out: a change seen here costs nothing sent.
+        let mut next = None;
+        if cur.slice.index < last {
+            let mut n = Fetch::start(
+                session,
+                Slice {
+                    index: cur.slice.index + 1,
+                    size,
+                },
+                route,
+                &ctx.request_id,
+            )?;
+            if n.checked(&h, total).await?.is_none() {
+                return Ok(Attempt::Changed);
+            }
+            next = Some(n);
+        }
+        if head {
+            session.write_response_header(Box::new(r), true).await?;
+            cur.drain();
+            if let Some(n) = next {
+                n.drain();
+            }
+            return Ok(Attempt::Done(true));
+        }
+        session.write_response_header(Box::new(r), false).await?;
+        loop {
+            let done = copy(session, &mut cur, cur_span, (a, b)).await?;
+            if !done {
+                cur.drain();
+            }
+            let Some(mut n) = next.take() else {
+                break;
+            };
+            if n.slice.index < last {
+                let after = Fetch::start(
+                    session,
+                    Slice {
+                        index: n.slice.index + 1,
+                        size,
+                    },
+                    route,
+                    &ctx.request_id,
+                )?;
+                next = Some(after);
+            }
+            let Some(span) = n.checked(&h, total).await? else {
+                // The origin changed after the client's header: end it incomplete, and let
+                // the next request start over.
+                cache.storage.purge_asset(tag).await;
+                return Err(ended_early("the object changed at the origin between slices"));
+            };
+            cur = n;
+            cur_span = span;
+        }
+        session.write_response_body(None, true).await?;
+        Ok(Attempt::Done(true))
+    }
+
+    /// A response that is neither a slice nor a whole object (an error, a 404, a 416 from the
+    /// origin): passed on as the subrequest got it.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        mut fetch: Fetch,
+        mut h: ResponseHeader,
+        head: bool,
+    ) -> Result<()> {
+        self.finish_header(&mut h, ctx);
+        let empty = head || fetch.ended;
+        session.write_response_header(Box::new(h), empty).await?;
+        if empty {
+            fetch.drain();
+            return Ok(());
+        }
+        while let Some(b) = fetch.body().await? {
+            session.write_response_body(Some(b), false).await?;
+        }
+        session.write_response_body(None, true).await
+    }
+
+    /// What `response_filter` adds to the gateway's answers (it does not run for a response
+    /// written in `request_filter`).
+    fn finish_header(&self, r: &mut ResponseHeader, ctx: &Ctx) {
+        headers::stamp(r, &ctx.request_id);
+        self.access
+            .on_response(r, ctx.route.as_ref().map(|m| m.index), &ctx.access);
+    }
+}
+
+/// Whether a slice's place is the one asked for: it starts at the slice's start and ends at
+/// the slice's end or the object's.
+fn fits(start: u64, end: u64, total: u64, slice: Slice) -> bool {
+    start == slice.start() && end == slice.last().min(total.saturating_sub(1))
+}
+
+/// A later slice's header: the same version and size as the first, at its place. Its span.
+fn check(h: &ResponseHeader, first: &ResponseHeader, total: u64, slice: Slice) -> Option<(u64, u64)> {
+    match piece(h) {
+        Piece::Slice { start, end, total: t }
+            if t == total && fits(start, end, total, slice) && validator(h) == validator(first) =>
+        {
+            Some((start, end))
+        }
+        _ => None,
+    }
+}
+
+/// Sends the bytes of one slice (`span`, the object's bytes it holds) that fall in `want`.
+/// Returns whether the slice was read to its end (else the caller drains it).
+async fn copy(session: &mut Session, fetch: &mut Fetch, span: (u64, u64), want: (u64, u64)) -> Result<bool> {
+    let (mut pos, end) = span;
+    let (a, b) = want;
+    while pos <= end {
+        if pos > b {
+            return Ok(false);
+        }
+        let Some(chunk) = fetch.body().await? else {
+            return Err(ended_early("a slice ended before its length"));
+        };
+        let len = chunk.len() as u64;
+        let from = a.max(pos);
+        let to = b.min(pos + len - 1);
+        if from <= to {
+            let part = chunk.slice((from - pos) as usize..=(to - pos) as usize);
+            session.write_response_body(Some(part), false).await?;
+        }
+        pos += len;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (n, v) in headers {
+            r.insert_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn a_slice_answer_becomes_a_stored_slice() {
+        let s = Slice { index: 1, size: 100 };
+        let mut r = resp(206, &[("content-range", "bytes 100-199/250"), ("etag", "\"v1\"")]);
+        upstream_response(&mut r, s);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["content-length"], "100");
+        assert_eq!(r.headers[MARKER], "100-199/250");
+        assert!(r.headers.get("content-range").is_none());
+        assert_eq!(
+            piece(&r),
+            Piece::Slice {
+                start: 100,
+                end: 199,
+                total: 250
+            }
+        );
+        // A weak validator is not sliced.
+        let mut r = resp(
+            206,
+            &[("content-range", "bytes 100-199/250"), ("etag", "W/\"v1\"")],
+        );
+        upstream_response(&mut r, s);
+        assert_eq!(piece(&r), Piece::Unsliceable);
+        // The whole object in one answer is a whole object, whatever its validator.
+        let s0 = Slice { index: 0, size: 100 };
+        let mut r = resp(206, &[("content-range", "bytes 0-49/50")]);
+        upstream_response(&mut r, s0);
+        assert_eq!(piece(&r), Piece::Whole { total: 50 });
+        // Another place than asked: left alone (not stored).
+        let mut r = resp(206, &[("content-range", "bytes 0-99/250"), ("etag", "\"v1\"")]);
+        upstream_response(&mut r, s);
+        assert_eq!(r.status, 206);
+    }
+
+    #[test]
+    fn client_ranges() {
+        let req = |v: &str| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.insert_header("range", v).unwrap();
+            want(&r)
+        };
+        assert_eq!(req("bytes=10-"), Want::From(10, None));
+        assert_eq!(req("bytes=10-20"), Want::From(10, Some(20)));
+        assert_eq!(req("bytes=-5"), Want::Suffix(5));
+        assert_eq!(req("bytes=20-10"), Want::All);
+        assert_eq!(req("bytes=1-2,5-6"), Want::All);
+        assert_eq!(req("items=1-2"), Want::All);
+    }
+}
