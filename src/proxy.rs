@@ -51,6 +51,16 @@ impl ProxyHttp for Gateway {
             // is answered (the stream is gone) and nothing goes upstream.
             return Ok(true);
         }
+        if let Some(r) = slice::requested(session) {
+            // A slice subrequest of an admitted request (only the gateway makes one). Its head
+            // is a copy of its parent's, already checked (an HTTP/2 parent's has no `Host`).
+            ctx.route = Some(r.route);
+            ctx.request_id = r.request_id;
+            ctx.cache.slice = Some(r.slice);
+            ctx.cache.slice_report = Some(r.report);
+            ctx.in_flight = None;
+            return Ok(false);
+        }
         ctx.request_id = RequestId::from_client(session.get_header(headers::X_REQUEST_ID));
         // Pingora sets no write timeout towards clients: a client that stops reading (or never
         // opens its HTTP/2 window) would hold its request, and its upstream, forever.
@@ -78,13 +88,6 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             errors::respond(session, reject, &ctx.request_id).await?;
             return Ok(true);
-        }
-        if let Some((slice, matched, id)) = slice::requested(session) {
-            // A slice subrequest of an admitted request (only the gateway makes one).
-            ctx.route = Some(matched);
-            ctx.request_id = id;
-            ctx.cache.slice = Some(slice);
-            return Ok(false);
         }
         match self.admit(session) {
             Ok(matched) => {
@@ -451,14 +454,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.cache.slice.is_some() {
+        if let Some(report) = &ctx.cache.slice_report {
             // A slice: its cache lookup counts; the request, its status and its access line
-            // are its parent's.
-            if let (Some(route), Some(outcome)) = (
-                self.cached_route(ctx.route.as_ref()),
-                Cache::outcome(&session.cache, &ctx.cache),
-            ) {
-                route.lookups.record(outcome.lookup_result());
+            // are its parent's, which it tells what the cache did.
+            if let Some(outcome) = Cache::outcome(&session.cache, &ctx.cache) {
+                report.merge(outcome);
+                if let Some(route) = self.cached_route(ctx.route.as_ref()) {
+                    route.lookups.record(outcome.lookup_result());
+                }
             }
             return;
         }
@@ -478,7 +481,12 @@ impl ProxyHttp for Gateway {
         // From the phase at the end, not the one the header reported: a fill that failed
         // after the header was sent is logged as not stored.
         let cache_outcome = Cache::outcome(&session.cache, &ctx.cache);
-        if let (Some(route), Some(outcome)) = (self.cached_route(ctx.route.as_ref()), cache_outcome) {
+        // A request answered from slices: its slices' lookups were counted.
+        if let (Some(route), Some(outcome), None) = (
+            self.cached_route(ctx.route.as_ref()),
+            cache_outcome,
+            &ctx.cache.sliced,
+        ) {
             route.lookups.record(outcome.lookup_result());
         }
         let Some(format) = self.access_log else {

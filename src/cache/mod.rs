@@ -108,8 +108,12 @@ pub(crate) struct RequestCache {
     stale: Option<Stale>,
     /// The `X-Forwarded-Proto` the upstream gets (what an origin's `Vary` on it keys on).
     pub(crate) proto: &'static str,
-    /// This request is the subrequest of one slice (see `slice`).
+    /// This request is the subrequest of one slice (see `slice`), and where it tells its
+    /// parent what the cache did.
     pub(crate) slice: Option<slice::Slice>,
+    pub(crate) slice_report: Option<std::sync::Arc<slice::Report>>,
+    /// This request was answered from slices: what the cache did for them.
+    pub(crate) sliced: Option<std::sync::Arc<slice::Report>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -392,6 +396,9 @@ impl Cache {
 
     /// The outcome so far (`None`: the cache was not used for this request).
     pub(crate) fn outcome(cache: &HttpCache, rc: &RequestCache) -> Option<Outcome> {
+        if let Some(r) = &rc.sliced {
+            return r.get();
+        }
         if !rc.enabled {
             return None;
         }

@@ -21,7 +21,8 @@
 //! asset's key), or with a `206` without a strong validator (RFC 9110 14.3: no ranges combined
 //! under a weak one).
 
-use crate::cache::{policy, Cache};
+use crate::cache::policy::{self, Outcome};
+use crate::cache::Cache;
 use crate::gateway::{Ctx, Gateway, Matched};
 use crate::headers;
 use crate::request_id::RequestId;
@@ -34,11 +35,13 @@ use http::HeaderName;
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::subrequest::server::SubrequestHandle;
-use pingora::protocols::http::HttpTask;
+use pingora::protocols::http::v1::client::http_req_header_to_wire;
+use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
 
 /// On a stored slice: `<first byte>-<last byte>/<object size>`. Internal: the parent removes
 /// it before anything reaches a client.
@@ -68,22 +71,48 @@ impl Slice {
 
 /// What a parent hands its slice subrequest (the subrequest's user context: only the gateway
 /// sets it, so no client header can make a request a slice request).
-struct SliceRequest {
-    slice: Slice,
-    route: Matched,
-    request_id: RequestId,
+pub(crate) struct SliceRequest {
+    pub(crate) slice: Slice,
+    pub(crate) route: Matched,
+    pub(crate) request_id: RequestId,
+    pub(crate) report: Arc<Report>,
+}
+
+/// What the cache did for the slices of one response, for its access line: a hit only when
+/// every slice was (else the first slice's outcome that was not).
+#[derive(Default)]
+pub(crate) struct Report(Mutex<Option<Outcome>>);
+
+impl Report {
+    pub(crate) fn merge(&self, o: Outcome) {
+        if let Ok(mut r) = self.0.lock() {
+            let hit = |o: &Outcome| matches!(o, Outcome::Hit | Outcome::Collapsed);
+            if r.as_ref().is_none_or(|was| hit(was) && !hit(&o)) {
+                *r = Some(o);
+            }
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<Outcome> {
+        self.0.lock().ok().and_then(|r| *r)
+    }
 }
 
 /// `request_filter` of a subrequest: the slice its parent asked for, the parent's route match
 /// and request id. The client's `Range` and conditionals are removed: the parent applies them
 /// to the whole object; a slice request always gets the whole slice.
-pub(crate) fn requested(session: &mut Session) -> Option<(Slice, Matched, RequestId)> {
+pub(crate) fn requested(session: &mut Session) -> Option<SliceRequest> {
     let req = session
         .subrequest_ctx
         .as_ref()?
         .user_ctx()?
         .downcast_ref::<SliceRequest>()?;
-    let found = (req.slice, req.route.clone(), req.request_id.clone());
+    let found = SliceRequest {
+        slice: req.slice,
+        route: req.route.clone(),
+        request_id: req.request_id.clone(),
+        report: req.report.clone(),
+    };
     let h = session.req_header_mut();
     for name in [
         RANGE,
@@ -266,19 +295,25 @@ struct Fetch {
 }
 
 impl Fetch {
-    fn start(session: &Session, slice: Slice, route: &Matched, request_id: &RequestId) -> Result<Fetch> {
+    async fn start(session: &Session, slice: Slice, route: &Matched, ctx: &Ctx) -> Result<Fetch> {
         let spawner = session
             .subrequest_spawner
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no subrequest spawner"))?;
-        let ctx = pingora::proxy::subrequest::Ctx::builder()
+        let user = pingora::proxy::subrequest::Ctx::builder()
             .user_ctx(Box::new(SliceRequest {
                 slice,
                 route: route.clone(),
-                request_id: request_id.clone(),
+                request_id: ctx.request_id.clone(),
+                report: ctx.cache.sliced.clone().unwrap_or_default(),
             }))
             .build();
-        let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), ctx);
+        let (prepared, handle) = match session.as_downstream() {
+            parent @ ServerSession::H1(_) => spawner.create_subrequest(parent, user),
+            // Pingora parses a subrequest's head as HTTP/1.1 from its parent's; an HTTP/2
+            // parent's reads `HTTP/2` and has no `Host`, so the head is written again.
+            _ => spawner.create_subrequest(&h1_copy(session.req_header()).await?, user),
+        };
         tokio::spawn(prepared.run());
         Ok(Fetch {
             slice,
@@ -345,6 +380,25 @@ impl Fetch {
     }
 }
 
+/// An HTTP/1.1 session whose head is `req` (its `Host` from the URI's authority).
+async fn h1_copy(req: &RequestHeader) -> Result<ServerSession> {
+    let mut req = req.clone();
+    req.set_version(http::Version::HTTP_11);
+    if !req.headers.contains_key(http::header::HOST) {
+        let host = req.uri.authority().map_or("localhost", |a| a.as_str()).to_owned();
+        req.insert_header(http::header::HOST, host)?;
+    }
+    let wire = http_req_header_to_wire(&req)
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "request head not writable"))?;
+    let (mut tx, rx) = tokio::io::duplex(wire.len() + 1);
+    tx.write_all(&wire)
+        .await
+        .map_err(|e| Error::because(ErrorType::InternalError, "slice request head", e))?;
+    let mut s = ServerSession::new_http1(Box::new(rx));
+    s.read_request().await?;
+    Ok(s)
+}
+
 fn ended_early(what: &'static str) -> Box<Error> {
     let mut e = Error::explain(ErrorType::HTTPStatus(502), what);
     e.as_up();
@@ -378,6 +432,7 @@ impl Gateway {
             return Ok(false);
         }
         let tag = policy::asset_tag(template, route.asset.as_str());
+        ctx.cache.sliced = Some(Arc::default());
         for _ in 0..2 {
             match self
                 .slice_attempt(cache, size, session, ctx, &route, &key, &tag)
@@ -415,8 +470,7 @@ impl Gateway {
             Want::From(a, _) => a / size,
             _ => 0,
         };
-        let id = &ctx.request_id;
-        let mut cur = Fetch::start(session, Slice { index: first, size }, route, id)?;
+        let mut cur = Fetch::start(session, Slice { index: first, size }, route, ctx).await?;
         let h = cur.header().await?.clone();
         let (start, end, total) = match piece(&h) {
             Piece::Slice { start, end, total } => (start, end, total),
@@ -429,6 +483,7 @@ impl Gateway {
             }
             Piece::Unsliceable => {
                 cache.whole.insert(*key);
+                ctx.cache.sliced = None;
                 return Ok(Attempt::Done(false));
             }
             Piece::Other => {
@@ -513,8 +568,9 @@ impl Gateway {
                     size,
                 },
                 route,
-                &ctx.request_id,
-            )?;
+                ctx,
+            )
+            .await?;
             match cur.checked(&h, total).await? {
                 Some(span) => cur_span = span,
                 None => return Ok(Attempt::Changed),
@@ -532,8 +588,9 @@ impl Gateway {
                     size,
                 },
                 route,
-                &ctx.request_id,
-            )?;
+                ctx,
+            )
+            .await?;
             if n.checked(&h, total).await?.is_none() {
                 return Ok(Attempt::Changed);
             }
@@ -564,8 +621,9 @@ impl Gateway {
                         size,
                     },
                     route,
-                    &ctx.request_id,
-                )?;
+                    ctx,
+                )
+                .await?;
                 next = Some(after);
             }
             let Some(span) = n.checked(&h, total).await? else {
