@@ -257,7 +257,7 @@ async fn a_herd_seeking_into_one_cold_slice_makes_one_upstream_request() {
         }));
     }
     common::eventually("the first slice request reached the origin", || {
-        origin.requests_for(ID) == 1
+        origin.requests_for(ID) >= 1
     })
     .await;
     // Give the others time to arrive and wait on the lock (not an assertion on time: more
