@@ -49,8 +49,9 @@ def nginx(tmp, name, body):
     d = tmp / name
     (d / "logs").mkdir(parents=True, exist_ok=True)
     conf = d / "nginx.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(f"""daemon off;
-worker_processes 1;
+{user}worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 1024; }}

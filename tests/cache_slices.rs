@@ -21,11 +21,17 @@ const SLICE: u64 = 64 * 1024;
 /// 16 slices and a part.
 const SIZE: u64 = 16 * SLICE + 4321;
 
-fn yaml(origin: SocketAddr, admin: SocketAddr, extra_cache: &str, route_extra: &str) -> String {
+fn yaml(
+    origin: SocketAddr,
+    admin: SocketAddr,
+    h2c: SocketAddr,
+    extra_cache: &str,
+    route_extra: &str,
+) -> String {
     format!(
         r#"threads: 2
 gateway:
-  listen: ["{{listen}}"]
+  listen: ["{{listen}}", {{addr: "{h2c}", h2c: true}}]
   admin: "{admin}"
   cache:
     memory: 64MiB
@@ -45,10 +51,21 @@ gateway:
 }
 
 fn start(origin: &Origin, extra_cache: &str, route_extra: &str) -> (Gateway, SocketAddr) {
-    let [listen, admin] = free_addrs();
-    let gw = Gateway::start_at(&yaml(origin.addr, admin, extra_cache, route_extra), &[], listen);
-    wait_listening(admin);
+    let (gw, admin, _) = start_h2c(origin, extra_cache, route_extra);
     (gw, admin)
+}
+
+/// Also returns the address of a cleartext HTTP/2 listener.
+fn start_h2c(origin: &Origin, extra_cache: &str, route_extra: &str) -> (Gateway, SocketAddr, SocketAddr) {
+    let [listen, admin, h2c] = free_addrs();
+    let gw = Gateway::start_at(
+        &yaml(origin.addr, admin, h2c, extra_cache, route_extra),
+        &[],
+        listen,
+    );
+    wait_listening(admin);
+    wait_listening(h2c);
+    (gw, admin, h2c)
 }
 
 /// What the scripted origin serves: a body and its strong ETag, which a test may change.
@@ -185,6 +202,44 @@ async fn a_cold_seek_fetches_only_the_slice_it_touches() {
     let (_, _, after) = get(&gw, Some(&format!("bytes={from}-"))).await;
     assert_eq!(after, body);
     assert_eq!(origin.requests_for(ID), 2);
+}
+
+/// HTTP/2 clients are served from slices too (a slice request's head is written again as
+/// HTTP/1.1: Pingora cannot parse an HTTP/2 parent's), with the client's address upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_from_slices() {
+    let origin = Origin::start().await;
+    let asset = Asset::new(pattern(0..SIZE), "\"v1\"", true, false);
+    origin.set(ID, asset.behavior());
+    let (_gw, _admin, h2c) = start_h2c(&origin, "", "");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = format!("http://{h2c}/content/v1/assets/{ID}");
+    let from = SIZE - 2 * SLICE;
+    let r = h2
+        .get(&url)
+        .header("range", format!("bytes={from}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 206)
+    );
+    assert!(r.bytes().await.unwrap() == pattern(from..SIZE));
+    let r = h2.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == pattern(0..SIZE));
+    assert_eq!(origin.requests_for(ID), 17, "each slice once");
+    let seen = origin.asset_requests();
+    assert!(
+        seen.iter()
+            .all(|s| s.header("x-forwarded-for") == Some("127.0.0.1")),
+        "{:?}",
+        seen[0].headers
+    );
 }
 
 /// A whole download of an object with some slices stored is the object, byte for byte, with

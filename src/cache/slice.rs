@@ -37,6 +37,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::subrequest::server::SubrequestHandle;
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::Digest;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::collections::HashSet;
@@ -308,12 +309,12 @@ impl Fetch {
                 report: ctx.cache.sliced.clone().unwrap_or_default(),
             }))
             .build();
-        let (prepared, handle) = match session.as_downstream() {
-            parent @ ServerSession::H1(_) => spawner.create_subrequest(parent, user),
-            // Pingora parses a subrequest's head as HTTP/1.1 from its parent's; an HTTP/2
-            // parent's reads `HTTP/2` and has no `Host`, so the head is written again.
-            _ => spawner.create_subrequest(&h1_copy(session.req_header()).await?, user),
-        };
+        // Pingora parses a subrequest's head from its parent's raw head: on HTTP/1.1 the bytes
+        // the client sent (with its `Authorization` and a subject header it may have forged,
+        // which `request_filter` replaced), on HTTP/2 a head that reads `HTTP/2` without
+        // `Host` (refused). The head as `request_filter` left it is written again instead.
+        let parent = h1_copy(session.req_header(), session.digest()).await?;
+        let (prepared, handle) = spawner.create_subrequest(&parent, user);
         tokio::spawn(prepared.run());
         Ok(Fetch {
             slice,
@@ -380,8 +381,9 @@ impl Fetch {
     }
 }
 
-/// An HTTP/1.1 session whose head is `req` (its `Host` from the URI's authority).
-async fn h1_copy(req: &RequestHeader) -> Result<ServerSession> {
+/// An HTTP/1.1 session whose head is `req` (its `Host` from the URI's authority), on the
+/// parent's connection digest (the client's address, TLS).
+async fn h1_copy(req: &RequestHeader, digest: Option<&Digest>) -> Result<ServerSession> {
     let mut req = req.clone();
     req.set_version(http::Version::HTTP_11);
     if !req.headers.contains_key(http::header::HOST) {
@@ -396,6 +398,9 @@ async fn h1_copy(req: &RequestHeader) -> Result<ServerSession> {
         .map_err(|e| Error::because(ErrorType::InternalError, "slice request head", e))?;
     let mut s = ServerSession::new_http1(Box::new(rx));
     s.read_request().await?;
+    if let (Some(d), Some(parent)) = (s.digest_mut(), digest) {
+        *d = parent.clone();
+    }
     Ok(s)
 }
 
@@ -580,7 +585,7 @@ impl Gateway {
         // The next slice is requested now, and its header checked before the client's goes
         // out: a change seen here costs nothing sent.
         let mut next = None;
-        if cur.slice.index < last {
+        if !head && cur.slice.index < last {
             let mut n = Fetch::start(
                 session,
                 Slice {
