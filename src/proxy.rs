@@ -58,6 +58,7 @@ impl ProxyHttp for Gateway {
             ctx.request_id = r.request_id;
             ctx.cache.slice = Some(r.slice);
             ctx.cache.slice_report = Some(r.report);
+            ctx.access.client_ip = r.client_ip;
             ctx.in_flight = None;
             return Ok(false);
         }
@@ -198,8 +199,10 @@ impl ProxyHttp for Gateway {
     /// down the answer is an immediate 502 on a connection that stays open.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // A rate limit that counts only requests going upstream (hits never get here); a
-        // slice's request was admitted with its parent.
-        if ctx.cache.slice.is_none() && !self.access.on_upstream(session, ctx.access()).await? {
+        // client's request answered from slices is charged once, by its first slice that
+        // comes here.
+        let charged = ctx.cache.slice_report.as_ref().is_none_or(|r| r.charge());
+        if charged && !self.access.on_upstream(session, ctx.access()).await? {
             return Ok(false);
         }
         let Some(upstream) = self.upstream_of(ctx) else {

@@ -41,6 +41,7 @@ use pingora::protocols::Digest;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
@@ -77,16 +78,28 @@ pub(crate) struct SliceRequest {
     pub(crate) route: Matched,
     pub(crate) request_id: RequestId,
     pub(crate) report: Arc<Report>,
+    /// The client's address as the parent found it (behind trusted proxies: not the peer).
+    pub(crate) client_ip: Option<std::net::IpAddr>,
 }
 
 /// What the cache did for the slices of one response, for its access line: a hit only when
 /// every slice was (else the first slice's outcome that was not).
 #[derive(Default)]
-pub(crate) struct Report(Mutex<Option<Outcome>>);
+pub(crate) struct Report {
+    outcome: Mutex<Option<Outcome>>,
+    /// A slice went upstream: the client's `counts: upstream` rate limit was charged.
+    charged: AtomicBool,
+}
 
 impl Report {
+    /// Whether this slice's trip upstream is the parent's first (the one a `counts: upstream`
+    /// rate limit charges: one token per client request, however many slices it misses).
+    pub(crate) fn charge(&self) -> bool {
+        !self.charged.swap(true, Ordering::Relaxed)
+    }
+
     pub(crate) fn merge(&self, o: Outcome) {
-        if let Ok(mut r) = self.0.lock() {
+        if let Ok(mut r) = self.outcome.lock() {
             let hit = |o: &Outcome| matches!(o, Outcome::Hit | Outcome::Collapsed);
             if r.as_ref().is_none_or(|was| hit(was) && !hit(&o)) {
                 *r = Some(o);
@@ -95,7 +108,7 @@ impl Report {
     }
 
     pub(crate) fn get(&self) -> Option<Outcome> {
-        self.0.lock().ok().and_then(|r| *r)
+        self.outcome.lock().ok().and_then(|r| *r)
     }
 }
 
@@ -113,6 +126,7 @@ pub(crate) fn requested(session: &mut Session) -> Option<SliceRequest> {
         route: req.route.clone(),
         request_id: req.request_id.clone(),
         report: req.report.clone(),
+        client_ip: req.client_ip,
     };
     let h = session.req_header_mut();
     for name in [
@@ -307,6 +321,7 @@ impl Fetch {
                 route: route.clone(),
                 request_id: ctx.request_id.clone(),
                 report: ctx.cache.sliced.clone().unwrap_or_default(),
+                client_ip: ctx.access.client_ip,
             }))
             .build();
         // Pingora parses a subrequest's head from its parent's raw head: on HTTP/1.1 the bytes
