@@ -67,7 +67,9 @@ impl<'de> Deserialize<'de> for SliceSize {
             expecting: "a size such as \"4MiB\", or \"off\"",
             parse: |s| match s.trim() {
                 "off" => Ok(SliceSize(None)),
-                s => parse_size(s).map(|n| SliceSize(Some(n))),
+                s => parse_size(s)
+                    .map(|n| SliceSize(Some(n)))
+                    .map_err(|e| format!("{e}, or \"off\"")),
             },
             from_int: Some(|n| SliceSize(Some(n))),
         })
