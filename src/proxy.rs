@@ -404,6 +404,11 @@ impl ProxyHttp for Gateway {
         // Per request, so here and not in `upstream_response_filter` (what that leaves in
         // the header is stored with the object).
         if let Some(outcome) = Cache::outcome(&session.cache, &ctx.cache) {
+            // A slice tells its parent now, before its header reaches the parent (its
+            // `logging` may run after the parent's).
+            if let Some(report) = &ctx.cache.slice_report {
+                report.merge(outcome);
+            }
             let value = outcome.header(ctx.cache.ttl, ctx.cache.vary_miss);
             let _ = resp.insert_header(headers::CACHE_STATUS, value);
         }
