@@ -97,10 +97,12 @@ pub(crate) struct Ctx {
     pub(crate) error_status: Option<u16>,
     pub(crate) cache: RequestCache,
     pub(crate) access: RequestAccess,
-    _in_flight: InFlight,
+    /// `None` for a slice's subrequest: its parent is the request in flight.
+    pub(crate) in_flight: Option<InFlight>,
 }
 
 /// What routing decided for a request.
+#[derive(Clone)]
 pub(crate) struct Matched {
     pub(crate) index: usize,
     /// The rewritten upstream target.
@@ -131,7 +133,7 @@ impl Ctx {
             error_status: None,
             cache: RequestCache::default(),
             access: RequestAccess::default(),
-            _in_flight: InFlight::start(),
+            in_flight: Some(InFlight::start()),
         }
     }
 

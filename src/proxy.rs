@@ -8,7 +8,7 @@
 
 use crate::access_log::{self, AccessRecord};
 use crate::attempts;
-use crate::cache::{policy, Cache};
+use crate::cache::{policy, slice, Cache};
 use crate::downstream;
 use crate::errors;
 use crate::gateway::{Ctx, Gateway};
@@ -40,11 +40,27 @@ impl ProxyHttp for Gateway {
     /// compresses images or videos.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// Slices are fetched by subrequests of the request a client made (`cache::slice`).
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &Ctx) -> bool {
+        self.cache.is_some_and(|c| c.slice.is_some())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if downstream::h2_stream_reset(session).await {
             // Rapid reset: the client cancelled this stream before it was looked at. Nothing
             // is answered (the stream is gone) and nothing goes upstream.
             return Ok(true);
+        }
+        if let Some(r) = slice::requested(session) {
+            // A slice subrequest of an admitted request (only the gateway makes one). Its head
+            // is a copy of its parent's, already checked (an HTTP/2 parent's has no `Host`).
+            ctx.route = Some(r.route);
+            ctx.request_id = r.request_id;
+            ctx.cache.slice = Some(r.slice);
+            ctx.cache.slice_report = Some(r.report);
+            ctx.access.client_ip = r.client_ip;
+            ctx.in_flight = None;
+            return Ok(false);
         }
         ctx.request_id = RequestId::from_client(session.get_header(headers::X_REQUEST_ID));
         // Pingora sets no write timeout towards clients: a client that stops reading (or never
@@ -84,7 +100,26 @@ impl ProxyHttp for Gateway {
                     return Ok(false);
                 }
                 // Who may fetch, before the cache: CORS preflight, rate limit, credentials.
-                self.access.on_request(session, ctx.access()).await
+                if self.access.on_request(session, ctx.access()).await? {
+                    return Ok(true);
+                }
+                match (self.cache, self.cached_route(ctx.route.as_ref())) {
+                    (
+                        Some(
+                            cache @ Cache {
+                                slice: Some(size), ..
+                            },
+                        ),
+                        Some(_),
+                    ) if matches!(
+                        session.req_header().method,
+                        http::Method::GET | http::Method::HEAD
+                    ) =>
+                    {
+                        self.serve_slices(cache, *size, session, ctx).await
+                    }
+                    _ => Ok(false),
+                }
             }
             Err(reject) => {
                 if !session.is_body_empty() {
@@ -114,7 +149,11 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a route"))?;
         let route = self.router.route(m.index);
-        let mut key = policy::key(&route.template, m.asset.as_str(), m.upstream_uri.query());
+        let query = m.upstream_uri.query();
+        let mut key = match ctx.cache.slice {
+            Some(s) => policy::slice_key(&route.template, m.asset.as_str(), query, s),
+            None => policy::key(&route.template, m.asset.as_str(), query),
+        };
         if let (Some(cache), Some(cached)) = (self.cache, self.cached_route(Some(m))) {
             cache.predict(&mut key, session.req_header(), &cached.keying, &ctx.cache);
         }
@@ -159,8 +198,11 @@ impl ProxyHttp for Gateway {
     /// Picks the first peer before proxying starts, so that when every peer is known to be
     /// down the answer is an immediate 502 on a connection that stays open.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // A rate limit that counts only requests going upstream (hits never get here).
-        if !self.access.on_upstream(session, ctx.access()).await? {
+        // A rate limit that counts only requests going upstream (hits never get here); a
+        // client's request answered from slices is charged once, by its first slice that
+        // comes here.
+        let charged = ctx.cache.slice_report.as_ref().is_none_or(|r| r.charge());
+        if charged && !self.access.on_upstream(session, ctx.access()).await? {
             return Ok(false);
         }
         let Some(upstream) = self.upstream_of(ctx) else {
@@ -287,6 +329,9 @@ impl ProxyHttp for Gateway {
         if let Some(route) = self.cached_route(ctx.route.as_ref()) {
             route.keying.upstream_request(req);
         }
+        if let Some(s) = ctx.cache.slice {
+            req.insert_header(http::header::RANGE, s.range())?;
+        }
         if let (Some(upstream), Some(peer)) = (self.upstream_of(ctx), &ctx.attempts.current) {
             req.insert_header(http::header::HOST, peer.host.clone())?;
             for (name, value) in &upstream.headers {
@@ -340,6 +385,9 @@ impl ProxyHttp for Gateway {
                 |path| self.router.client_path(m.index, path),
             );
         }
+        if let Some(s) = ctx.cache.slice {
+            slice::upstream_response(resp, s);
+        }
         if let Some(cache) = self.cache {
             cache.prepare(session, resp, &mut ctx.cache).await;
         }
@@ -364,6 +412,11 @@ impl ProxyHttp for Gateway {
         // Per request, so here and not in `upstream_response_filter` (what that leaves in
         // the header is stored with the object).
         if let Some(outcome) = Cache::outcome(&session.cache, &ctx.cache) {
+            // A slice tells its parent now, before its header reaches the parent (its
+            // `logging` may run after the parent's).
+            if let Some(report) = &ctx.cache.slice_report {
+                report.merge(outcome);
+            }
             let value = outcome.header(ctx.cache.ttl, ctx.cache.vary_miss);
             let _ = resp.insert_header(headers::CACHE_STATUS, value);
         }
@@ -422,6 +475,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(report) = &ctx.cache.slice_report {
+            // A slice: its cache lookup counts; the request, its status and its access line
+            // are its parent's, which it tells what the cache did.
+            if let Some(outcome) = Cache::outcome(&session.cache, &ctx.cache) {
+                report.merge(outcome);
+                if let Some(route) = self.cached_route(ctx.route.as_ref()) {
+                    route.lookups.record(outcome.lookup_result());
+                }
+            }
+            return;
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -438,7 +502,12 @@ impl ProxyHttp for Gateway {
         // From the phase at the end, not the one the header reported: a fill that failed
         // after the header was sent is logged as not stored.
         let cache_outcome = Cache::outcome(&session.cache, &ctx.cache);
-        if let (Some(route), Some(outcome)) = (self.cached_route(ctx.route.as_ref()), cache_outcome) {
+        // A request answered from slices: its slices' lookups were counted.
+        if let (Some(route), Some(outcome), None) = (
+            self.cached_route(ctx.route.as_ref()),
+            cache_outcome,
+            &ctx.cache.sliced,
+        ) {
             route.lookups.record(outcome.lookup_result());
         }
         let Some(format) = self.access_log else {

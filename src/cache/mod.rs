@@ -25,6 +25,7 @@ mod lock;
 mod pass;
 pub(crate) mod policy;
 mod reader;
+pub(crate) mod slice;
 pub(crate) mod storage;
 
 use crate::config::CacheSettings;
@@ -56,6 +57,10 @@ pub(crate) struct Cache {
     /// (a fill too large for memory goes to disk only).
     store_limit: usize,
     pub(crate) metrics: &'static CacheMetrics,
+    /// `slice`: the size of the pieces large objects are fetched and stored in.
+    pub(crate) slice: Option<u64>,
+    /// The keys whose objects are not sliceable (see `slice`).
+    pub(crate) whole: slice::Whole,
 }
 
 /// A cached route: what it forwards and keys on, and its lookup counters.
@@ -103,6 +108,12 @@ pub(crate) struct RequestCache {
     stale: Option<Stale>,
     /// The `X-Forwarded-Proto` the upstream gets (what an origin's `Vary` on it keys on).
     pub(crate) proto: &'static str,
+    /// This request is the subrequest of one slice (see `slice`), and where it tells its
+    /// parent what the cache did.
+    pub(crate) slice: Option<slice::Slice>,
+    pub(crate) slice_report: Option<std::sync::Arc<slice::Report>>,
+    /// This request was answered from slices: what the cache did for them.
+    pub(crate) sliced: Option<std::sync::Arc<slice::Report>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +151,8 @@ impl Cache {
                     .map_or(s.memory, |d| s.memory.max(d.size as usize)),
             ),
             metrics,
+            slice: s.slice.map(|n| n as u64),
+            whole: slice::Whole::default(),
         })))
     }
 
@@ -209,6 +222,11 @@ impl Cache {
         is_fresh: bool,
         rc: &mut RequestCache,
     ) -> Option<ForcedFreshness> {
+        // A slice stored under the asset's own key (slice 0) is not the object: a request
+        // that does not go by slices fetches the object whole again.
+        if rc.slice.is_none() && meta.response_header().headers.contains_key(slice::MARKER) {
+            return Some(ForcedFreshness::ForceMiss);
+        }
         let now = SystemTime::now();
         let until = meta.fresh_until();
         if is_fresh
@@ -299,6 +317,11 @@ impl Cache {
             .maybe_cache_meta()
             .map(|m| m.response_header().status);
         let mut r = policy::cacheable(resp, authorization, self.store_limit, found);
+        // The origin answered a later slice's Range with the whole object: not stored under
+        // that slice's key (the parent sends the asset the ordinary way from now on).
+        if rc.slice.is_some_and(|s| s.index > 0) && !resp.headers.contains_key(slice::MARKER) {
+            r = RespCacheable::Uncacheable(NoCacheReason::Custom("slice-whole"));
+        }
         // A 304 refreshes a stored object: nothing new is held.
         let refresh = revalidating && rc.upstream_status == Some(304);
         if let (RespCacheable::Cacheable(meta), false) = (&mut r, refresh) {
@@ -346,6 +369,9 @@ impl Cache {
     /// `stale_if_error`); `error` is `None` for stale-while-revalidate.
     pub(crate) fn should_serve_stale(rc: &mut RequestCache, error: Option<&pingora::Error>) -> bool {
         let stale = match error {
+            // A slice is revalidated by its own request: Pingora's background revalidation
+            // would run without the slice (its key, its Range).
+            None if rc.slice.is_some() => return false,
             None => Stale::WhileRevalidate,
             Some(e) if policy::is_origin_failure(e) => Stale::IfError(match e.etype() {
                 pingora::ErrorType::HTTPStatus(s) => Some(*s),
@@ -384,6 +410,9 @@ impl Cache {
     }
 
     pub(crate) fn outcome(cache: &HttpCache, rc: &RequestCache) -> Option<Outcome> {
+        if let Some(r) = &rc.sliced {
+            return r.get();
+        }
         if !rc.enabled {
             return None;
         }

@@ -71,6 +71,23 @@ pub(crate) fn key(route: &str, id: &str, forwarded_query: Option<&str>) -> Cache
     CacheKey::new(primary, asset_tag(route, id))
 }
 
+/// The key of one slice of an asset (`cache::slice`): slice 0 has the asset's own key (an
+/// object found not sliceable is stored there whole); the others add the slice size and index.
+pub(crate) fn slice_key(
+    route: &str,
+    id: &str,
+    forwarded_query: Option<&str>,
+    s: super::slice::Slice,
+) -> CacheKey {
+    let key = key(route, id, forwarded_query);
+    if s.index == 0 {
+        return key;
+    }
+    let mut primary = key.primary_key_str().unwrap_or_default().to_owned();
+    primary.push_str(&format!("\0slice\0{}\0{}", s.size, s.index));
+    CacheKey::new(primary, asset_tag(route, id))
+}
+
 /// What names one asset across keys (see [`key`]).
 pub(crate) fn asset_tag(route: &str, id: &str) -> String {
     let mut tag = String::with_capacity(route.len() + id.len() + 1);

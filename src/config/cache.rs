@@ -8,6 +8,9 @@ use super::runtime::{CacheSettings, DiskSettings};
 /// The smallest memory tier (and disk tier): room for at least a few objects.
 const MIN_CACHE_MEMORY: u64 = 1 << 20;
 
+/// The smallest slice: each slice is an object of its own (a key, a lock, a file).
+const MIN_SLICE: u64 = 64 << 10;
+
 /// The memory tier needs room for at least a few objects; the disk directory must exist or be
 /// creatable, and be writable (checked with a probe file, also by `-t`, which creates nothing),
 /// and `disk.size` must fit the file system it is on.
@@ -31,6 +34,16 @@ pub(super) fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings>
             0
         })
     };
+    let slice = match c.slice.0 {
+        Some(n) if n < MIN_SLICE => {
+            p.push(format!(
+                "gateway.cache.slice: {n} bytes is below the minimum of 64KiB (or \"off\")"
+            ));
+            None
+        }
+        Some(n) => Some(usize_of("slice", n, p)),
+        None => None,
+    };
     let memory = usize_of("memory", c.memory.0, p);
     let max_object_size = usize_of("max_object_size", c.max_object_size.0, p);
     (p.len() == before).then_some(CacheSettings {
@@ -43,6 +56,7 @@ pub(super) fn cache(c: &CacheFile, p: &mut Vec<String>) -> Option<CacheSettings>
         stale_while_revalidate: c.stale_while_revalidate.0,
         stale_if_error: c.stale_if_error.0,
         disk,
+        slice,
     })
 }
 

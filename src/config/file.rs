@@ -6,7 +6,7 @@ use super::auth::{AuthFile, AuthMethod};
 use super::client_ip::ClientIpFile;
 use super::cors::CorsFile;
 use super::rate_limit::RateLimitFile;
-use super::units::{Dur, Size, Window};
+use super::units::{Dur, Size, SliceSize, Window};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -70,6 +70,9 @@ pub(super) struct CacheFile {
     /// The optional disk tier.
     #[serde(default)]
     pub disk: Option<DiskFile>,
+    /// Objects are fetched and stored in pieces of this size (`"off"`: whole).
+    #[serde(default = "four_mib_slice")]
+    pub slice: SliceSize,
 }
 
 /// `gateway.cache.disk`: both keys are required.
@@ -82,6 +85,9 @@ pub(super) struct DiskFile {
 
 fn one_gib() -> Size {
     Size(1 << 30)
+}
+fn four_mib_slice() -> SliceSize {
+    SliceSize(Some(4 << 20))
 }
 fn one_hour() -> Dur {
     Dur(Duration::from_secs(3600))

@@ -54,6 +54,8 @@ pub(crate) struct CacheSettings {
     pub stale_if_error: Duration,
     /// `None`: memory only.
     pub disk: Option<DiskSettings>,
+    /// The size of the pieces large objects are fetched and stored in; `None`: whole objects.
+    pub slice: Option<usize>,
 }
 
 /// `gateway.cache.disk`, checked: the directory exists and is writable.

@@ -425,9 +425,20 @@ fn cache_settings_and_defaults() {
             stale_while_revalidate: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(3600),
             disk: None,
+            slice: Some(4 << 20),
         }
     );
     assert!(c.gateway.routes[0].cache, "routes use the cache by default");
+    let slice = |v: &str| Config::from_yaml(&with_cache(&format!("    memory: 64MiB\n    slice: {v}")));
+    assert_eq!(slice("off").unwrap().gateway.cache.unwrap().slice, None);
+    assert_eq!(slice("1MiB").unwrap().gateway.cache.unwrap().slice, Some(1 << 20));
+    let p = problems(&with_cache("    memory: 64MiB\n    slice: 4KiB"));
+    assert!(
+        p.contains("gateway.cache.slice: 4096 bytes is below the minimum"),
+        "{p}"
+    );
+    let p = problems(&with_cache("    memory: 64MiB\n    slice: on"));
+    assert!(p.contains("gateway.cache.slice") && p.contains("\"off\""), "{p}");
     let c = Config::from_yaml(&with_cache(
         "    memory: 64MiB\n    max_object_size: 8MiB\n    default_ttl: 5m\n    lock_timeout: 2s\n    negative_ttl: 1m\n    uncacheable_ttl: 5s\n    stale_while_revalidate: 0s\n    stale_if_error: 1m",
     ))

@@ -57,6 +57,25 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// `gateway.cache.slice`: a size, or `"off"` (`None`: objects are fetched and stored whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SliceSize(pub Option<u64>);
+
+impl<'de> Deserialize<'de> for SliceSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextVisitor {
+            expecting: "a size such as \"4MiB\", or \"off\"",
+            parse: |s| match s.trim() {
+                "off" => Ok(SliceSize(None)),
+                s => parse_size(s)
+                    .map(|n| SliceSize(Some(n)))
+                    .map_err(|e| format!("{e}, or \"off\"")),
+            },
+            from_int: Some(|n| SliceSize(Some(n))),
+        })
+    }
+}
+
 /// A value written as text, parsed by `parse`; `from_int` also takes a bare integer.
 struct TextVisitor<T> {
     expecting: &'static str,
