@@ -22,6 +22,16 @@ pub fn init() {
         {
             level = log::Level::Info;
         }
+        // Pingora warns once per request served stale after an upstream failure (not behind
+        // the hook that silences its per-request errors): during an outage, a line per
+        // request. The access line says it already (`cache=stale-if-error`,
+        // `upstream_failures`).
+        if level == log::Level::Warn
+            && record.target() == "pingora_proxy::proxy_cache"
+            && msg.to_string().contains(", serving stale, ")
+        {
+            return Ok(());
+        }
         writeln!(
             buf,
             "[{} {:<5} {}] {msg}",
