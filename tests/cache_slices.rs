@@ -25,6 +25,7 @@ fn yaml(
     origin: SocketAddr,
     admin: SocketAddr,
     h2c: SocketAddr,
+    memory: &str,
     extra_cache: &str,
     route_extra: &str,
 ) -> String {
@@ -34,7 +35,7 @@ gateway:
   listen: ["{{listen}}", {{addr: "{h2c}", h2c: true}}]
   admin: "{admin}"
   cache:
-    memory: 64MiB
+    memory: {memory}
     slice: 64KiB
     stale_while_revalidate: 0s
 {extra_cache}
@@ -59,7 +60,7 @@ fn start(origin: &Origin, extra_cache: &str, route_extra: &str) -> (Gateway, Soc
 fn start_h2c(origin: &Origin, extra_cache: &str, route_extra: &str) -> (Gateway, SocketAddr, SocketAddr) {
     let [listen, admin, h2c] = free_addrs();
     let gw = Gateway::start_at(
-        &yaml(origin.addr, admin, h2c, extra_cache, route_extra),
+        &yaml(origin.addr, admin, h2c, "64MiB", extra_cache, route_extra),
         &[],
         listen,
     );
@@ -444,4 +445,44 @@ async fn an_origin_that_ignores_range_is_stored_whole() {
         settled(admin).await;
     }
     assert!(origin.requests_for(ID2) <= 2, "{}", origin.requests_for(ID2));
+}
+
+/// The slices of an object larger than `memory` go to the disk tier only, as the object would
+/// whole: one large download must not push the small hot objects out of memory (before, its
+/// 64 KiB slices each fitted `memory` and evicted a small asset stored there first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slices_of_an_object_larger_than_memory_go_to_disk_only() {
+    const SMALL: &str = "5a1ce000-9b4d-4e8a-8c21-5d6f7a8b9c09";
+    let origin = Origin::start().await;
+    let asset = Asset::new(pattern(0..SIZE), "\"v1\"", true, false);
+    origin.set(ID, asset.behavior());
+    origin.set(
+        SMALL,
+        Asset::new(pattern(0..20_000), "\"s1\"", true, false).behavior(),
+    );
+    let dir = temp_dir();
+    let disk = format!(
+        "    disk: {{path: \"{}\", size: 64MiB}}",
+        dir.join("cache").display()
+    );
+    let [listen, admin, h2c] = free_addrs();
+    // `memory` is smaller than the large object (16 slices and a part) but holds many slices.
+    let gw = Gateway::start_at(&yaml(origin.addr, admin, h2c, "1MiB", &disk, ""), &[], listen);
+    wait_listening(admin);
+    let small = client().get(gw.asset_url(SMALL)).send().await.unwrap();
+    assert_eq!(small.bytes().await.unwrap(), pattern(0..20_000));
+    let large = client().get(gw.asset_url(ID)).send().await.unwrap();
+    assert_eq!(large.bytes().await.unwrap(), pattern(0..SIZE));
+    settled(admin).await;
+    let cache = common::cache_json(admin).await;
+    assert_eq!(cache["memory"]["objects"], 1, "{cache}");
+    assert_eq!(cache["disk"]["objects"], 18, "{cache}");
+    // The small asset is still a hit from memory; the large one from disk, whole.
+    let small = client().get(gw.asset_url(SMALL)).send().await.unwrap();
+    let cs = small.headers()["cache-status"].to_str().unwrap().to_string();
+    assert!(cs.starts_with("asset-gateway; hit"), "{cs}");
+    let large = client().get(gw.asset_url(ID)).send().await.unwrap();
+    assert_eq!(large.bytes().await.unwrap(), pattern(0..SIZE));
+    let requests = origin.requests_for(SMALL) + origin.requests_for(ID);
+    assert_eq!(requests, 18, "one per slice and one for the small asset");
 }

@@ -272,9 +272,16 @@ impl Cache {
         let (Some(disk), true) = (self.storage.disk, rc.enabled && session.cache.enabled()) else {
             return;
         };
-        let Some(len) = policy::content_length(resp).filter(|l| self.storage.tier.too_large(*l)) else {
+        let Some(len) = policy::content_length(resp) else {
             return;
         };
+        if !self
+            .storage
+            .tier
+            .too_large(slice::object_len(resp).unwrap_or(len))
+        {
+            return;
+        }
         let Some(key) = session.cache.maybe_cache_key() else {
             return;
         };
@@ -326,7 +333,11 @@ impl Cache {
         let refresh = revalidating && rc.upstream_status == Some(304);
         if let (RespCacheable::Cacheable(meta), false) = (&mut r, refresh) {
             let len = policy::content_length(resp).unwrap_or(0);
-            let admitted = if self.storage.tier.too_large(len) {
+            let admitted = if self
+                .storage
+                .tier
+                .too_large(slice::object_len(resp).unwrap_or(len))
+            {
                 rc.prepared.take().map(Admitted::Disk).ok_or("disk-unavailable")
             } else {
                 // Fills in progress count against `memory`: beyond it, a response streams

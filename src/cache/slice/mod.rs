@@ -252,6 +252,17 @@ pub(super) fn piece(h: &ResponseHeader) -> Piece {
     }
 }
 
+/// The size of the object a stored response is part of: a slice's total, else its own
+/// length. It decides the tier, as for a whole object: the slices of an object larger than
+/// `memory` go to the disk tier only, so one video does not push the small hot objects out of
+/// memory.
+pub(crate) fn object_len(h: &ResponseHeader) -> Option<usize> {
+    match piece(h) {
+        Piece::Slice { total, .. } => usize::try_from(total).ok(),
+        _ => policy::content_length(h),
+    }
+}
+
 /// The version a piece belongs to.
 pub(super) fn validator(h: &ResponseHeader) -> (Option<&[u8]>, Option<&[u8]>) {
     (
