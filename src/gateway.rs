@@ -120,6 +120,17 @@ pub(crate) struct Timing {
 }
 
 impl Ctx {
+    /// A slice subrequest takes its parent's route, request id and client, and reports its
+    /// cache outcome to it; it is not a request in flight of its own.
+    pub(crate) fn adopt_slice(&mut self, r: crate::cache::slice::SliceRequest) {
+        self.route = Some(r.route);
+        self.request_id = r.request_id;
+        self.cache.slice = Some(r.slice);
+        self.cache.slice_report = Some(r.report);
+        self.access.client_ip = r.client_ip;
+        self.in_flight = None;
+    }
+
     pub(crate) fn new() -> Ctx {
         Ctx {
             request_id: RequestId::default(),
@@ -154,6 +165,45 @@ impl Ctx {
 }
 
 impl Gateway {
+    /// What the gateway changes in Pingora's handling of a client connection, per request.
+    pub(crate) fn set_connection_policy(&self, session: &mut Session) {
+        // Pingora sets no write timeout towards clients: a client that stops reading (or never
+        // opens its HTTP/2 window) would hold its request, and its upstream, forever.
+        session.set_write_timeout(Some(self.write_timeout));
+        // Requests a client pipelines are answered in order (Pingora's default drops every
+        // request after the first and closes). It carries over to the connection's next
+        // requests.
+        session.set_pipelining_enabled(true);
+        if session.req_header().version == http::Version::HTTP_10 {
+            // RFC 9110 15.2: no 1xx to an HTTP/1.0 client.
+            session.set_ignore_info_resp(true);
+        }
+        // Pingora keeps an idle HTTP/1.1 client forever by default; this sets our idle limit.
+        // A connection the client did not ask to keep (HTTP/1.0, `Connection: close`) stays
+        // unkept.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.keepalive_secs));
+        }
+    }
+
+    /// An admitted `GET`/`HEAD` on a cached route with slicing on is answered from its slices
+    /// (`Ok(true)`, `cache::slice`); anything else goes on to the ordinary path (`Ok(false)`).
+    pub(crate) async fn serve_sliced(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let (Some(cache), Some(_)) = (self.cache, self.cached_route(ctx.route.as_ref())) else {
+            return Ok(false);
+        };
+        let Some(size) = cache.slice else {
+            return Ok(false);
+        };
+        if !matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD
+        ) {
+            return Ok(false);
+        }
+        self.serve_slices(cache, size, session, ctx).await
+    }
+
     /// The request's route (`ctx.route`), when it is cached.
     pub(crate) fn cached_route(&self, route: Option<&Matched>) -> Option<&CachedRoute> {
         self.cache_routes.get(route?.index)?.as_ref()

@@ -54,32 +54,11 @@ impl ProxyHttp for Gateway {
         if let Some(r) = slice::requested(session) {
             // A slice subrequest of an admitted request (only the gateway makes one). Its head
             // is a copy of its parent's, already checked (an HTTP/2 parent's has no `Host`).
-            ctx.route = Some(r.route);
-            ctx.request_id = r.request_id;
-            ctx.cache.slice = Some(r.slice);
-            ctx.cache.slice_report = Some(r.report);
-            ctx.access.client_ip = r.client_ip;
-            ctx.in_flight = None;
+            ctx.adopt_slice(r);
             return Ok(false);
         }
         ctx.request_id = RequestId::from_client(session.get_header(headers::X_REQUEST_ID));
-        // Pingora sets no write timeout towards clients: a client that stops reading (or never
-        // opens its HTTP/2 window) would hold its request, and its upstream, forever.
-        session.set_write_timeout(Some(self.write_timeout));
-        // Requests a client pipelines are answered in order (Pingora's default drops every
-        // request after the first and closes). It carries over to the connection's next
-        // requests.
-        session.set_pipelining_enabled(true);
-        if session.req_header().version == http::Version::HTTP_10 {
-            // RFC 9110 15.2: no 1xx to an HTTP/1.0 client.
-            session.set_ignore_info_resp(true);
-        }
-        // Pingora keeps an idle HTTP/1.1 client forever by default; this sets our idle limit.
-        // A connection the client did not ask to keep (HTTP/1.0, `Connection: close`) stays
-        // unkept.
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.keepalive_secs));
-        }
+        self.set_connection_policy(session);
         let checked = self
             .limits
             .check(session.req_header())
@@ -103,23 +82,7 @@ impl ProxyHttp for Gateway {
                 if self.access.on_request(session, ctx.access()).await? {
                     return Ok(true);
                 }
-                match (self.cache, self.cached_route(ctx.route.as_ref())) {
-                    (
-                        Some(
-                            cache @ Cache {
-                                slice: Some(size), ..
-                            },
-                        ),
-                        Some(_),
-                    ) if matches!(
-                        session.req_header().method,
-                        http::Method::GET | http::Method::HEAD
-                    ) =>
-                    {
-                        self.serve_slices(cache, *size, session, ctx).await
-                    }
-                    _ => Ok(false),
-                }
+                self.serve_sliced(session, ctx).await
             }
             Err(reject) => {
                 if !session.is_body_empty() {
