@@ -586,6 +586,18 @@ async fn bearer_tokens_are_checked_before_the_cache() {
             "jwt-claims",
         ),
         (
+            es.token(
+                "es-1",
+                &format!(
+                    r#"{{"sub":"x","iss":"https://auth.example.com","aud":"assets","exp":{},"nbf":{}}}"#,
+                    now() + 600,
+                    now() + 300
+                ),
+            ),
+            "nbf beyond the leeway",
+            "jwt-claims",
+        ),
+        (
             raw_token(r#"{"alg":"none","kid":"es-1"}"#, &good("x"), |_| Vec::new()),
             "alg none",
             "jwt-invalid",

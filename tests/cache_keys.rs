@@ -931,7 +931,9 @@ async fn a_fleet_purge_leaves_no_copy_on_any_replica() {
     }
 
     // A replica that is gone: reported, and the exit status says so.
-    let [gone] = free_addrs();
+    // Bound and not listening: a port merely released could be taken by another test's gateway.
+    let dead = common::dead_peer();
+    let gone = dead.addr;
     let with_gone = format!("{list},{gone}");
     let (ok, out) = purge(&["--admin", &with_gone, "/content/v1/assets/*"], None);
     assert!(!ok, "{out}");

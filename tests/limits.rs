@@ -141,12 +141,16 @@ async fn forwarded_for_counts_only_behind_trusted_proxies() {
 /// address is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_entries_with_ports_are_clients() {
-    let [admin] = free_addrs();
-    let (_origin, gw) = setup(
+    // Both addresses at once: a separate free_addr() for the listener could be the admin's.
+    let [listen, admin] = free_addrs();
+    let origin = start_origin().await;
+    let config = yaml(
+        &origin,
+        "\"{listen}\"",
         &format!("  admin: \"{admin}\"\n  client_ip: {{trusted_proxies: [\"127.0.0.1/32\"]}}\n"),
         "      rate_limit: {per_client: 1/m, burst: 1}\n",
-    )
-    .await;
+    );
+    let gw = Gateway::start_at(&config, &[], listen);
     wait_listening(admin);
     for client in [
         "198.51.100.1:5678",
@@ -335,9 +339,9 @@ async fn proxy_protocol_v2_from_a_trusted_balancer_gives_the_client() {
     let (cert_path, key_path) = (dir.join("gw.pem"), dir.join("gw.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let [tls_addr] = free_addrs();
+    let [listen, tls_addr] = free_addrs();
     let origin = start_origin().await;
-    let gw = Gateway::start(&proxy_yaml(&origin, &cert_path, &key_path, tls_addr));
+    let gw = Gateway::start_at(&proxy_yaml(&origin, &cert_path, &key_path, tls_addr), &[], listen);
     wait_listening(tls_addr);
     let src: SocketAddr = "203.0.113.7:5555".parse().unwrap();
 

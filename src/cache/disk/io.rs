@@ -332,6 +332,17 @@ pub(crate) mod seam {
         RULES.lock().unwrap().retain(|r| r.dir != dir);
     }
 
+    static HELD: Mutex<Vec<(PathBuf, Op)>> = Mutex::new(Vec::new());
+
+    /// Every `op` under `dir` waits (on its pool thread) until [`release`]: a disk that lags.
+    pub(crate) fn hold(dir: &Path, op: Op) {
+        HELD.lock().unwrap().push((dir.to_path_buf(), op));
+    }
+
+    pub(crate) fn release(dir: &Path) {
+        HELD.lock().unwrap().retain(|(d, _)| d != dir);
+    }
+
     /// Records, for calls under `dir`, each one made off the pools or under an index lock.
     pub(crate) fn watch(dir: &Path) {
         WATCHED.lock().unwrap().push((dir.to_path_buf(), Vec::new()));
@@ -360,6 +371,14 @@ pub(crate) mod seam {
             if INDEX_LOCKS.with(|n| n.get()) > 0 {
                 v.push(format!("{op:?} {} under an index lock", path.display()));
             }
+        }
+        while HELD
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(d, o)| *o == op && path.starts_with(d))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let rules = RULES.lock().unwrap();
         match rules.iter().find(|r| r.op == op && path.starts_with(&r.dir)) {
