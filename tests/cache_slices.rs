@@ -518,6 +518,11 @@ async fn if_range_and_conditionals_on_a_sliced_object() {
     assert_eq!(status, 206);
     assert_eq!(h["content-range"], format!("bytes 65000-70000/{SIZE}"));
     assert_eq!(body, pattern(65000..70001));
+    assert_eq!(
+        origin_ranges(&origin),
+        vec![slice_range(0), slice_range(1)],
+        "served from the two slices it touches"
+    );
     // Another validator in If-Range: the whole object, 200.
     let (status, h, body) = send(&[("range", "bytes=65000-70000"), ("if-range", "\"v0\"")], false).await;
     assert_eq!(status, 200);
