@@ -39,7 +39,7 @@ async fn main() {
         );
         o.set(
             LARGE,
-            Behavior::Generated {
+            Behavior::Ranged {
                 size: 100 * 1024 * 1024,
             },
         );
@@ -50,6 +50,7 @@ async fn main() {
     eprintln!("  curl -v http://127.0.0.1:8080/content/v1/assets/{IMAGE_SVG}           # an SVG image");
     eprintln!("  curl -o image.bmp http://127.0.0.1:8080/content/v1/assets/{IMAGE_BMP}  # a 256x256 BMP");
     eprintln!("  curl -o /dev/null http://127.0.0.1:8080/content/v1/assets/{LARGE}  # 100 MiB, streamed");
+    eprintln!("  curl -o /dev/null -H 'Range: bytes=104000000-' http://127.0.0.1:8080/content/v1/assets/{LARGE}  # a seek into it");
     tokio::signal::ctrl_c().await.ok();
 }
 
