@@ -243,17 +243,24 @@ pub(super) fn check_template(t: &str, exactly_once: bool) -> Result<(), String> 
 
 /// What `-t` warns about routes (valid, but probably not what was meant).
 pub(crate) fn warnings(routes: &[Route]) -> Vec<String> {
-    routes
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.cache && r.vary_accept.is_empty() && r.forward_headers.contains(&http::header::ACCEPT))
-        .map(|(i, r)| {
-            format!(
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.cache) {
+        if r.vary_accept.is_empty() && r.forward_headers.contains(&http::header::ACCEPT) {
+            out.push(format!(
                 "gateway.routes[{i}] ({}): a cached route forwards Accept without vary_accept: an origin's Vary: Accept then keys on the raw value, so each spelling is an object of its own and a client that varies its Accept reaches the origin every time and fills the cache; set vary_accept (e.g. [image/avif, image/webp]), or forward_headers: [] if the origin ignores Accept",
                 r.template
-            )
-        })
-        .collect()
+            ));
+        }
+        // Valid (an origin may serve renditions by any parameter), but the raw query is then
+        // in the key: `?r=<random>` skips the cache on every request and fills it.
+        if r.query == QueryRule::Forward {
+            out.push(format!(
+                "gateway.routes[{i}] ({}): a cached route with query: forward keys on the raw query string: ?r=<random> reaches the origin every time and fills the cache, and ?a=1&b=2 and ?b=2&a=1 are two objects; list what the origin reads with query: {{allow: [...]}}, or leave query out (drop)",
+                r.template
+            ));
+        }
+    }
+    out
 }
 
 /// What `-t` says about each route: for a cached route, what reaches the upstream and what
@@ -321,6 +328,14 @@ mod tests {
         assert!(warned("      vary_accept: [image/webp]\n", true).is_empty());
         assert!(warned("      forward_headers: [accept-language]\n", true).is_empty());
         assert!(warned("", false).is_empty());
+        let w = warned("      query: forward\n      forward_headers: []\n", true);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("query: forward keys on the raw query string"),
+            "{w:?}"
+        );
+        assert!(warned("      query: forward\n", false).is_empty());
+        assert!(warned("      query: {allow: [w]}\n      forward_headers: []\n", true).is_empty());
     }
 
     #[test]
