@@ -64,18 +64,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let stream: Stream = if stream.as_any().is::<HeaderDeadline>() {
             stream
         } else {
-            let stream = match &self.proxy_protocol {
-                Some(pp) => pp.accept_plain(stream).await?,
-                None => stream,
-            };
-            let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
-            let mut guarded = HeaderDeadline::new(stream, self.header_timeout, h2);
-            guarded.max_target = self.max_uri_bytes;
-            guarded.log = self.log_refused.clone();
-            if !h2 && self.on_h2c_listener(&guarded) {
-                guarded.detect_h2c().await;
-            }
-            Box::new(guarded)
+            // Boxed and freed once done: this future lives as long as the connection, and the
+            // wrapping's awaits (the PROXY header, the h2c preface) held inline sized it at
+            // ~1.7 KiB per idle client (heaptrack, 2,000 idle clients).
+            Box::pin(self.wrap(stream)).await?
         };
         self.inner.process_new(stream, shutdown).await
     }
@@ -87,6 +79,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 }
 
 impl<A> Guarded<A> {
+    /// The client connection in its [`HeaderDeadline`] (after the PROXY header, if any).
+    async fn wrap(&self, stream: Stream) -> Option<Stream> {
+        let stream = match &self.proxy_protocol {
+            Some(pp) => pp.accept_plain(stream).await?,
+            None => stream,
+        };
+        let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+        let mut guarded = HeaderDeadline::new(stream, self.header_timeout, h2);
+        guarded.max_target = self.max_uri_bytes;
+        guarded.log = self.log_refused.clone();
+        if !h2 && self.on_h2c_listener(&guarded) {
+            guarded.detect_h2c().await;
+        }
+        Some(Box::new(guarded))
+    }
+
     fn on_h2c_listener(&self, stream: &HeaderDeadline) -> bool {
         if self.h2c.is_empty() {
             return false;
