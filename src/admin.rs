@@ -98,7 +98,7 @@ impl Admin {
                     let purged = cache.storage.purge_asset(&tag).await;
                     reply(200, "application/json", format!("{{\"purged\":{purged}}}\n"))
                 }
-                Resolution::BadId => reply(400, "text/plain", "not a valid asset id\n"),
+                Resolution::BadId { .. } => reply(400, "text/plain", "not a valid asset id\n"),
                 Resolution::NoRoute => reply(404, "text/plain", "no route has this path\n"),
             }),
             _ => Some(reply(405, "text/plain", "method not allowed\n")),

@@ -214,29 +214,36 @@ impl Gateway {
         Some(self.upstreams.get(self.router.route(m.index).upstream))
     }
 
-    /// Decides whether a request may go upstream, and prepares its upstream target.
-    pub(crate) fn admit(&self, session: &mut Session) -> std::result::Result<Matched, Reject> {
+    /// Decides whether a request may go upstream, and prepares its upstream target. A refusal
+    /// names the route the path belongs to, if any (its CORS headers go on the answer).
+    pub(crate) fn admit(
+        &self,
+        session: &mut Session,
+    ) -> std::result::Result<Matched, (Reject, Option<usize>)> {
         let req = session.req_header();
         if !req.raw_path_is_utf8() {
-            return Err(errors::BAD_PATH);
+            return Err((errors::BAD_PATH, None));
         }
-        let resolution = self.router.resolve(req.uri.path());
-        if resolution == Resolution::NoRoute {
-            return Err(errors::NO_ROUTE);
-        }
+        let (route, id) = match self.router.resolve(req.uri.path()) {
+            Resolution::NoRoute => return Err((errors::NO_ROUTE, None)),
+            Resolution::BadId { route } => (route, None),
+            Resolution::Asset { route, id } => (route, Some(id)),
+        };
+        let refuse = |reject| Err((reject, Some(route)));
         // `OPTIONS` only for CORS preflights, which `access` answers.
-        let preflight = req.method == http::Method::OPTIONS
-            && matches!(resolution, Resolution::Asset { route, .. } if self.access.has_cors(route));
+        let preflight = req.method == http::Method::OPTIONS && id.is_some() && self.access.has_cors(route);
         if !routing::is_allowed_method(req.method.as_str()) && !preflight {
-            return Err(errors::METHOD_NOT_ALLOWED);
+            return refuse(errors::METHOD_NOT_ALLOWED);
         }
-        let Resolution::Asset { route, id } = resolution else {
-            return Err(errors::BAD_ASSET_ID);
+        let Some(id) = id else {
+            return refuse(errors::BAD_ASSET_ID);
         };
         let target = self.router.route(route).upstream_path(&id, req.uri.query());
-        let upstream_uri = http::Uri::try_from(target).map_err(|_| errors::BAD_PATH)?;
+        let Ok(upstream_uri) = http::Uri::try_from(target) else {
+            return refuse(errors::BAD_PATH);
+        };
         if !session.is_body_empty() {
-            return Err(errors::BODY_NOT_ALLOWED);
+            return refuse(errors::BODY_NOT_ALLOWED);
         }
         let matched = Matched {
             index: route,
@@ -247,7 +254,7 @@ impl Gateway {
             .cached_route(Some(&matched))
             .is_some_and(|c| c.keying.forwards_too_much(session.req_header()))
         {
-            return Err(errors::FORWARDED_TOO_LARGE);
+            return refuse(errors::FORWARDED_TOO_LARGE);
         }
         Ok(matched)
     }

@@ -84,12 +84,14 @@ impl ProxyHttp for Gateway {
                 }
                 self.serve_sliced(session, ctx).await
             }
-            Err(reject) => {
+            Err((reject, route)) => {
                 if !session.is_body_empty() {
                     // Never leave unread request bytes on a connection we keep using.
                     session.set_keepalive(None);
                 }
-                errors::respond(session, reject, &ctx.request_id).await?;
+                // On a CORS route a page can read why (a browser hides an answer without them).
+                let cors = route.map(|r| self.access.cors_headers(r, session.req_header()));
+                errors::respond_with(session, reject, &ctx.request_id, &cors.unwrap_or_default()).await?;
                 Ok(true)
             }
         }

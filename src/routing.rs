@@ -200,8 +200,9 @@ impl std::fmt::Debug for AssetId {
 pub enum Resolution {
     /// A route matched and the id is a valid UUID.
     Asset { route: usize, id: AssetId },
-    /// A route's shape matched but the id segment is not a UUID: 400.
-    BadId,
+    /// A route's shape matched but the id segment is not a UUID: 400 (`route`: the first such
+    /// route, whose CORS headers the answer carries).
+    BadId { route: usize },
     /// No route has this shape: 404.
     NoRoute,
 }
@@ -243,19 +244,18 @@ impl Router {
     /// Resolves a raw request path (without its query). The first route whose shape and id
     /// both match wins; failing that, a route whose shape matches gives `BadId`.
     pub fn resolve(&self, path: &str) -> Resolution {
-        let mut bad_id = false;
+        let mut bad_id = None;
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(segment) = route.id_segment(path) {
                 match AssetId::parse(segment) {
                     Some(id) => return Resolution::Asset { route: i, id },
-                    None => bad_id = true,
+                    None => bad_id = bad_id.or(Some(i)),
                 }
             }
         }
-        if bad_id {
-            Resolution::BadId
-        } else {
-            Resolution::NoRoute
+        match bad_id {
+            Some(route) => Resolution::BadId { route },
+            None => Resolution::NoRoute,
         }
     }
 }
@@ -376,7 +376,7 @@ mod tests {
         ] {
             assert_eq!(
                 r.resolve(&format!("/content/v1/assets/{bad}")),
-                Resolution::BadId,
+                Resolution::BadId { route: 0 },
                 "{bad}"
             );
         }

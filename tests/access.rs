@@ -873,6 +873,29 @@ async fn cors_preflights_and_headers() {
     // ... including why (a browser hides headers not listed).
     let exposed = r.header("access-control-expose-headers").unwrap_or_default();
     assert!(exposed.contains("WWW-Authenticate"), "{exposed}");
+    // The gateway's own 400 and 405 on the route too (a page read a bare TypeError: failed
+    // to fetch for a bad id); none for another origin.
+    let bad_id = "/content/v1/assets/not-a-uuid";
+    let r = get(gw, bad_id, &[("origin", "https://app.example.com")]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let r = client()
+        .post(gw.url(&path(A)))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let r = get(gw, bad_id, &[("origin", "https://evil.example")]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.header("access-control-allow-origin").is_none());
     assert_eq!(origin_requests(&s.origin, A).len(), 1);
 }
 

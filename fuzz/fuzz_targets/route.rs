@@ -55,6 +55,6 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(up_query, Some("size=s"));
             }
         }
-        Resolution::BadId | Resolution::NoRoute => {}
+        Resolution::BadId { .. } | Resolution::NoRoute => {}
     }
 });

@@ -8,7 +8,7 @@
 
 use crate::config::CorsSettings;
 use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN, VARY};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// The request headers a page may send (the browser enforces this list).
@@ -86,6 +86,16 @@ impl Cors {
             add_vary_origin(resp);
         }
     }
+}
+
+/// The CORS headers of a refusal or an error the gateway answers itself, for an allowed
+/// `origin` (never stored, so `Vary` is only for the browser's own cache).
+pub(crate) fn error_headers(origin: &HeaderValue) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),
+        (http::header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS),
+        (VARY, HeaderValue::from_static("Origin")),
+    ]
 }
 
 /// Adds `Origin` to `Vary` unless it is there already (or `Vary: *`).

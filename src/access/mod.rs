@@ -275,6 +275,15 @@ impl Access {
         Ok(true)
     }
 
+    /// The CORS headers of the gateway's own answer (400, 405, ...) to `req` on `route`.
+    pub(crate) fn cors_headers(&self, route: usize, req: &RequestHeader) -> Vec<(HeaderName, HeaderValue)> {
+        let cors = self.routes.get(route).and_then(|r| r.cors.as_ref());
+        match cors.and_then(|c| c.allow_origin(req)) {
+            Some(origin) => cors::error_headers(&origin).to_vec(),
+            None => Vec::new(),
+        }
+    }
+
     /// `response_filter`: CORS headers (on hits too; never stored).
     pub(crate) fn on_response(&self, resp: &mut ResponseHeader, route: Option<usize>, state: &RequestAccess) {
         let cors = route.and_then(|i| self.routes.get(i)?.cors.as_ref());
@@ -403,9 +412,7 @@ impl Access {
             extra.push((RETRY_AFTER, HeaderValue::from(secs.max(1))));
         }
         if let Some(origin) = &r.state.cors_origin {
-            extra.push((http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
-            extra.push((http::header::ACCESS_CONTROL_EXPOSE_HEADERS, cors::EXPOSE_HEADERS));
-            extra.push((http::header::VARY, HeaderValue::from_static("Origin")));
+            extra.extend(cors::error_headers(origin));
         }
         errors::respond_with(session, reject, r.request_id, &extra).await?;
         Ok(true)
