@@ -554,7 +554,11 @@ async fn a_download_slower_than_the_header_timeout_and_a_second_request_work_on_
 }
 
 /// SIGTERM with an h2 download in flight: the connection gets GOAWAY (NO_ERROR) at once, the
-/// stream in flight finishes, the connection ends and the process exits.
+/// stream in flight finishes, the connection ends and the process exits. The process stays
+/// for the stream (held at the origin while the drain looks 10 times, twice what ends an idle
+/// process), then for the connection: with the stream done, the connection is open until the
+/// client acknowledges the shutdown PING (then the final GOAWAY and the close), and the
+/// drain waits for that too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_goaway_and_lets_an_h2_download_finish() {
     let origin = Origin::start().await;
@@ -586,14 +590,21 @@ async fn sigterm_sends_goaway_and_lets_an_h2_download_finish() {
         got.extend_from_slice(&f.payload);
     }
     common::eventually("the origin holds the rest", || held.load(Ordering::SeqCst)).await;
+    // The shutdown PING is kept unanswered until the stream is done.
+    c.ack_pings = false;
     common::signal(g.gw.pid(), "TERM");
-    let (goaway, _) = c.until("a GOAWAY", |f| f.kind == h2raw::GOAWAY).await;
+    let is_ping = |f: &h2raw::Frame| f.kind == h2raw::PING && f.flags & h2raw::ACK == 0;
+    let (goaway, before) = c.until("a GOAWAY", |f| f.kind == h2raw::GOAWAY).await;
     assert_eq!(goaway.error_code(), Some(h2raw::NO_ERROR), "{goaway:?}");
+    let mut pings: Vec<_> = before.into_iter().filter(is_ping).collect();
+    // The drain has seen the stream in flight long enough to have ended an idle process.
+    assert!(g.gw.drain_looks(10).await, "exited with an h2 download in flight");
     release.notify_one();
     loop {
-        let (f, _) = c
+        let (f, before) = c
             .until("the rest of the download", |f| f.is(h2raw::DATA, 1))
             .await;
+        pings.extend(before.into_iter().filter(is_ping));
         got.extend_from_slice(&f.payload);
         if f.flags & h2raw::END_STREAM != 0 {
             break;
@@ -601,18 +612,55 @@ async fn sigterm_sends_goaway_and_lets_an_h2_download_finish() {
     }
     assert_eq!(got.len(), total, "the download was cut by the shutdown");
     assert!(got == pattern(0..total as u64), "the download arrived damaged");
+    // The stream is done (its access line written, nothing in flight); the connection waits
+    // for the PING's ACK, and the process for the connection.
+    g.gw.wait_access_lines(1).await;
+    while pings.is_empty() {
+        let f = c.frame().await.expect("the shutdown PING");
+        assert!(f.stream == 0, "a frame for a stream after the download: {f:?}");
+        if is_ping(&f) {
+            pings.push(f);
+        }
+    }
+    assert!(
+        g.gw.drain_looks(10).await,
+        "exited with an h2 connection open (its stream done, its shutdown PING unanswered)"
+    );
+    for p in &pings {
+        c.send(&h2raw::frame(h2raw::PING, h2raw::ACK, 0, &p.payload))
+            .await;
+    }
     // Then the connection ends (after the final GOAWAY) and the process exits.
+    c.ack_pings = true;
+    let mut last_goaway = None;
     loop {
         match c.frame().await {
-            Ok(f) => assert!(f.stream == 0, "a frame for a stream after the download: {f:?}"),
+            Ok(f) => {
+                assert!(f.stream == 0, "a frame for a stream after the download: {f:?}");
+                if f.kind == h2raw::GOAWAY {
+                    last_goaway = Some(f);
+                }
+            }
             Err(end) => {
                 assert_eq!(end, common::End::Closed);
                 break;
             }
         }
     }
+    let last_goaway = last_goaway.expect("the final GOAWAY before the close");
+    assert_eq!(last_goaway.error_code(), Some(h2raw::NO_ERROR), "{last_goaway:?}");
+    let last_stream = u32::from_be_bytes(last_goaway.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+    assert_eq!(last_stream, 1, "the final GOAWAY names the last stream processed");
     let (status, _) = g.gw.wait_exit();
     assert!(status.success(), "{status}");
+    // The exit came from the drain, not the grace period (300 s by default).
+    assert!(
+        g.gw.logs()
+            .iter()
+            .any(|l| l.contains("graceful shutdown: no request in flight and no connection open, exiting")),
+        "{:#?}",
+        g.gw.logs()
+    );
 }
 
 #[test]

@@ -167,6 +167,10 @@ pub fn get(stream: u32, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
 pub struct H2Raw {
     pub s: TcpStream,
     buf: Vec<u8>,
+    /// Acknowledge the server's PINGs as they are read (the default). Off, a PING is only
+    /// returned: the server's graceful shutdown (GOAWAY, then a PING whose ACK lets it send
+    /// the final GOAWAY and close) then waits until the test sends the ACK itself.
+    pub ack_pings: bool,
 }
 
 impl H2Raw {
@@ -177,7 +181,11 @@ impl H2Raw {
     }
 
     pub async fn handshake(s: TcpStream, params: &[(u16, u32)]) -> (H2Raw, Frame) {
-        let mut c = H2Raw { s, buf: Vec::new() };
+        let mut c = H2Raw {
+            s,
+            buf: Vec::new(),
+            ack_pings: true,
+        };
         c.send(&[PREFACE.to_vec(), settings(params)].concat()).await;
         let server_settings = loop {
             let f = c.frame().await.expect("the server's SETTINGS");
@@ -194,7 +202,7 @@ impl H2Raw {
     }
 
     /// The next frame; `Err` when the server closed the connection or sent nothing for
-    /// `EVENTUALLY`. A PING from the server is acknowledged (and returned).
+    /// `EVENTUALLY`. A PING from the server is acknowledged if `ack_pings` (and returned).
     pub async fn frame(&mut self) -> Result<Frame, End> {
         loop {
             if self.buf.len() >= 9 {
@@ -207,7 +215,7 @@ impl H2Raw {
                         stream: u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff,
                         payload: f[9..].to_vec(),
                     };
-                    if f.kind == PING && f.flags & ACK == 0 {
+                    if self.ack_pings && f.kind == PING && f.flags & ACK == 0 {
                         // The server may be closed to writes already; what it sent still counts.
                         let _ = self.s.write_all(&frame(PING, ACK, 0, &f.payload)).await;
                     }
