@@ -59,7 +59,15 @@ fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_fails_over_and_follows_health_checks() {
     let mut os = origins(3).await;
-    let gw = Gateway::start(&simple_config(&addrs(&os), HEALTH));
+    // Passive ejection off: only the health checks can keep the stopped peer out (with it on,
+    // the load's connect failures ejected the peer too, and the test passed with the health
+    // results ignored). Ejection has its own test, connect_failures_eject_a_peer_without_active_checks.
+    let health_only = HEALTH.replace(
+        "passive_ejection: {failures: 3, cooldown: 1s}",
+        "passive_ejection: {failures: 0}",
+    );
+    assert_ne!(health_only, HEALTH);
+    let gw = Gateway::start(&simple_config(&addrs(&os), &health_only));
     let url = gw.asset_url(ID);
     let c = client();
 
