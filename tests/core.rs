@@ -106,12 +106,19 @@ async fn a_client_that_stops_reading_holds_back_the_origin() {
         held <= 112 * 1024,
         "the gateway holds {held} bytes of a response its client does not read (112 KiB expected)"
     );
-    // 64 KiB reads, 16 queued: well over 8 reads' worth waits (reads can come back short).
-    // With Pingora's queue of 4, or with 16 KiB reads, the gateway holds less than that.
-    let held = held_for_a_stalled_client("  streaming: {read_size: 64KiB, queue_depth: 16}\n").await;
+    // 64 KiB reads, 32 queued: more is held than Pingora's queue of 4 can hold at most with
+    // the same reads, (2 * 4 + 3) * 64 KiB = 704 KiB, and no more than the formula's bound for
+    // 32, (2 * 32 + 3) * 64 KiB. Measured (debug build): 1.6-2.7 MB held with 32 queued,
+    // 272-553 KB with the queue capped at 4: the formula is a ceiling, well above what is
+    // held (with 16 queued, 825 KB-1.2 MB: too close to what 4 holds to tell them apart).
+    let held = held_for_a_stalled_client("  streaming: {read_size: 64KiB, queue_depth: 32}\n").await;
     assert!(
-        held > 8 * 64 * 1024,
-        "with 64 KiB reads and 16 queued the gateway holds only {held} bytes: the settings are not applied"
+        held > (2 * 4 + 3) * 64 * 1024,
+        "with 64 KiB reads and 32 queued the gateway holds only {held} bytes, no more than a queue of 4 can: the settings are not applied"
+    );
+    assert!(
+        held <= (2 * 32 + 3) * 64 * 1024,
+        "with 64 KiB reads and 32 queued the gateway holds {held} bytes, over (2 * 32 + 3) * 64 KiB"
     );
 }
 
