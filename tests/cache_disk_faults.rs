@@ -9,6 +9,7 @@ use bytes::Bytes;
 use common::origin::{pattern, Behavior, Origin, Seen};
 use common::{
     cache_json, client, eventually, free_addrs, settled, signal, temp_dir, wait_listening, Gateway,
+    EVENTUALLY,
 };
 use futures::FutureExt;
 use std::net::SocketAddr;
@@ -59,11 +60,19 @@ fn start(origin: &Origin, disk: &Path, memory: &str, size: &str) -> Setup {
 impl Setup {
     /// SIGKILLs the gateway (dropping it does) and starts it again on the same directory.
     fn kill_and_restart(&mut self) {
-        let listen = self.gw.addr;
-        // The old one goes first: the new one binds the same addresses.
+        self.kill();
+        self.restart();
+    }
+
+    /// SIGKILLs the gateway and waits until it is gone.
+    fn kill(&mut self) {
         let _ = self.gw.child().kill();
         let _ = self.gw.child().wait();
-        self.gw = Gateway::start_at(&self.yaml, &[], listen);
+    }
+
+    /// Starts the gateway again after [`Setup::kill`], on the same addresses and directory.
+    fn restart(&mut self) {
+        self.gw = Gateway::start_at(&self.yaml, &[], self.gw.addr);
         wait_listening(self.admin);
     }
 }
@@ -124,30 +133,140 @@ async fn fetch(url: &str, range: Option<(usize, usize)>) -> Result<(u16, String,
     Ok((status, cs, body.to_vec()))
 }
 
-/// SIGKILL at a random moment of concurrent fills, disk commits and meta rewrites, twelve
-/// rounds; after each restart every asset is fetched whole and compared byte for byte with
-/// the origin's (and a range of each), whether it comes from the disk tier or the origin.
+/// The temporary files process `pid` left in `disk`: (bodies, metas). A body's temporary file
+/// (a fill's disk copy, until its commit renames it) is allocated its whole length when it is
+/// created; a meta's (a commit's, or a rewrite's after a 304) is a few hundred bytes.
+fn temp_files(disk: &Path, pid: u32) -> (usize, usize) {
+    let mut found = (0, 0);
+    for e in std::fs::read_dir(disk).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") && name.contains(&format!(".{pid}.")) {
+            match e.metadata().map(|m| m.len()).unwrap_or(0) > 64 << 10 {
+                true => found.0 += 1,
+                false => found.1 += 1,
+            }
+        }
+    }
+    found
+}
+
+/// The names of the object bodies in `disk` (each names its object's id).
+fn body_files(disk: &Path) -> std::collections::HashSet<String> {
+    std::fs::read_dir(disk)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".obj"))
+        .collect()
+}
+
+/// SIGKILLs `pid` `delay` after one of its commits is seen in `disk` (a meta's temporary file
+/// beside its body's: the commit syncs the meta, then renames both), or with `renamed`,
+/// `delay` after that commit's renames (its temporary files gone: the directory sync and the
+/// replaced body's deletion follow). If none is seen within `EVENTUALLY`, SIGKILLs it anyway.
+/// Whether the kill followed a commit.
+fn kill_at_commit(disk: &Path, pid: u32, delay: Duration, renamed: bool) -> bool {
+    let start = Instant::now();
+    // The (key, id) of each of `pid`'s temporary files, <key>.<id>.<pid>.<n>.tmp.
+    let temps = || -> Vec<(String, String)> {
+        std::fs::read_dir(disk)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                let parts: Vec<&str> = name.split('.').collect();
+                (parts.len() == 5 && parts[4] == "tmp" && parts[2] == pid.to_string())
+                    .then(|| (parts[0].to_string(), parts[1].to_string()))
+            })
+            .collect()
+    };
+    let mut commit = None;
+    while commit.is_none() && start.elapsed() < EVENTUALLY {
+        let mut seen = std::collections::HashSet::new();
+        commit = temps().into_iter().find(|t| !seen.insert(t.clone()));
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    if let (Some(c), true) = (&commit, renamed) {
+        while temps().contains(c) && start.elapsed() < EVENTUALLY {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+    std::thread::sleep(delay);
+    // SAFETY: a signal to the test's own child process.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    commit.is_some()
+}
+
+/// `DELETE /cache/<asset's path>` on the admin listener: returns once its files are deleted.
+async fn purge(admin: SocketAddr, id: &str) {
+    let r = client()
+        .delete(format!("http://{admin}/cache/content/v1/assets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// SIGKILL while fills are being copied to the disk tier and committed, ten rounds, each with
+/// new fills (a seeded choice of assets purged before it, and whatever the previous kill cut).
+/// The origin paces its bodies so that fills are in progress for a while; the kill comes at a
+/// commit seen in the directory (a meta's temporary file beside its body's), during its syncs
+/// and renames or right after the renames, while other fills' disk copies run. After each
+/// restart every asset is fetched whole and as a range, and compared byte for byte with the
+/// origin's: a hit must be exact, a miss must refill exactly. What every process's start-up
+/// scan found damaged (and its lookups while checking) is summed and must be 0: a commit that
+/// can be cut so as to leave a meta naming an unfinished body shows there. The test fails if no
+/// kill left a disk write in progress (the killed process's temporary files, seen between the
+/// kill and the restart), if no kill followed a commit, or if no process after the first
+/// committed anything: it cannot silently stop killing fills and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
     let origin = Origin::start().await;
     let dir = temp_dir();
     let disk = dir.join("disk");
-    let assets: Vec<(String, Bytes)> = (0..20)
+    let sent = Arc::new(tokio::sync::watch::Sender::new(0));
+    let assets: Vec<(String, Bytes)> = (0..16)
         .map(|i| {
-            // 10 KiB to 3 MiB: the largest do not fit `memory` and fill to disk only.
-            let len = 10_240 + i * i * 8_000;
+            // 100 KB to 2.8 MB: the largest do not fit `memory` and fill to disk only.
+            let len = 100_000 + i * i * 12_000;
             (id(i), random_body(i as u64 + 1, len))
         })
         .collect();
     for (i, (id, body)) in assets.iter().enumerate() {
-        // Half of them go stale within a second: their revalidations rewrite metas.
-        let max_age = if i % 2 == 0 { 1 } else { 3600 };
-        origin.set(id, versioned(body.clone(), format!("\"{i}\""), max_age));
+        origin.set(
+            id,
+            Behavior::Paced {
+                body: body.clone(),
+                etag: format!("\"{i}\""),
+                // Half of them go stale within a second: their revalidations rewrite metas.
+                max_age: if i % 2 == 0 { 1 } else { 3600 },
+                chunk: 32 << 10,
+                pause: Duration::from_millis(2),
+                sent: sent.clone(),
+            },
+        );
     }
     let mut s = start(&origin, &disk, "2MiB", "64MiB");
     let mut seed = 0x5eed_u64;
-    let mut stored = 0;
-    for round in 0..12 {
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut hits, mut refills, mut damaged) = (0, 0, Vec::new());
+    let (mut killed_writing, mut killed_committing, mut commits_after_first) = (0, 0, 0);
+    let mut killed_at_commit = 0;
+    for round in 0..10 {
+        // New fills: a seeded half of the assets (always the two largest, the slowest fills)
+        // is purged, so the load fills them again.
+        if round > 0 {
+            for (i, (id, _)) in assets.iter().enumerate() {
+                if i >= 14 || i == round % 14 || next() % 2 == 0 {
+                    purge(s.admin, id).await;
+                }
+            }
+        }
+        let bodies_before = body_files(&disk);
         let stop = Arc::new(AtomicBool::new(false));
         let wrong = Arc::new(AtomicUsize::new(0));
         let load: Vec<_> = (0..6)
@@ -170,12 +289,28 @@ async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
                 })
             })
             .collect();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(100 + seed % 900)).await;
-        s.kill_and_restart();
+        // The kill: once 1 to 3 bodies were sent whole in this round, when the next commit is
+        // seen in the directory (its meta's temporary file beside its body's), a seeded 0 to
+        // 4 ms later (even rounds: the commit's syncs and renames are cut), or a seeded 0 to
+        // 0.8 ms after its renames (odd rounds: its directory sync); other fills' disk copies
+        // are cut too.
+        let mut bodies_sent = sent.subscribe();
+        let target = *bodies_sent.borrow_and_update() + 1 + (next() % 3) as usize;
+        tokio::time::timeout(EVENTUALLY, bodies_sent.wait_for(|n| *n >= target))
+            .await
+            .expect("never happened: a body sent whole")
+            .unwrap();
+        let pid = s.gw.pid();
+        // Odd rounds: right after the commit's renames.
+        let renamed = round % 2 == 1;
+        let delay = Duration::from_micros(next() % if renamed { 800 } else { 4_000 });
+        let d = disk.clone();
+        let at_commit = tokio::task::spawn_blocking(move || kill_at_commit(&d, pid, delay, renamed))
+            .await
+            .unwrap();
+        killed_at_commit += usize::from(at_commit);
         stop.store(true, Ordering::SeqCst);
+        s.kill();
         for l in load {
             l.await.unwrap();
         }
@@ -184,7 +319,20 @@ async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
             0,
             "round {round}: a wrong body under load"
         );
-        let hits_before = stored;
+        // What the kill cut: the dead process's temporary files (its next start deletes them).
+        let (bodies, metas) = temp_files(&disk, pid);
+        killed_writing += usize::from(bodies + metas > 0);
+        killed_committing += usize::from(metas > 0);
+        let committed = body_files(&disk).difference(&bodies_before).count();
+        if round > 0 {
+            commits_after_first += committed;
+        }
+        s.restart();
+        let scanned = common::metric(
+            &common::scrape(s.admin).await,
+            "asset_gateway_cache_disk_damaged_total",
+        );
+        let (mut round_hits, mut missed) = (0, Vec::new());
         for (id, body) in &assets {
             let url = s.gw.asset_url(id);
             let (status, cs, got) = fetch(&url, None)
@@ -196,8 +344,9 @@ async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
                 "round {round}, {id} ({cs}): {} bytes, not the origin's",
                 got.len()
             );
-            if cs.contains("; hit") {
-                stored += 1;
+            match cs.contains("; hit") {
+                true => round_hits += 1,
+                false => missed.push((id, body)),
             }
             let (a, b) = (body.len() / 3, body.len() / 3 + 5000);
             let (status, _, got) = fetch(&url, Some((a, b))).await.unwrap();
@@ -207,18 +356,56 @@ async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
                 "round {round}, {id}: a range, not the origin's bytes"
             );
         }
+        // A miss refills: once its fill is committed it is served again, exactly.
+        settled(s.admin).await;
+        for (id, body) in &missed {
+            let (status, cs, got) = fetch(&s.gw.asset_url(id), None).await.unwrap();
+            assert_eq!(status, 200, "round {round}, {id}: the refill");
+            assert!(got == body[..], "round {round}, {id} ({cs}): the refill's bytes");
+            refills += usize::from(cs.contains("; hit"));
+        }
+        hits += round_hits;
+        let checked = common::metric(
+            &common::scrape(s.admin).await,
+            "asset_gateway_cache_disk_damaged_total",
+        );
+        damaged.push((round, scanned, checked));
         eprintln!(
-            "round {round}: {} of {} assets were disk hits after the restart",
-            stored - hits_before,
-            assets.len()
+            "round {round}: killed with {bodies} body and {metas} meta temporary files left, \
+             {} objects committed in the process; {round_hits} of {} assets were disk hits after \
+             the restart, {} missed and refilled; damaged: {scanned} at the start-up scan, {checked} after the checks",
+            committed,
+            assets.len(),
+            missed.len()
         );
     }
     assert!(
-        stored > 0,
+        hits > 0,
         "no round found anything on disk: the test checked nothing"
     );
-    let m = common::scrape(s.admin).await;
-    assert_eq!(common::metric(&m, "asset_gateway_cache_disk_damaged_total"), 0.0);
+    assert!(refills > 0, "no miss refilled to a hit");
+    assert!(
+        killed_writing > 0,
+        "no kill landed while a disk write was in progress: the test killed nothing in flight"
+    );
+    assert!(
+        killed_at_commit > 0,
+        "no kill followed a commit seen in the directory"
+    );
+    assert!(
+        commits_after_first > 0,
+        "no process after the first committed anything: later rounds tested no commit"
+    );
+    eprintln!(
+        "{killed_writing} of 10 kills left disk writes in progress, {killed_committing} of them \
+         a commit's (or a rewrite's) meta; {killed_at_commit} kills at a commit seen in the \
+         directory; {commits_after_first} commits after the first process"
+    );
+    let total: f64 = damaged.iter().map(|d| d.2).sum();
+    assert_eq!(
+        total, 0.0,
+        "damaged objects found after the kills (round, at the start-up scan, after the checks): {damaged:?}"
+    );
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,6 +79,18 @@ pub enum Behavior {
     Status { status: u16, body: &'static str },
     /// Writes `bytes` verbatim as the whole answer (a misbehaving origin), then does `after`.
     Raw { bytes: Bytes, after: After },
+    /// `body` with `etag: <etag>` and `cache-control: max-age=<max_age>` (304 to a request
+    /// with `If-None-Match: <etag>`), sent `chunk` bytes at a time with `pause` between
+    /// writes, so that the gateway's fills of it stay in progress for a while; `sent` counts
+    /// the bodies sent whole (a test waits for the next one with `subscribe`).
+    Paced {
+        body: Bytes,
+        etag: String,
+        max_age: u32,
+        chunk: usize,
+        pause: Duration,
+        sent: Arc<watch::Sender<usize>>,
+    },
     /// Answers whatever the function makes of the request, when its future is ready (so it
     /// may wait first): a status line without `HTTP/1.1 ` (`"200 OK"`), header lines each
     /// ending in CRLF, and a body (its `content-length` is added).
@@ -574,6 +586,41 @@ async fn answer<S: AsyncWrite + Unpin>(sock: &mut S, st: &Arc<OriginState>, req:
                     false
                 }
             }
+        }
+        Behavior::Paced {
+            body,
+            etag,
+            max_age,
+            chunk,
+            pause,
+            sent,
+        } => {
+            let common =
+                format!("content-type: video/mp4\r\netag: {etag}\r\ncache-control: max-age={max_age}\r\n");
+            if req.header("if-none-match") == Some(etag.as_str()) {
+                let h = format!("HTTP/1.1 304 Not Modified\r\n{common}\r\n");
+                return write_head(sock, st, h.as_bytes()).await;
+            }
+            let h = format!(
+                "HTTP/1.1 200 OK\r\n{common}content-length: {}\r\n\r\n",
+                body.len()
+            );
+            if !write_head(sock, st, h.as_bytes()).await {
+                return false;
+            }
+            if head_only {
+                return true;
+            }
+            for (i, c) in body.chunks(chunk.max(1)).enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(pause).await;
+                }
+                if !write_all(sock, st, c, true).await {
+                    return false;
+                }
+            }
+            sent.send_modify(|n| *n += 1);
+            true
         }
         Behavior::Scripted(script) => {
             let (status, headers, body) = script(req).await;
