@@ -122,16 +122,40 @@ async fn fills_in_progress_count_against_the_bound() {
     assert!(s.tier.reserve(big).is_some());
 }
 
-/// Item 3: a fill too large for memory without a disk copy is refused by `get_miss_handler`
-/// (Pingora then streams the response through uncached): nothing is registered or charged.
+/// Item 3: a fill too large for memory whose disk copy does not start is refused by
+/// `get_miss_handler` (Pingora then streams the response through uncached): nothing is
+/// registered or charged, and its disk file and room go. Admitted to disk (its file prepared
+/// under the key without variance), the key gains its variance (`Vary`) and the room moved to
+/// the new key cannot be had (here: the length `get_miss_handler` sees does not fit the tier),
+/// so `start_write` returns `None`: the guard after it is what refuses the fill. (A meta that
+/// was never admitted is refused earlier and would not reach the guard.)
 #[tokio::test]
 async fn a_large_fill_without_a_disk_copy_is_not_buffered() {
-    let s = storage(1 << 20);
-    let k = key("large");
-    assert!(s.get_miss_handler(&k, &meta(2 << 20), &span()).await.is_err());
-    assert!(s.lookup(&k, &span()).await.unwrap().is_none());
-    assert_eq!(s.stats().memory.fills, 0);
+    let d = std::env::temp_dir().join(format!("agw-storage-unit-large-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let metrics = CacheMetrics::get().unwrap();
+    let disk: &'static DiskStore = Box::leak(Box::new(DiskStore::open(&d, 4 << 20, metrics).unwrap()));
+    let s: &'static MemStorage = Box::leak(Box::new(MemStorage::new(1 << 20, metrics, Some(disk))));
+    let plain = key("large");
+    let mut varied = key("large");
+    varied.set_variance_key(pingora::cache::key::hash_key("accept-encoding: gzip"));
+    assert_ne!(plain.combined_bin(), varied.combined_bin());
+    let prepared = disk
+        .prepare(plain.combined_bin(), s.next_id(), &plain.user_tag, 2 << 20)
+        .await
+        .expect("the file is prepared");
+    assert_eq!(disk.stats().writes_in_flight, 1);
+    let mut m = meta(8 << 20);
+    m.extensions_mut()
+        .insert(Admission::new(Admitted::Disk(prepared)));
+    assert!(s.get_miss_handler(&varied, &m, &span()).await.is_err());
+    for k in [&plain, &varied] {
+        assert!(s.lookup(k, &span()).await.unwrap().is_none());
+    }
+    assert_eq!(s.stats().memory.fills, 0, "nothing registered");
     assert!(s.tier.reserve(1 << 20).is_some(), "nothing was charged");
+    assert_eq!(disk.stats().writes_in_flight, 0, "the disk room was given back");
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// A new version that does not fit memory still replaces the old one there: lookups try
