@@ -763,6 +763,10 @@ async fn two_processes_share_the_disk_during_an_upgrade() {
         assert_eq!(status, 200);
         assert!(got == pattern(0..len as u64));
     }
+    // w's origin answers at once from now on (its release is spent): a new process that
+    // misses w (stored by the old one only) fails the hit assertion below at once, instead of
+    // stalling on the held response until a timeout.
+    origin.set(&w, Behavior::Generated { size: len as u64 });
     let mut old_gw = old.gw;
     old_gw.wait_exit();
     let warnings: Vec<String> = old_gw
