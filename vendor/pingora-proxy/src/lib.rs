@@ -1608,7 +1608,9 @@ where
         // Boxed: this future is allocated for each request before the request head is read,
         // so an idle keep-alive connection holds it while it waits; without the box it would
         // be as large as the whole request pipeline (~14 KB) instead of the head read's.
-        Box::pin(self.process_request(session, ctx)).await
+        // Built in its box: `Box::pin` takes its value first, so the pipeline's future (8 KB
+        // with asset-gateway's context) could be built on the stack and copied into the box.
+        boxed_in_place(|| self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {
@@ -2643,4 +2645,14 @@ mod tests {
         .expect("read_request parked after shutdown");
         assert!(session.is_none());
     }
+}
+
+/// `Box::pin(make())` with the value written straight into its box (allocated first), so the
+/// compiler need not build a large future on the stack and copy it.
+#[inline(always)]
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: `slot` was initialised by the write above.
+    Box::into_pin(unsafe { slot.assume_init() })
 }
