@@ -76,16 +76,6 @@ async fn get(url: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
     (status, cs, r.bytes().await.unwrap().to_vec())
 }
 
-async fn delete(admin: SocketAddr, id: &str) -> serde_json::Value {
-    let r = client()
-        .delete(format!("http://{admin}/cache/content/v1/assets/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-}
-
 use common::{cache_json, eventually, metric, scrape, settled};
 
 /// The files in the disk directory: (name, size).
@@ -392,7 +382,10 @@ async fn a_purge_removes_the_disk_copy() {
     settled(admin).await;
     assert_eq!(objects(&dir.0).len(), 2);
     // The answer comes once the files are deleted.
-    assert_eq!(delete(admin, a).await, serde_json::json!({"purged": true}));
+    assert_eq!(
+        common::purge_asset(admin, a).await,
+        serde_json::json!({"purged": true})
+    );
     assert_eq!(objects(&dir.0).len(), 1);
     assert_eq!(cache_json(admin).await["disk"]["objects"], 1);
     drop(gw);

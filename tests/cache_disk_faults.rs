@@ -196,16 +196,6 @@ fn kill_at_commit(disk: &Path, pid: u32, delay: Duration, renamed: bool) -> bool
     commit.is_some()
 }
 
-/// `DELETE /cache/<asset's path>` on the admin listener: returns once its files are deleted.
-async fn purge(admin: SocketAddr, id: &str) {
-    let r = client()
-        .delete(format!("http://{admin}/cache/content/v1/assets/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 /// SIGKILL while fills are being copied to the disk tier and committed, ten rounds, each with
 /// new fills (a seeded choice of assets purged before it, and whatever the previous kill cut).
 /// The origin paces its bodies so that fills are in progress for a while; the kill comes at a
@@ -262,7 +252,7 @@ async fn sigkill_during_disk_fills_never_serves_a_wrong_byte() {
         if round > 0 {
             for (i, (id, _)) in assets.iter().enumerate() {
                 if i >= 14 || i == round % 14 || next() % 2 == 0 {
-                    purge(s.admin, id).await;
+                    common::purge_asset(s.admin, id).await;
                 }
             }
         }

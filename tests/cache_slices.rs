@@ -194,12 +194,7 @@ async fn a_cold_seek_fetches_only_the_slice_it_touches() {
     );
 
     // A purge of the asset removes its slices: the next seek goes to the origin again.
-    let r = client()
-        .delete(format!("http://{admin}/cache/content/v1/assets/{ID}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    common::purge_asset(admin, ID).await;
     let (_, _, after) = get(&gw, Some(&format!("bytes={from}-"))).await;
     assert_eq!(after, body);
     assert_eq!(origin.requests_for(ID), 2);

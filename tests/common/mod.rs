@@ -48,6 +48,18 @@ pub async fn settled(admin: SocketAddr) {
     .await
 }
 
+/// `DELETE /cache/content/v1/assets/<id>` on the admin listener (it answers once the asset's
+/// files are deleted): its JSON answer.
+pub async fn purge_asset(admin: SocketAddr, id: &str) -> serde_json::Value {
+    let r = client()
+        .delete(format!("http://{admin}/cache/content/v1/assets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
 /// `GET /cache` on the admin listener.
 pub async fn cache_json(admin: SocketAddr) -> serde_json::Value {
     let r = client()
