@@ -152,6 +152,45 @@ fn dash_d_detaches_writes_its_pid_and_serves() {
     assert!(log.contains("path=\"/nope\" status=404"), "{log}");
 }
 
+/// `-d` exits 0 however the daemon's readiness signal and the parent's wait are ordered: ten
+/// starts pinned to one CPU beside a busy loop, where the daemon is often ready first (Pingora
+/// 0.9.1 registered the parent's SIGUSR1 listener after the fork: about half of such starts
+/// died by SIGUSR1, exit status 138, before patch pingora-core/10).
+#[test]
+fn dash_d_survives_a_daemon_ready_before_its_parent_waits() {
+    let dir = temp_dir();
+    let dead = common::dead_peer();
+    let mut busy = Command::new("taskset")
+        .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .expect("taskset (util-linux)");
+    for i in 0..10 {
+        let pid_file = dir.join(format!("gw{i}.pid"));
+        let yaml = format!(
+            "pid_file: {pid}\nupgrade_sock: {sock}\nerror_log: {log}\ndaemon_wait_for_ready: true\n{rest}",
+            pid = pid_file.display(),
+            sock = dir.join(format!("up{i}.sock")).display(),
+            log = dir.join(format!("gw{i}.log")).display(),
+            rest = simple_config(&[dead.addr], "").replace("{listen}", &free_addr().to_string()),
+        );
+        let path = write_conf(&yaml);
+        let status = Command::new("taskset")
+            .args(["-c", "0", BIN, "-d", "-c", &path])
+            .status()
+            .unwrap();
+        let pid = std::fs::read_to_string(&pid_file).ok();
+        if let Some(pid) = pid.as_deref().and_then(|p| p.trim().parse::<u32>().ok()) {
+            common::signal(pid, "KILL");
+        }
+        if !status.success() {
+            let _ = busy.kill();
+        }
+        assert!(status.success(), "start {i}: the parent exited with {status}");
+    }
+    let _ = busy.kill();
+    let _ = busy.wait();
+}
+
 /// A stand-in for a replica's admin listener: answers every connection with `answer` (after
 /// reading the request head), then closes; with `drip`, sends one byte of it every 300 ms.
 fn fake_admin(answer: &'static [u8], drip: bool) -> std::net::SocketAddr {

@@ -208,12 +208,21 @@ pub fn daemonize(conf: &ServerConf) -> DaemonizeResult {
 
     move_old_pid(&conf.pid_file);
 
+    // The parent catches SIGUSR1 from before the fork: a daemon ready before the parent's wait
+    // began would otherwise kill it with the signal's default action (a `-d` run whose parent
+    // died by a signal). A handler, not a mask: the parent may have other threads.
+    if parent_pid.is_some() {
+        catch_sigusr1(true);
+    }
     match build_daemonize(conf).execute() {
         Outcome::Parent(result) => {
             result.unwrap_or_else(|e| panic!("Daemonize failed: {e}"));
         }
         Outcome::Child(result) => {
             result.unwrap_or_else(|e| panic!("Daemonize child setup failed: {e}"));
+            if parent_pid.is_some() {
+                catch_sigusr1(false);
+            }
             return DaemonizeResult {
                 notify_parent_pid: parent_pid,
             };
@@ -247,6 +256,34 @@ pub fn daemonize(conf: &ServerConf) -> DaemonizeResult {
     process::exit(0);
 }
 
+/// Set by the parent's SIGUSR1 handler: the daemon is ready.
+static DAEMON_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How often the parent looks at [`DAEMON_READY`].
+const READY_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    DAEMON_READY.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Installs the SIGUSR1 handler that sets [`DAEMON_READY`] (`catch`), or restores the default
+/// action (in the daemon, which must not inherit the parent's handler).
+fn catch_sigusr1(catch: bool) {
+    // SAFETY: `sigaction` with a zeroed, then filled, struct; the handler only stores an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = if catch {
+            on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t
+        } else {
+            libc::SIG_DFL
+        };
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+}
+
 /// Build a single-threaded tokio runtime for the parent's signal wait loop.
 ///
 /// The parent process is short-lived and only needs to wait for a signal and check the pid file.
@@ -260,9 +297,10 @@ fn build_parent_runtime() -> tokio::runtime::Runtime {
 
 /// Wait for the daemon grandchild to send `SIGUSR1`, up to `timeout`.
 ///
-/// Uses a local tokio runtime with [`tokio::signal::unix`] to listen for `SIGUSR1` instead of
-/// raw signal handlers and polling loops. The daemon's PID is checked periodically via the pid
-/// file — if the process exits before signaling, the parent aborts.
+/// Polls [`DAEMON_READY`], set by the SIGUSR1 handler installed before the fork (a listener
+/// registered only now could miss a daemon that is ready first, whose signal would then kill
+/// this process). The daemon's PID is checked periodically via the pid file — if the process
+/// exits before signaling, the parent aborts.
 ///
 /// Exits the process directly:
 /// - exit code 0 if `SIGUSR1` is received (daemon is ready).
@@ -273,21 +311,21 @@ fn wait_for_ready_or_exit(pid_file: &str, timeout: Duration) {
     let pid_file = pid_file.to_owned();
 
     rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
         use tokio::time::{interval, timeout as tokio_timeout};
 
-        let mut sigusr1 =
-            signal(SignalKind::user_defined1()).expect("failed to register SIGUSR1 listener");
-
+        // The flag `catch_sigusr1` set up before the fork (the signal may have come already).
+        let mut ready_check = interval(READY_CHECK_INTERVAL);
         let mut liveness_check = interval(LIVENESS_CHECK_INTERVAL);
         let mut daemon_pid: Option<libc::pid_t> = None;
 
         let result = tokio_timeout(timeout, async {
             loop {
                 tokio::select! {
-                    _ = sigusr1.recv() => {
-                        info!("Daemon signaled readiness, parent exiting");
-                        return;
+                    _ = ready_check.tick() => {
+                        if DAEMON_READY.load(std::sync::atomic::Ordering::SeqCst) {
+                            info!("Daemon signaled readiness, parent exiting");
+                            return;
+                        }
                     }
                     _ = liveness_check.tick() => {
                         if daemon_pid.is_none() {
