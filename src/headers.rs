@@ -72,6 +72,17 @@ pub(crate) static GATEWAY_OWNED: [HeaderName; 10] = [
     IF_UNMODIFIED_SINCE,
 ];
 
+/// `Range` and the conditional request headers: Pingora's cache removes them on a miss and
+/// sets its own to revalidate; a slice request is sent with its own `Range` and none of them.
+pub(crate) const RANGE_AND_CONDITIONALS: [HeaderName; 6] = [
+    RANGE,
+    IF_RANGE,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_MATCH,
+    IF_UNMODIFIED_SINCE,
+];
+
 /// `X-Forwarded-For` for the upstream request of a route without cache: every value the client
 /// sent, joined, then the client's address (a cached route sends only what trusted proxies
 /// vouch for: `access::Access::forwarded_chain`).

@@ -41,14 +41,7 @@ static NOT_KEYED: [HeaderName; 9] = [
 
 /// The client headers of a cached route that Pingora's cache strips on a miss and sets itself
 /// to revalidate; they reach the upstream as sent only when the cache is bypassed.
-const CLIENT_OWNED: [HeaderName; 6] = [
-    http::header::RANGE,
-    http::header::IF_RANGE,
-    http::header::IF_NONE_MATCH,
-    http::header::IF_MODIFIED_SINCE,
-    http::header::IF_MATCH,
-    http::header::IF_UNMODIFIED_SINCE,
-];
+const CLIENT_OWNED: [HeaderName; 6] = crate::headers::RANGE_AND_CONDITIONALS;
 
 /// One cached route's forwarding and keying rules.
 pub(crate) struct Keying {

@@ -28,10 +28,7 @@
 use crate::cache::policy::{self, Outcome};
 use crate::gateway::Matched;
 use crate::request_id::RequestId;
-use http::header::{
-    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE,
-};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, LAST_MODIFIED};
 use http::HeaderName;
 use pingora::cache::key::HashBinary;
 use pingora::http::ResponseHeader;
@@ -126,15 +123,8 @@ pub(crate) fn requested(session: &mut Session) -> Option<SliceRequest> {
         client_ip: req.client_ip,
     };
     let h = session.req_header_mut();
-    for name in [
-        RANGE,
-        IF_RANGE,
-        IF_NONE_MATCH,
-        IF_MODIFIED_SINCE,
-        IF_MATCH,
-        IF_UNMODIFIED_SINCE,
-    ] {
-        h.remove_header(&name);
+    for name in &crate::headers::RANGE_AND_CONDITIONALS {
+        h.remove_header(name);
     }
     Some(found)
 }
