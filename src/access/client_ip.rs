@@ -117,7 +117,8 @@ fn is_port(p: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn resolve(trusted: &[&str], peer: &str, xff: &[&str]) -> String {
+    /// The rule for `trusted` proxies and a request carrying the `xff` headers.
+    fn setup(trusted: &[&str], xff: &[&str]) -> (ClientIp, RequestHeader) {
         let c = ClientIp::new(&ClientIpSettings {
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             proxy_protocol: false,
@@ -127,19 +128,16 @@ mod tests {
         for v in xff {
             req.append_header("x-forwarded-for", *v).unwrap();
         }
+        (c, req)
+    }
+
+    fn resolve(trusted: &[&str], peer: &str, xff: &[&str]) -> String {
+        let (c, req) = setup(trusted, xff);
         c.resolve(peer.parse().unwrap(), &req).to_string()
     }
 
     fn chain(trusted: &[&str], peer: &str, xff: &[&str]) -> String {
-        let c = ClientIp::new(&ClientIpSettings {
-            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
-            proxy_protocol: false,
-        })
-        .unwrap();
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for v in xff {
-            req.append_header("x-forwarded-for", *v).unwrap();
-        }
+        let (c, req) = setup(trusted, xff);
         c.forwarded_chain(peer.parse().unwrap(), &req)
     }
 
